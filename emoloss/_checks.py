@@ -148,3 +148,48 @@ def check_label_range(labels: ArrayLike, num_classes: int, name: str = "labels")
         f"`{name}` must lie in [0, {num_classes}); found {int(first)} "
         f"({int(bad.sum())} of {arr.size} out of range)."
     )
+
+
+def prepare_classification(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    where: Optional[ArrayLike],
+    *,
+    allow_soft: bool = True,
+) -> tuple[Array, Array, bool, Optional[Array]]:
+  """Checks ``(logits [..., V], labels, where [...])`` and sanitises masked rows.
+
+  Returns ``(logits_f32, labels, is_integer, where)`` where masked rows of the logits are replaced
+  by zeros so that nothing computed from them can be NaN (their loss is zeroed afterwards by
+  :func:`mask_loss`).
+  """
+  logits = check_logits(logits)
+  labels, integer = check_labels(labels, logits, allow_soft=allow_soft)
+  where = check_where(where, logits.shape[:-1])
+  logits = mask_inputs(logits, where)
+  if not integer:
+    labels = mask_inputs(labels, where)
+  return logits, labels, integer, where
+
+
+def target_log_prob(log_probs: Array, labels: Array, integer: bool) -> Array:
+  """``log p_y`` for integer labels, ``Σ_i q_i log p_i`` for soft labels ``q``."""
+  if integer:
+    return jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
+  return jnp.sum(labels * log_probs, axis=-1)
+
+
+def prepare_binary(
+    logits: ArrayLike, labels: ArrayLike, where: Optional[ArrayLike]
+) -> tuple[Array, Array, Optional[Array]]:
+  """Checks binary ``logits [...]`` against ``labels`` of the same shape (``{0, 1}`` integers or
+  floats) and ``where [...]``; returns float32 logits and labels with masked entries zeroed."""
+  logits = check_logits(logits, min_rank=0)
+  if _shape(labels) != logits.shape:
+    raise ValueError(
+        f"binary `labels` must have the shape of logits {logits.shape} (got {_shape(labels)})."
+    )
+  is_integer_labels(labels)  # raises TypeError for bool/complex/... dtypes
+  where = check_where(where, logits.shape)
+  labels = jnp.asarray(labels).astype(jnp.float32)
+  return mask_inputs(logits, where), mask_inputs(labels, where), where

@@ -1,0 +1,67 @@
+"""Smoothed accuracy: the probability of the target as a loss."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from emoloss import _checks
+
+ArrayLike = jax.typing.ArrayLike
+
+
+def smoothed_accuracy_loss(
+    logits: ArrayLike, labels: ArrayLike, *, where: Optional[ArrayLike] = None
+) -> jax.Array:
+  r"""Multi-class smoothed accuracy loss ``1 - p_y``.
+
+  .. math::
+    L = 1 - \mathrm{softmax}(z)_y \qquad\text{(soft labels } q\text{: } L = 1 - q \cdot p)
+
+  Its logit gradient carries the factor ``p_y (1 - p_y)``, which vanishes when an example is
+  badly wrong (``p_y \to 0``): a baseline that shows why cross-entropy, which keeps a gradient
+  of ``-(1 - p_y)``, trains better (SPEC, "A design principle for losses").
+
+  Args:
+    logits: ``[..., V]`` unnormalised scores (any float dtype; computed in float32).
+    labels: integer class indices ``[...]`` or soft labels ``[..., V]`` (rows summing to 1).
+    where: optional boolean mask ``[...]``; masked examples give exactly 0.
+
+  Returns:
+    ``[...]`` float32 per-example loss in ``[0, 1]``.
+
+  References:
+    Karpukhin et al., "EXACT: How to Train Your Accuracy", 2022 (arXiv 2205.09615), on
+    accuracy surrogates.
+  """
+  logits, labels, integer, where = _checks.prepare_classification(logits, labels, where)
+  probs = jax.nn.softmax(logits, axis=-1)
+  if integer:
+    target_prob = jnp.take_along_axis(probs, labels[..., None], axis=-1)[..., 0]
+  else:
+    target_prob = jnp.sum(labels * probs, axis=-1)
+  return _checks.mask_loss(1.0 - target_prob, where)
+
+
+def binary_smoothed_accuracy_loss(
+    logits: ArrayLike, labels: ArrayLike, *, where: Optional[ArrayLike] = None
+) -> jax.Array:
+  r"""Binary smoothed accuracy loss ``1 - [y p + (1 - y)(1 - p)]`` with ``p = σ(z)``.
+
+  Args:
+    logits: ``[...]`` one logit per example (any float dtype; computed in float32).
+    labels: ``[...]`` targets in ``{0, 1}`` (integer or float; floats in ``[0, 1]`` act as soft
+      targets).
+    where: optional boolean mask ``[...]``; masked examples give exactly 0.
+
+  Returns:
+    ``[...]`` float32 per-example loss in ``[0, 1]``.
+
+  References:
+    Karpukhin et al., "EXACT: How to Train Your Accuracy", 2022 (arXiv 2205.09615).
+  """
+  logits, labels, where = _checks.prepare_binary(logits, labels, where)
+  prob = jax.nn.sigmoid(logits)
+  return _checks.mask_loss(1.0 - (labels * prob + (1.0 - labels) * (1.0 - prob)), where)

@@ -1,0 +1,162 @@
+"""EMO: earth mover distance between the prediction and the target under an embedding cost."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from emoloss import _checks
+
+ArrayLike = jax.typing.ArrayLike
+
+# Guards of the published ratios CE/EMO and EMO/CE (EMOLoss / DRSY/EMO).
+RATIO_EPSILON = 1e-10
+MODE1_MAX_RATIO = 3.0
+
+
+def normalize_embeddings(embeddings: ArrayLike, eps: float = 1e-12) -> jax.Array:
+  """Rows of ``embeddings [V, k]`` divided by their L2 norm (float32, under stop-gradient).
+
+  A zero row stays zero (its cosine cost to everything is 1).
+  """
+  embeddings = jnp.asarray(embeddings, jnp.float32)
+  norms = jnp.linalg.norm(embeddings, axis=-1, keepdims=True)
+  return jax.lax.stop_gradient(embeddings / jnp.maximum(norms, eps))
+
+
+def _check_embeddings(embeddings: ArrayLike, num_classes: int) -> None:
+  shape = np.shape(embeddings)
+  if len(shape) != 2 or shape[0] != num_classes:
+    raise ValueError(
+        f"`embeddings` must have shape [num_classes, k] = [{num_classes}, k] to match the "
+        f"logits' last axis (got {shape})."
+    )
+  _checks.check_logits(embeddings, name="embeddings", min_rank=2)
+
+
+def emo_loss(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    embeddings: ArrayLike,
+    *,
+    where: Optional[ArrayLike] = None,
+) -> jax.Array:
+  r"""EMO: earth mover distance from ``softmax(z)`` to the target, cost ``1 - cos(e_i, e_j)``.
+
+  With ``Ê`` the L2-normalised rows of the frozen ``embeddings`` and a one-hot target, the only
+  transport plan moves all predicted mass to ``y``, so
+
+  .. math::
+    \mathrm{EMO}(p, y) = \sum_i p_i (1 - \hat e_i \cdot \hat e_y) = 1 - (p \hat E) \cdot \hat e_y
+
+  computed as an ``[N, V] @ [V, k]`` product and a row-wise dot product: ``O(N V k)`` time and
+  ``O(N k)`` memory beyond ``p``. No ``[V, V]`` cost matrix (nor ``[N, N]``) is ever built. For a
+  soft target ``q`` the loss is the product-plan upper bound ``1 - (p \hat E) \cdot (q \hat E)``.
+  ``embeddings`` is held constant (stop-gradient), e.g. a frozen copy of a pretrained LM head.
+  Values lie in ``[0, 2]`` (in ``[0, 1]`` when all cosines are non-negative).
+
+  Labels are not shifted: for a causal LM pass ``logits[:, :-1]`` and ``tokens[:, 1:]``.
+
+  Args:
+    logits: ``[..., V]`` unnormalised scores (any float dtype; computed in float32).
+    labels: integer class indices ``[...]`` or soft labels ``[..., V]``.
+    embeddings: ``[V, k]`` cost embeddings (normalised here, no gradient).
+    where: optional boolean mask ``[...]``; masked examples give exactly 0.
+
+  Returns:
+    ``[...]`` float32 per-example EMO.
+
+  References:
+    Ren et al., "EMO: Earth Mover Distance Optimization for Auto-Regressive Language
+    Modeling", ICLR 2024 (arXiv 2310.04691).
+  """
+  logits, labels, integer, where = _checks.prepare_classification(logits, labels, where)
+  _check_embeddings(embeddings, logits.shape[-1])
+  unit = normalize_embeddings(embeddings)
+  expected_embedding = jax.nn.softmax(logits, axis=-1) @ unit  # [..., k]
+  target_embedding = jnp.take(unit, labels, axis=0) if integer else labels @ unit
+  loss = 1.0 - jnp.sum(expected_embedding * target_embedding, axis=-1)
+  return _checks.mask_loss(loss, where)
+
+
+def emo_ce_combination(ce: ArrayLike, emo: ArrayLike, *, mode: int = 1) -> jax.Array:
+  r"""The published per-token mix of cross-entropy and EMO (EMOLoss, DRSY/EMO).
+
+  * ``mode=1`` (default, "more weight on MLE"):
+    ``½ (min(sg(CE / (EMO + 1e-10)), 3) · EMO + CE)``
+  * ``mode=2`` ("more weight on EMO"): ``sg(EMO / (CE + 1e-10)) · CE + EMO``
+
+  The ratio is computed per token (not per batch) and held constant, so it only rescales the
+  EMO (mode 1) or CE (mode 2) gradient of each token to the other term's magnitude. Reduce with a
+  masked mean over tokens afterwards, as the authors do.
+
+  Args:
+    ce: ``[...]`` per-token cross-entropy.
+    emo: ``[...]`` per-token EMO (same shape).
+    mode: 1 or 2.
+
+  Returns:
+    ``[...]`` float32 per-token combined loss.
+
+  References:
+    Ren et al., "EMO: Earth Mover Distance Optimization for Auto-Regressive Language
+    Modeling", ICLR 2024 (arXiv 2310.04691).
+  """
+  if mode not in (1, 2):
+    raise ValueError(f"`mode` must be 1 or 2 (got {mode!r}).")
+  if np.shape(ce) != np.shape(emo):
+    raise ValueError(f"`ce` and `emo` must have the same shape (got {np.shape(ce)}, "
+                     f"{np.shape(emo)}).")
+  ce = jnp.asarray(ce, jnp.float32)
+  emo = jnp.asarray(emo, jnp.float32)
+  if mode == 1:
+    ratio = jnp.minimum(jax.lax.stop_gradient(ce / (emo + RATIO_EPSILON)), MODE1_MAX_RATIO)
+    return 0.5 * (ratio * emo + ce)
+  ratio = jax.lax.stop_gradient(emo / (ce + RATIO_EPSILON))
+  return ratio * ce + emo
+
+
+def emo_ce_loss(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    embeddings: ArrayLike,
+    *,
+    mode: int = 1,
+    where: Optional[ArrayLike] = None,
+) -> jax.Array:
+  r"""EMO combined with cross-entropy per token, as published (see :func:`emo_ce_combination`).
+
+  .. math::
+    \text{mode 1: } L = \tfrac12\big(\min(\mathrm{sg}(\mathrm{CE}/(\mathrm{EMO}+10^{-10})), 3)
+      \cdot \mathrm{EMO} + \mathrm{CE}\big)
+
+  Differences from the authors' packaged loss, deliberately: labels are not shifted inside (the
+  caller passes ``logits[:, :-1]``, ``tokens[:, 1:]``), the one-hot target needs no ``1e-15``
+  smoothing (the low-rank form has no ``log`` of it), and the reduction (masked mean over tokens)
+  is left to the caller. Cross-entropy is ``optax.losses.softmax_cross_entropy*``.
+
+  Args:
+    logits: ``[..., V]`` unnormalised scores (any float dtype; computed in float32).
+    labels: integer class indices ``[...]`` or soft labels ``[..., V]``.
+    embeddings: ``[V, k]`` frozen cost embeddings, e.g. a copy of the pretrained LM head.
+    mode: 1 ("more weight on MLE", default) or 2 ("more weight on EMO").
+    where: optional boolean mask ``[...]`` (padding); masked tokens give exactly 0.
+
+  Returns:
+    ``[...]`` float32 per-token loss.
+
+  References:
+    Ren et al., "EMO: Earth Mover Distance Optimization for Auto-Regressive Language
+    Modeling", ICLR 2024 (arXiv 2310.04691); code DRSY/EMO (PyPI ``EMOLoss``).
+  """
+  logits, labels, integer, where = _checks.prepare_classification(logits, labels, where)
+  if integer:
+    ce = optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
+  else:
+    ce = optax.losses.softmax_cross_entropy(logits, labels)
+  emo = emo_loss(logits, labels, embeddings)
+  return _checks.mask_loss(emo_ce_combination(ce, emo, mode=mode), where)

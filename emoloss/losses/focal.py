@@ -1,0 +1,61 @@
+"""Softmax focal loss."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from emoloss import _checks
+
+ArrayLike = jax.typing.ArrayLike
+
+
+def _safe_pow(base: jax.Array, exponent) -> jax.Array:
+  """``base ** exponent`` for ``base >= 0`` with a finite gradient at ``base == 0`` for any
+  ``exponent >= 0`` (``0 ** 0 = 1``)."""
+  positive = base > 0
+  safe_base = jnp.where(positive, base, 1.0)
+  return jnp.where(positive, safe_base**exponent, jnp.where(exponent == 0, 1.0, 0.0))
+
+
+def softmax_focal_loss(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    gamma: float = 2.0,
+    where: Optional[ArrayLike] = None,
+) -> jax.Array:
+  r"""Softmax focal loss ``-(1 - p_y)^γ log p_y``.
+
+  .. math::
+    L = -(1 - p_y)^{\gamma} \log p_y, \qquad p = \mathrm{softmax}(z)
+
+  For soft labels ``q`` the loss is ``-Σ_i q_i (1 - p_i)^γ log p_i``. ``gamma = 0`` is exactly
+  softmax cross-entropy. The modulating factor is differentiated (not stopped), as in the paper.
+  (``optax.losses.sigmoid_focal_loss`` is the per-class sigmoid form; this is the softmax form.)
+
+  Args:
+    logits: ``[..., V]`` unnormalised scores (any float dtype; computed in float32).
+    labels: integer class indices ``[...]`` or soft labels ``[..., V]``.
+    gamma: focusing parameter ``γ >= 0``.
+    where: optional boolean mask ``[...]``; masked examples give exactly 0.
+
+  Returns:
+    ``[...]`` float32 per-example loss.
+
+  References:
+    Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017 (arXiv 1708.02002).
+  """
+  _checks.check_scalar_range(gamma, "gamma", low=0.0)
+  logits, labels, integer, where = _checks.prepare_classification(logits, labels, where)
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  # 1 - p computed as -expm1(log p): accurate when p is close to 1.
+  one_minus_p = jnp.maximum(-jnp.expm1(log_probs), 0.0)
+  weighted = _safe_pow(one_minus_p, jnp.asarray(gamma, jnp.float32)) * log_probs
+  if integer:
+    loss = -jnp.take_along_axis(weighted, labels[..., None], axis=-1)[..., 0]
+  else:
+    loss = -jnp.sum(labels * weighted, axis=-1)
+  return _checks.mask_loss(loss, where)

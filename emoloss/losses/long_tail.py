@@ -1,0 +1,148 @@
+"""Long-tailed classification: logit adjustment and per-class additive margins."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from emoloss import _checks
+
+ArrayLike = jax.typing.ArrayLike
+
+# The official code adds log(π^τ + 1e-12), which stays finite for a class that never occurs.
+PRIOR_EPSILON = 1e-12
+
+
+def _softmax_cross_entropy(logits: jax.Array, labels: jax.Array, integer: bool) -> jax.Array:
+  if integer:
+    return optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
+  return optax.losses.softmax_cross_entropy(logits, labels)
+
+
+def _check_class_vector(vector: ArrayLike, num_classes: int, name: str) -> jax.Array:
+  if np.shape(vector) != (num_classes,):
+    raise ValueError(
+        f"`{name}` must have shape (num_classes,) = ({num_classes},) to match the logits' last "
+        f"axis (got {np.shape(vector)})."
+    )
+  if not isinstance(vector, jax.core.Tracer) and np.any(np.asarray(vector) < 0):
+    raise ValueError(f"`{name}` must be non-negative (got {np.asarray(vector)}).")
+  return jnp.asarray(vector, jnp.float32)
+
+
+def log_prior_adjustment(class_prior: ArrayLike, tau: float = 1.0) -> jax.Array:
+  r"""``log(π^τ + 1e-12)`` for a class prior ``π`` (normalised to sum to 1; counts are fine).
+
+  Returns:
+    ``[V]`` float32 offsets added to logits in training (or subtracted after it).
+  """
+  prior = jnp.asarray(class_prior, jnp.float32)
+  prior = prior / jnp.sum(prior)
+  return jnp.log(prior**tau + PRIOR_EPSILON)
+
+
+def logit_adjusted_cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    class_prior: ArrayLike,
+    *,
+    tau: float = 1.0,
+    where: Optional[ArrayLike] = None,
+) -> jax.Array:
+  r"""Logit-adjusted softmax cross-entropy for long-tailed labels.
+
+  .. math::
+    L = -\log \mathrm{softmax}\big(z + \log(\pi^{\tau} + 10^{-12})\big)_y
+      \approx \log\Big[1 + \sum_{y' \ne y} (\pi_{y'}/\pi_y)^{\tau} e^{z_{y'} - z_y}\Big]
+
+  i.e. class ``y`` is asked for a margin ``-τ log π_y`` that grows as the class gets rarer. The
+  ``+1e-12`` follows the official code and keeps a zero-count class finite. Predict with plain
+  ``argmax(z)``: the adjustment is only used in training. ``tau = 0`` or a uniform prior gives
+  plain cross-entropy (``optax.losses.softmax_cross_entropy[_with_integer_labels]``, used here).
+
+  Args:
+    logits: ``[..., V]`` unnormalised scores (any float dtype; computed in float32).
+    labels: integer class indices ``[...]`` or soft labels ``[..., V]``.
+    class_prior: ``[V]`` non-negative label frequencies or counts (normalised internally).
+    tau: temperature ``τ >= 0``.
+    where: optional boolean mask ``[...]``; masked examples give exactly 0.
+
+  Returns:
+    ``[...]`` float32 per-example loss.
+
+  References:
+    Menon et al., "Long-tail learning via logit adjustment", ICLR 2021 (arXiv 2007.07314).
+  """
+  _checks.check_scalar_range(tau, "tau", low=0.0)
+  logits, labels, integer, where = _checks.prepare_classification(logits, labels, where)
+  prior = _check_class_vector(class_prior, logits.shape[-1], "class_prior")
+  adjusted = logits + log_prior_adjustment(prior, tau)
+  return _checks.mask_loss(_softmax_cross_entropy(adjusted, labels, integer), where)
+
+
+def posthoc_logit_adjustment(
+    logits: ArrayLike, class_prior: ArrayLike, *, tau: float = 1.0
+) -> jax.Array:
+  r"""Post-hoc logit adjustment for prediction: ``z - log(π^τ + 1e-12)``.
+
+  Train with plain cross-entropy, then predict ``argmax`` of the returned scores, which favours
+  rare classes by ``-τ log π``.
+
+  Args:
+    logits: ``[..., V]`` scores of a model trained with plain cross-entropy.
+    class_prior: ``[V]`` non-negative label frequencies or counts.
+    tau: ``τ >= 0``.
+
+  Returns:
+    ``[..., V]`` float32 adjusted scores.
+
+  References:
+    Menon et al., "Long-tail learning via logit adjustment", ICLR 2021 (arXiv 2007.07314).
+  """
+  _checks.check_scalar_range(tau, "tau", low=0.0)
+  logits = _checks.check_logits(logits)
+  prior = _check_class_vector(class_prior, logits.shape[-1], "class_prior")
+  return logits - log_prior_adjustment(prior, tau)
+
+
+def margin_cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    margins: ArrayLike,
+    *,
+    where: Optional[ArrayLike] = None,
+) -> jax.Array:
+  r"""Softmax cross-entropy with a per-class additive margin on the target logit.
+
+  .. math::
+    L = -\log \frac{e^{z_y - m_y}}{e^{z_y - m_y} + \sum_{i \ne y} e^{z_i}}
+
+  The target must beat every other class by ``m_y``; rare classes get larger margins (LDAM uses
+  ``m_y ∝ n_y^{-1/4}``; logit adjustment corresponds to the pairwise margin
+  ``τ log(π_{y'} / π_y)``, see :func:`logit_adjusted_cross_entropy`). Zero margins give plain
+  cross-entropy.
+
+  Args:
+    logits: ``[..., V]`` unnormalised scores (any float dtype; computed in float32).
+    labels: integer class indices ``[...]``.
+    margins: ``[V]`` non-negative per-class margins.
+    where: optional boolean mask ``[...]``; masked examples give exactly 0.
+
+  Returns:
+    ``[...]`` float32 per-example loss.
+
+  References:
+    Menon et al., "Long-tail learning via logit adjustment", ICLR 2021 (arXiv 2007.07314);
+    Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss",
+    NeurIPS 2019 (arXiv 1906.07413).
+  """
+  logits, labels, _, where = _checks.prepare_classification(
+      logits, labels, where, allow_soft=False)
+  margins = _check_class_vector(margins, logits.shape[-1], "margins")
+  is_target = labels[..., None] == jnp.arange(logits.shape[-1])
+  adjusted = logits - jnp.where(is_target, margins, 0.0)
+  return _checks.mask_loss(_softmax_cross_entropy(adjusted, labels, True), where)
