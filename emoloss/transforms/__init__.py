@@ -1,3 +1,35 @@
-"""emoloss.transforms (filled in by its own issue)."""
+"""Optax gradient transformations: flooding, ascent/descent alternation, Tiger.
 
-__all__: list[str] = []
+* :func:`flood` -- negates the raw gradient when the batch loss (``value=``) is below a flood
+  level; :func:`flooded`, :func:`iflooded`, :func:`iflood_loss` -- the same idea on the loss.
+* :func:`alternate_ascent_descent`, :func:`scale_by_ascent_descent`, :func:`backstitch` --
+  alternating descent and smaller ascent steps; :func:`gradient_norm_penalty` and
+  :func:`alternation_penalty` -- their explicit second-order form.
+* :func:`tiger` -- sign-momentum optimiser (Lion with ``β1 = β2``) with decoupled weight decay.
+"""
+
+from emoloss.transforms.alternation import (
+    AscentDescentState,
+    alternate_ascent_descent,
+    alternation_penalty,
+    backstitch,
+    gradient_norm_penalty,
+    scale_by_ascent_descent,
+)
+from emoloss.transforms.flooding import FloodState, flood, flooded, iflood_loss, iflooded
+from emoloss.transforms.tiger import tiger
+
+__all__ = [
+    "AscentDescentState",
+    "FloodState",
+    "alternate_ascent_descent",
+    "alternation_penalty",
+    "backstitch",
+    "flood",
+    "flooded",
+    "gradient_norm_penalty",
+    "iflood_loss",
+    "iflooded",
+    "scale_by_ascent_descent",
+    "tiger",
+]

@@ -1,0 +1,241 @@
+"""Flooding: gradient descent above a flood level ``b``, gradient ascent below it.
+
+Two equivalent ways to use it:
+
+* on the loss: :func:`flooded` turns a batch loss ``L`` into ``|L - b| + b`` (and :func:`iflooded`
+  / :func:`iflood_loss` give the per-example variant, iFlood);
+* on the gradient: :func:`flood` is an Optax transformation that receives the batch loss as
+  ``value`` (as :func:`optax.contrib.reduce_on_plateau` does) and negates the raw gradient when
+  ``value < b``. Put it **first** in the chain, before any stateful optimiser: only there is its
+  output the gradient of ``|L - b| + b``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from emoloss import _checks
+
+ArrayLike = jax.typing.ArrayLike
+
+
+class FloodState(NamedTuple):
+  """State of the sign flip inside :func:`flood`.
+
+  Attributes:
+    ascent_steps: int32 ``[]``, number of updates so far whose gradient was negated
+      (``value < flood_level``). Read it from a whole optimiser state with
+      ``optax.tree_utils.tree_get(opt_state, "ascent_steps")``.
+  """
+
+  ascent_steps: jax.Array
+
+
+def _check_flood_level(flood_level) -> None:
+  _checks.check_scalar_range(flood_level, "flood_level", low=0.0)
+  if np.ndim(flood_level) != 0:
+    raise ValueError(f"`flood_level` must be a scalar (got shape {np.shape(flood_level)}).")
+
+
+def check_loss_value(value: Optional[ArrayLike], transform: str) -> jax.Array:
+  """Checks the ``value`` extra argument of a loss-aware transformation; returns it as float32.
+
+  Raises:
+    ValueError: if ``value`` is missing or not a scalar.
+    TypeError: if ``value`` is not a floating number.
+  """
+  if value is None:
+    raise ValueError(
+        f"`{transform}` needs the batch loss: call `update(grads, opt_state, params, value=loss)` "
+        "(with Flax NNX: `optimizer.update(model, grads, value=loss)`), where `loss` is the "
+        "scalar mini-batch mean loss that produced `grads`. Without it the transformation "
+        "cannot tell whether the loss is below the flood level."
+    )
+  if np.ndim(value) != 0:
+    raise ValueError(
+        f"`value` passed to `{transform}` must be the scalar batch-mean loss (got shape "
+        f"{np.shape(value)}); reduce per-example losses first."
+    )
+  dtype = _checks._dtype(value)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(f"`value` passed to `{transform}` must be a float loss (got dtype {dtype}).")
+  return jnp.asarray(value, jnp.float32)
+
+
+def _negate_and_count() -> optax.GradientTransformation:
+  """``u -> -u``, counting its calls in :class:`FloodState` (the branch taken below the flood)."""
+
+  def init_fn(params):
+    del params
+    return FloodState(ascent_steps=jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    del params
+    return optax.tree.scale(-1.0, updates), FloodState(optax.safe_increment(state.ascent_steps))
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def flood(flood_level: float) -> optax.GradientTransformationExtraArgs:
+  r"""Flooding as an Optax transformation: negates the raw gradient when the loss is below ``b``.
+
+  .. math::
+    u = \begin{cases} g & L \ge b \\ -g & L < b \end{cases}
+      \;=\; \nabla_\theta \big(|L(\theta) - b| + b\big)
+
+  where ``L`` is the mini-batch mean loss passed as ``value`` and ``g = ∇L`` the gradient passed as
+  ``updates``. At ``L = b`` exactly the step is descent (JAX's ``grad |x|`` at 0 is +1).
+
+  Place it **first** in ``optax.chain``, before any stateful optimiser (momentum, Adam, Lion,
+  Tiger): then the optimiser sees exactly the gradient of ``|L - b| + b`` and its statistics are
+  those of that objective. Negating Adam's *output* instead is a different algorithm (the moments
+  would keep tracking ``+g``). Built on ``optax.conditionally_transform`` with a negation whose
+  state counts the ascent steps.
+
+  Usage::
+
+    tx = optax.chain(flood(0.05), optax.adam(1e-3))
+    updates, opt_state = tx.update(grads, opt_state, params, value=loss)
+    # Flax NNX:  optimizer.update(model, grads, value=loss)
+
+  ``value`` must be the same mini-batch mean that produced ``grads``, with masked examples
+  excluded from the mean. Calling ``update`` without ``value`` raises ``ValueError``; a
+  transformation between the caller and ``flood`` that drops extra arguments is caught the same
+  way. Under ``optax.MultiSteps(optax.chain(flood(b), opt), k)`` only the last mini-step's call
+  counts: pass the mean loss of the ``k`` accumulated mini-batches as ``value`` (the loss whose
+  gradient is the accumulated mean gradient). ``flood_level`` can be injected with
+  ``optax.inject_hyperparams(flood)(flood_level=b)``.
+
+  Args:
+    flood_level: the flood level ``b >= 0`` (a scalar).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``. Its state is
+    ``optax.ConditionallyTransformState(inner_state=FloodState(ascent_steps), step)``, where
+    ``step`` counts all updates and ``ascent_steps`` those that were negated.
+
+  References:
+    Ishida et al., "Do We Need Zero Training Loss After Achieving Zero Training Error?",
+    ICML 2020 (arXiv 2002.08709); ``b`` searched in {0, 0.01, ..., 0.50}.
+  """
+  _check_flood_level(flood_level)
+
+  def below_flood_level(step, value=None, **extra_args):
+    del step, extra_args
+    return check_loss_value(value, "flood") < flood_level
+
+  return optax.conditionally_transform(
+      _negate_and_count(), below_flood_level, forward_extra_args=True
+  )
+
+
+def flooded(
+    loss_fn: Callable[..., Any], flood_level: float, *, has_aux: bool = False
+) -> Callable[..., Any]:
+  r"""Wraps a batch loss ``L`` into the flooded loss ``|L - b| + b``.
+
+  .. math::
+    \tilde L(\theta) = |L(\theta) - b| + b, \qquad
+    \nabla \tilde L = \operatorname{sign}(L - b)\, \nabla L \quad (\text{+1 at } L = b)
+
+  Same value as ``L`` above the flood level, mirrored below it. ``jax.grad`` of the result equals
+  what :func:`flood` does to ``jax.grad(loss_fn)``; use one or the other, not both.
+
+  Args:
+    loss_fn: a function returning the scalar mini-batch mean loss ``L`` (or ``(L, aux)`` when
+      ``has_aux``). Masked examples must already be excluded from the mean.
+    flood_level: the flood level ``b >= 0`` (a scalar).
+    has_aux: whether ``loss_fn`` returns ``(loss, aux)``; ``aux`` is passed through unchanged.
+
+  Returns:
+    A function with the signature of ``loss_fn`` returning the float32 flooded loss ``[]`` (and
+    ``aux``).
+
+  Raises:
+    ValueError: (when called) if ``loss_fn`` does not return a scalar.
+
+  References:
+    Ishida et al., "Do We Need Zero Training Loss After Achieving Zero Training Error?",
+    ICML 2020 (arXiv 2002.08709).
+  """
+  _check_flood_level(flood_level)
+
+  def flooded_loss_fn(*args, **kwargs):
+    out = loss_fn(*args, **kwargs)
+    loss, aux = out if has_aux else (out, None)
+    if np.ndim(loss) != 0:
+      raise ValueError(
+          f"`flooded` needs a loss function returning a scalar batch loss (got shape "
+          f"{np.shape(loss)}); for per-example losses use `iflooded`."
+      )
+    loss = jnp.asarray(loss, jnp.float32)
+    result = jnp.abs(loss - flood_level) + flood_level
+    return (result, aux) if has_aux else result
+
+  return flooded_loss_fn
+
+
+def iflood_loss(
+    losses: ArrayLike, flood_level: float, *, where: Optional[ArrayLike] = None
+) -> jax.Array:
+  r"""Individual flooding (iFlood): the mean of per-example flooded losses.
+
+  .. math::
+    \tilde L = \frac{1}{|\{i : w_i\}|} \sum_{i : w_i} \big(|\ell_i - b| + b\big)
+
+  Each example descends while its own loss is above ``b`` and ascends below it, instead of the
+  whole batch switching together as in :func:`flooded`.
+
+  Args:
+    losses: ``[...]`` per-example losses (any float dtype; computed in float32).
+    flood_level: the flood level ``b >= 0`` (a scalar).
+    where: optional boolean mask of the shape of ``losses``; masked examples are excluded from the
+      mean (a fully masked batch gives 0).
+
+  Returns:
+    The float32 scalar iFlood loss.
+
+  References:
+    Xie et al., "iFlood: A Stable and Effective Regularizer", ICLR 2022.
+  """
+  _check_flood_level(flood_level)
+  losses = _checks.check_logits(losses, name="losses", min_rank=0)
+  where = _checks.check_where(where, losses.shape)
+  per_example = jnp.abs(losses - flood_level) + flood_level
+  if where is None:
+    return jnp.mean(per_example)
+  per_example = jnp.where(where, per_example, 0.0)
+  count = jnp.sum(where)
+  return jnp.sum(per_example) / jnp.maximum(count, 1).astype(jnp.float32)
+
+
+def iflooded(per_example_loss_fn: Callable[..., ArrayLike], flood_level: float) -> Callable:
+  r"""Wraps a per-example loss function into its iFlood batch loss (see :func:`iflood_loss`).
+
+  .. math::
+    \tilde L = \operatorname{mean}_{i : w_i} \big(|\ell_i - b| + b\big)
+
+  Args:
+    per_example_loss_fn: a function returning per-example losses ``[...]``. If the wrapped
+      function is called with a ``where=`` keyword (a boolean mask of the losses' shape), it is
+      forwarded to ``per_example_loss_fn`` and masked examples are excluded from the mean.
+    flood_level: the flood level ``b >= 0`` (a scalar).
+
+  Returns:
+    A function with the signature of ``per_example_loss_fn`` returning the float32 scalar loss.
+
+  References:
+    Xie et al., "iFlood: A Stable and Effective Regularizer", ICLR 2022.
+  """
+  _check_flood_level(flood_level)
+
+  def iflooded_loss_fn(*args, **kwargs):
+    losses = per_example_loss_fn(*args, **kwargs)
+    return iflood_loss(losses, flood_level, where=kwargs.get("where"))
+
+  return iflooded_loss_fn
