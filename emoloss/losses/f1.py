@@ -59,13 +59,18 @@ def smooth_f1_loss(
     where: optional boolean mask ``[N, ...]``; masked entries are left out of the sums.
 
   Returns:
-    ``logits.shape[1:]`` float32 loss per label column (a scalar for a binary task).
+    ``logits.shape[1:]`` float32 loss per label column (a scalar for a binary task); 0 for a
+    column whose examples are all masked.
 
   References:
     Milletari et al., "V-Net", 3DV 2016 (Dice loss); SPEC.md, "F1-weighted binary
     cross-entropy".
   """
-  return 1.0 - smooth_f1_score(logits, labels, where=where)
+  loss = 1.0 - smooth_f1_score(logits, labels, where=where)
+  if where is None:
+    return loss
+  # A column with no unmasked example contributes nothing (0, zero gradient).
+  return jnp.where(jnp.any(jnp.asarray(where), axis=0), loss, 0.0)
 
 
 def f1_weighted_binary_cross_entropy(

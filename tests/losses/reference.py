@@ -1,0 +1,24 @@
+"""Independent NumPy references shared by the loss tests (float64)."""
+
+import numpy as np
+
+
+def log_softmax(z):
+  z = np.asarray(z, np.float64)
+  m = z.max(-1, keepdims=True)
+  return z - m - np.log(np.exp(z - m).sum(-1, keepdims=True))
+
+
+def softmax(z):
+  return np.exp(log_softmax(z))
+
+
+def one_hot(labels, v):
+  return np.eye(v)[np.asarray(labels)]
+
+
+def random_problem(n=8, v=7, seed=0, scale=2.0):
+  rng = np.random.default_rng(seed)
+  logits = (rng.normal(size=(n, v)) * scale).astype(np.float32)
+  labels = rng.integers(0, v, size=n)
+  return logits, labels

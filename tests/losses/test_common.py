@@ -1,0 +1,129 @@
+"""Behaviour shared by every loss: extreme logits, masks, bf16, bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import emoloss
+
+V = 6
+EMB = np.random.default_rng(7).normal(size=(V, 4)).astype(np.float32)
+PRIOR = np.array([40.0, 20.0, 10.0, 5.0, 2.0, 1.0])
+
+# name -> (loss(logits [N, V], labels [N], where) -> [N]) for the multi-class losses.
+MULTICLASS = {
+    "smoothed_accuracy": lambda z, y, w=None: emoloss.smoothed_accuracy_loss(z, y, where=w),
+    "focal": lambda z, y, w=None: emoloss.softmax_focal_loss(z, y, gamma=2.0, where=w),
+    "focal_small_gamma": lambda z, y, w=None: emoloss.softmax_focal_loss(z, y, gamma=0.3,
+                                                                         where=w),
+    "tailr": lambda z, y, w=None: emoloss.tailr_loss(z, y, where=w),
+    "tailr_smoothed": lambda z, y, w=None: emoloss.tailr_loss(z, y, label_smoothing=0.1, where=w),
+    "logit_adjusted": lambda z, y, w=None: emoloss.logit_adjusted_cross_entropy(
+        z, y, PRIOR, where=w),
+    "margin": lambda z, y, w=None: emoloss.margin_cross_entropy(z, y, np.full(V, 0.5), where=w),
+    "emo": lambda z, y, w=None: emoloss.emo_loss(z, y, EMB, where=w),
+    "emo_ce": lambda z, y, w=None: emoloss.emo_ce_loss(z, y, EMB, where=w),
+    "emo_ce_mode2": lambda z, y, w=None: emoloss.emo_ce_loss(z, y, EMB, mode=2, where=w),
+}
+if hasattr(emoloss, "exact_loss"):
+  MULTICLASS["exact"] = lambda z, y, w=None: emoloss.exact_loss(z, y, where=w)
+  MULTICLASS["exact_log"] = lambda z, y, w=None: emoloss.exact_loss(z, y, log_prob=True, where=w)
+
+# Binary losses: logits [N] with labels [N].
+BINARY = {
+    "binary_smoothed_accuracy": lambda z, y, w=None: emoloss.binary_smoothed_accuracy_loss(
+        z, y, where=w),
+    "f1_weighted_bce": lambda z, y, w=None: emoloss.f1_weighted_binary_cross_entropy(
+        z, y, where=w),
+    "smooth_f1": lambda z, y, w=None: emoloss.smooth_f1_loss(z, y, where=w),
+}
+
+ALL = [(name, fn, False) for name, fn in MULTICLASS.items()] + [
+    (name, fn, True) for name, fn in BINARY.items()]
+IDS = [name for name, _, _ in ALL]
+
+
+def _problem(binary, n=8, scale=1.0, seed=0):
+  rng = np.random.default_rng(seed)
+  if binary:
+    return (rng.normal(size=n) * scale).astype(np.float32), rng.integers(0, 2, n)
+  return (rng.normal(size=(n, V)) * scale).astype(np.float32), rng.integers(0, V, n)
+
+
+def _value_and_grad(fn, logits, labels, where=None):
+  return jax.jit(jax.value_and_grad(lambda z: jnp.sum(fn(z, labels, where))))(logits)
+
+
+@pytest.mark.parametrize("name,fn,binary", ALL, ids=IDS)
+def test_extreme_logits_give_finite_values_and_gradients(name, fn, binary):
+  logits, labels = _problem(binary)
+  extreme = np.where(np.random.default_rng(1).random(logits.shape) > 0.5, 1e4, -1e4)
+  extreme = extreme.astype(np.float32)
+  value, grad = _value_and_grad(fn, jnp.asarray(extreme), labels)
+  assert np.isfinite(value) and np.all(np.isfinite(grad)), name
+  per_example = fn(extreme, labels)
+  assert np.all(np.isfinite(per_example)), name
+
+
+@pytest.mark.parametrize("name,fn,binary", ALL, ids=IDS)
+def test_fully_masked_batch_is_zero_with_zero_gradient(name, fn, binary):
+  logits, labels = _problem(binary)
+  # Garbage in masked rows must not leak: inf/nan logits there.
+  logits = logits.copy()
+  logits.flat[::3] = np.inf
+  logits.flat[1::3] = np.nan
+  where = np.zeros(labels.shape, bool)
+  value, grad = _value_and_grad(fn, jnp.asarray(logits), labels, where)
+  assert float(value) == 0.0, name
+  assert np.all(np.asarray(grad) == 0.0), name
+
+
+@pytest.mark.parametrize("name,fn,binary", ALL, ids=IDS)
+def test_masked_examples_do_not_change_the_others(name, fn, binary):
+  logits, labels = _problem(binary, n=10, seed=2)
+  where = np.arange(10) % 4 != 1
+  masked = np.asarray(fn(logits, labels, where))
+  kept = np.asarray(fn(logits[where], labels[where]))
+  if masked.ndim == 0:  # a batch statistic (smooth F1): equal to the kept-only batch
+    np.testing.assert_allclose(masked, kept, rtol=1e-5, atol=1e-6)
+    return
+  assert np.all(masked[~where] == 0.0)
+  np.testing.assert_allclose(masked[where], kept, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,fn,binary", ALL, ids=IDS)
+def test_bfloat16_inputs_agree_with_float32(name, fn, binary):
+  """bf16 inputs are upcast, so the only difference is bf16's rounding of the logits (8 bits of
+  mantissa): compare with float32 on the bf16-rounded logits exactly, and with the unrounded
+  ones within 2e-2 (a relative rounding of 2^-8 on logits of size ~3)."""
+  logits, labels = _problem(binary, scale=1.0, seed=3)
+  low = jnp.asarray(logits, jnp.bfloat16)
+  out = fn(low, labels)
+  assert out.dtype == jnp.float32, name
+  np.testing.assert_allclose(out, fn(np.asarray(low, np.float32), labels), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(out, fn(logits, labels), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("name,fn,binary", ALL, ids=IDS)
+def test_bad_input_raises_clear_errors(name, fn, binary):
+  logits, labels = _problem(binary)
+  with pytest.raises(TypeError, match="logits"):
+    fn(logits.astype(np.int32), labels)
+  with pytest.raises(ValueError, match="labels"):
+    fn(logits, labels[:-1])
+  with pytest.raises(ValueError, match="where"):
+    fn(logits, labels, np.ones(labels.shape[0] + 1, bool))
+  if not binary:
+    with pytest.raises(ValueError, match="rank"):
+      fn(np.float32(1.0), np.int32(0))
+
+
+def test_check_label_range():
+  emoloss.check_label_range(np.array([0, 5, 2]), 6)
+  with pytest.raises(ValueError, match=r"labels.*\[0, 6\).*6"):
+    emoloss.check_label_range(np.array([0, 6, 2]), 6)
+  with pytest.raises(ValueError, match="-1"):
+    emoloss.check_label_range(np.array([-1]), 6)
+  with pytest.raises(TypeError, match="labels"):
+    emoloss.check_label_range(np.array([0.5]), 6)

@@ -1,0 +1,90 @@
+import hypothesis
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.test_util import check_grads
+
+import emoloss
+
+
+def _binary(n=12, seed=0, columns=None):
+  rng = np.random.default_rng(seed)
+  shape = (n,) if columns is None else (n, columns)
+  return (rng.normal(size=shape) * 2).astype(np.float32), rng.integers(0, 2, size=shape)
+
+
+def hand_f1_weighted(logits, labels, keep):
+  """Weights computed by hand from the kept examples; log p and log(1-p) from plain sigmoid."""
+  p = 1 / (1 + np.exp(-logits.astype(np.float64)))
+  f1 = 2 * np.sum(labels * p * keep, 0) / np.sum((labels + p) * keep, 0)
+  w_pos, w_neg = 1 - f1 / 2, f1 / 2
+  loss = -(labels * w_pos * np.log(p) + (1 - labels) * w_neg * np.log(1 - p))
+  return np.where(keep, loss, 0.0), f1
+
+
+@pytest.mark.parametrize("columns", [None, 3])
+def test_matches_hand_weights_with_mask(columns):
+  logits, labels = _binary(columns=columns)
+  keep = np.random.default_rng(1).random(logits.shape) > 0.3
+  want, f1 = hand_f1_weighted(logits, labels, keep)
+  got = emoloss.f1_weighted_binary_cross_entropy(logits, labels, where=keep)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(emoloss.smooth_f1_loss(logits, labels, where=keep), 1 - f1,
+                             rtol=1e-5)
+
+
+def test_gradient_matches_spec_closed_form():
+  logits, labels = _binary(seed=2)
+  p = jax.nn.sigmoid(logits)
+  f1 = emoloss.smooth_f1_score(logits, labels)
+  want = np.where(labels == 1, -(1 - f1 / 2) * (1 - p), (f1 / 2) * p)
+  got = jax.grad(lambda z: emoloss.f1_weighted_binary_cross_entropy(z, labels).sum())(logits)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_smooth_f1_loss_equals_optax_dice_and_finite_differences():
+  logits, labels = _binary(n=10, seed=3, columns=2)
+  # optax applies the sigmoid itself to a trailing class axis of size 1; axis=1 is our batch.
+  dice = optax.losses.dice_loss(logits.T[..., None], labels.T[..., None].astype(np.float32),
+                                smooth=0.0, reduction="none", axis=1)
+  np.testing.assert_allclose(emoloss.smooth_f1_loss(logits, labels), dice.reshape(-1),
+                             rtol=1e-5)
+  f = lambda z: emoloss.smooth_f1_loss(z, labels)
+  check_grads(f, (jnp.asarray(logits),), order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
+  check_grads(jax.jit(f), (jnp.asarray(logits),), order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
+
+
+def test_vmap_over_independent_batches():
+  logits, labels = _binary(n=24, seed=4)
+  batched = jax.vmap(emoloss.f1_weighted_binary_cross_entropy)(logits.reshape(3, 8),
+                                                               labels.reshape(3, 8))
+  for i in range(3):
+    np.testing.assert_allclose(
+        batched[i], emoloss.f1_weighted_binary_cross_entropy(logits[8 * i:8 * i + 8],
+                                                             labels[8 * i:8 * i + 8]), rtol=1e-6)
+
+
+def test_bad_input():
+  logits, labels = _binary()
+  with pytest.raises(ValueError, match="labels"):
+    emoloss.f1_weighted_binary_cross_entropy(logits, labels[:-1])
+  with pytest.raises(ValueError, match="logits"):
+    emoloss.smooth_f1_loss(np.float32(1.0), np.float32(1.0))
+  with pytest.raises(TypeError, match="logits"):
+    emoloss.f1_weighted_binary_cross_entropy(labels, labels)
+
+
+@hypothesis.settings(deadline=None, max_examples=25)
+@hypothesis.given(n=st.integers(1, 12), seed=st.integers(0, 2**16), scale=st.floats(0, 50))
+def test_properties(n, seed, scale):
+  rng = np.random.default_rng(seed)
+  logits = (rng.normal(size=n) * scale).astype(np.float32)
+  labels = rng.integers(0, 2, size=n)
+  f1 = float(emoloss.smooth_f1_score(logits, labels))
+  assert 0.0 <= f1 <= 1.0 + 1e-6
+  loss = np.asarray(emoloss.f1_weighted_binary_cross_entropy(logits, labels))
+  bce = np.asarray(optax.losses.sigmoid_binary_cross_entropy(logits, labels.astype(np.float32)))
+  assert np.all(np.isfinite(loss)) and np.all(loss <= bce + 1e-5)  # weights in [0, 1]

@@ -1,0 +1,78 @@
+import hypothesis
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.test_util import check_grads
+
+import emoloss
+from tests.losses.reference import log_softmax, random_problem
+
+
+def numpy_tailr_weight(p, gamma, min_weight=0.0):
+  return np.clip(p / (gamma + (1 - gamma) * p), min_weight, 1.0)
+
+
+@pytest.mark.parametrize("gamma,min_weight,smoothing", [
+    (0.8, 0.0, 0.0), (0.3, 0.0, 0.0), (1.0, 0.0, 0.0), (0.8, 0.2, 0.0), (0.5, 0.0, 0.1)])
+def test_matches_numpy(gamma, min_weight, smoothing):
+  logits, labels = random_problem(n=10, v=6)
+  logp = log_softmax(logits)
+  logp_y = logp[np.arange(10), labels]
+  w = numpy_tailr_weight(np.exp(logp_y), gamma, min_weight)
+  want = -(1 - smoothing) * w * logp_y - smoothing * logp.mean(-1)
+  got = emoloss.tailr_loss(logits, labels, gamma=gamma, min_weight=min_weight,
+                           label_smoothing=smoothing)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_is_weighted_nll_gradient():
+  """The weight is held constant: ∇L = w ∇(-log p_y), w from the current p."""
+  logits, labels = random_problem(n=5, v=4, seed=2)
+  z = jnp.asarray(logits)
+  nll = lambda z: optax.losses.softmax_cross_entropy_with_integer_labels(z, labels)
+  w = numpy_tailr_weight(np.exp(-np.asarray(nll(z))), 0.8)
+  want = jax.grad(lambda z: (w * nll(z)).sum())(z)
+  got = jax.grad(lambda z: emoloss.tailr_loss(z, labels, gamma=0.8).sum())(z)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+  f = lambda z: emoloss.tailr_loss(z, labels, gamma=0.8)
+  # The stop-gradient makes finite differences see d(w)/dz too, so check the jitted function
+  # against the hand-written gradient rather than check_grads.
+  np.testing.assert_allclose(jax.grad(lambda z: jax.jit(f)(z).sum())(z), want, rtol=1e-5,
+                             atol=1e-7)
+
+
+def test_gamma_zero_with_grad_check_and_vmap():
+  logits, labels = random_problem(n=4, v=5)
+  f = lambda z: emoloss.tailr_loss(z, labels, gamma=0.0)  # w = 1: differentiable everywhere
+  check_grads(f, (jnp.asarray(logits),), order=1, modes=["rev"], atol=2e-2, rtol=2e-2)
+  per_row = jax.vmap(lambda z, y: emoloss.tailr_loss(z, y))(logits, labels)
+  np.testing.assert_allclose(per_row, emoloss.tailr_loss(logits, labels), rtol=1e-6)
+
+
+def test_out_of_range_hyperparameters_and_soft_labels_rejected():
+  logits, labels = random_problem()
+  for kwargs, name in [({"gamma": 1.5}, "gamma"), ({"gamma": -0.1}, "gamma"),
+                       ({"min_weight": 2.0}, "min_weight"), ({"label_smoothing": 1.0},
+                                                             "label_smoothing")]:
+    with pytest.raises(ValueError, match=name):
+      emoloss.tailr_loss(logits, labels, **kwargs)
+  with pytest.raises(TypeError, match="labels"):
+    emoloss.tailr_loss(logits, np.eye(logits.shape[1], dtype=np.float32)[labels])
+
+
+@hypothesis.settings(deadline=None, max_examples=25)
+@hypothesis.given(v=st.integers(2, 8), n=st.integers(1, 6), scale=st.floats(0.0, 40.0),
+                  seed=st.integers(0, 2**16), gamma=st.floats(0.0, 1.0))
+def test_properties(v, n, scale, seed, gamma):
+  logits, labels = random_problem(n, v, seed, scale)
+  ce = np.asarray(optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels))
+  # γ = 0 is cross-entropy (w = 1). SPEC.md says γ = 1; with its own formula w = p_y there.
+  np.testing.assert_allclose(emoloss.tailr_loss(logits, labels, gamma=0.0), ce, rtol=1e-5,
+                             atol=1e-5)
+  np.testing.assert_allclose(emoloss.tailr_loss(logits, labels, gamma=1.0), np.exp(-ce) * ce,
+                             rtol=1e-4, atol=1e-6)
+  tailr = np.asarray(emoloss.tailr_loss(logits, labels, gamma=gamma))
+  assert np.all(tailr >= 0) and np.all(tailr <= ce + 1e-5)  # w <= 1
