@@ -1,3 +1,21 @@
-"""emoloss.fused (filled in by its own issue)."""
+"""Fused, chunked cross-entropy + EMO computed straight from hidden states and the LM head.
 
-__all__: list[str] = []
+The ``[N, V]`` logits are never materialised: the vocabulary is scanned in chunks with an online
+log-sum-exp, and the backward pass recomputes each chunk (see ``SPEC.md``, "Fused, chunked
+computation from hidden states"). :func:`sharded_fused_ce_emo` runs the same kernel on a device
+mesh with tokens split over a data axis and the vocabulary over a model axis.
+"""
+
+from emoloss.fused.chunked import (
+    FusedOutput,
+    fused_ce_emo,
+    fused_emo_ce_loss,
+    sharded_fused_ce_emo,
+)
+
+__all__ = [
+    "FusedOutput",
+    "fused_ce_emo",
+    "fused_emo_ce_loss",
+    "sharded_fused_ce_emo",
+]
