@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from emoloss import _checks
-from emoloss.transforms.flooding import _check_flood_level, check_loss_value
+from emoloss.transforms.flooding import _at_least_float32, _check_flood_level, check_loss_value
 
 ScalarOrSchedule = Union[float, jax.Array, Callable[[jax.Array], jax.Array]]
 
@@ -258,7 +258,7 @@ def gradient_norm_penalty(
     \nabla L_\text{pen} = \nabla L + 2c\, H \nabla L
 
   The squared norm runs over every leaf of the first argument ``θ`` (a pytree), summed in
-  float32. This is the explicit form of :func:`alternate_ascent_descent` with SGD
+  float32 (float64 for float64 inputs). This is the explicit form of :func:`alternate_ascent_descent` with SGD
   (``coeff = ε1 ε2 / (2(ε1 - ε2))``, see :func:`alternation_penalty`); it costs one extra
   backward pass (Hessian-vector product) per step. For a Flax NNX model, differentiate with
   respect to the parameter state: ``loss(params) = loss_fn(nnx.merge(graphdef, params, rest))``.
@@ -270,8 +270,8 @@ def gradient_norm_penalty(
     has_aux: whether ``loss_fn`` returns ``(loss, aux)``; ``aux`` is passed through.
 
   Returns:
-    A function with the signature of ``loss_fn`` returning the float32 scalar penalised loss
-    (and ``aux``).
+    A function with the signature of ``loss_fn`` returning the scalar penalised loss, float32
+    (float64 if the loss is float64), and ``aux``.
 
   References:
     Wang et al., Interspeech 2017 (backstitch); Barrett & Dherin, "Implicit Gradient
@@ -283,10 +283,8 @@ def gradient_norm_penalty(
   def penalised_loss_fn(params, *args, **kwargs):
     out, grads = value_and_grad(params, *args, **kwargs)
     loss, aux = out if has_aux else (out, None)
-    squared_norm = sum(
-        jnp.sum(jnp.square(g.astype(jnp.float32))) for g in jax.tree.leaves(grads)
-    )
-    result = jnp.asarray(loss, jnp.float32) + coeff * squared_norm
+    squared_norm = sum(jnp.sum(jnp.square(_at_least_float32(g))) for g in jax.tree.leaves(grads))
+    result = _at_least_float32(loss) + coeff * squared_norm
     return (result, aux) if has_aux else result
 
   return penalised_loss_fn

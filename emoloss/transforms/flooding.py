@@ -42,6 +42,12 @@ def _check_flood_level(flood_level) -> None:
     raise ValueError(f"`flood_level` must be a scalar (got shape {np.shape(flood_level)}).")
 
 
+def _at_least_float32(x) -> jax.Array:
+  """``x`` as float32, or float64 if it already is (computing in float32 never loses precision)."""
+  x = jnp.asarray(x)
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def check_loss_value(value: Optional[ArrayLike], transform: str) -> jax.Array:
   """Checks the ``value`` extra argument of a loss-aware transformation; returns it as float32.
 
@@ -153,8 +159,8 @@ def flooded(
     has_aux: whether ``loss_fn`` returns ``(loss, aux)``; ``aux`` is passed through unchanged.
 
   Returns:
-    A function with the signature of ``loss_fn`` returning the float32 flooded loss ``[]`` (and
-    ``aux``).
+    A function with the signature of ``loss_fn`` returning the flooded loss ``[]``, float32
+    (float64 if the loss is float64), and ``aux``.
 
   Raises:
     ValueError: (when called) if ``loss_fn`` does not return a scalar.
@@ -173,7 +179,7 @@ def flooded(
           f"`flooded` needs a loss function returning a scalar batch loss (got shape "
           f"{np.shape(loss)}); for per-example losses use `iflooded`."
       )
-    loss = jnp.asarray(loss, jnp.float32)
+    loss = _at_least_float32(loss)
     result = jnp.abs(loss - flood_level) + flood_level
     return (result, aux) if has_aux else result
 
