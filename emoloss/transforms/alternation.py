@@ -22,7 +22,8 @@ pushes towards flat regions. The ascent-first order gives the same second-order 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, NamedTuple, Optional, Union
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,8 +32,6 @@ import optax
 
 from emoloss import _checks
 from emoloss.transforms.flooding import _at_least_float32, _check_flood_level, check_loss_value
-
-ScalarOrSchedule = Union[float, jax.Array, Callable[[jax.Array], jax.Array]]
 
 
 class AscentDescentState(NamedTuple):
@@ -60,7 +59,7 @@ def scale_by_ascent_descent(
     ascent_ratio: float,
     *,
     ascent_first: bool = False,
-    flood_level: Optional[float] = None,
+    flood_level: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Two-phase scale: passes a descent update through, then scales the next one by ``-r``.
 
@@ -131,7 +130,7 @@ def alternate_ascent_descent(
     *,
     flip: Literal["update", "gradient"] = "update",
     ascent_first: bool = False,
-    flood_level: Optional[float] = None,
+    flood_level: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Alternates descent steps of ``optimizer`` with ascent steps ``ascent_ratio`` times as large.
 
@@ -187,7 +186,7 @@ def alternate_ascent_descent(
   raise ValueError(f'`flip` must be "update" or "gradient" (got {flip!r}).')
 
 
-def backstitch(learning_rate: ScalarOrSchedule, alpha: float = 0.3) -> optax.GradientTransformation:
+def backstitch(learning_rate: optax.ScalarOrSchedule, alpha: float = 0.3) -> optax.GradientTransformation:
   r"""Backstitch SGD: an ascent step ``α ν`` then a descent step ``(1 + α) ν`` on the same batch.
 
   .. math::
@@ -216,7 +215,7 @@ def backstitch(learning_rate: ScalarOrSchedule, alpha: float = 0.3) -> optax.Gra
   _checks.check_scalar_range(alpha, "alpha", low=0.0, low_inclusive=False)
   if callable(learning_rate):
     schedule = learning_rate
-    descent_lr = lambda count: (1.0 + alpha) * schedule(count)  # noqa: E731
+    descent_lr = lambda count: (1.0 + alpha) * schedule(count)
   else:
     descent_lr = (1.0 + alpha) * learning_rate
   return alternate_ascent_descent(

@@ -12,7 +12,8 @@ Two equivalent ways to use it:
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,7 +49,7 @@ def _at_least_float32(x) -> jax.Array:
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
-def check_loss_value(value: Optional[ArrayLike], transform: str) -> jax.Array:
+def check_loss_value(value: ArrayLike | None, transform: str) -> jax.Array:
   """Checks the ``value`` extra argument of a loss-aware transformation; returns it as float32.
 
   Raises:
@@ -187,7 +188,7 @@ def flooded(
 
 
 def iflood_loss(
-    losses: ArrayLike, flood_level: float, *, where: Optional[ArrayLike] = None
+    losses: ArrayLike, flood_level: float, *, where: ArrayLike | None = None
 ) -> jax.Array:
   r"""Individual flooding (iFlood): the mean of per-example flooded losses.
 

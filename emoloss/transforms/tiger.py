@@ -2,26 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Union
+from typing import Any
 
 import jax
 import optax
 
 from emoloss import _checks
 
-ScalarOrSchedule = Union[float, jax.Array, Callable[[jax.Array], jax.Array]]
-MaskOrFn = Optional[Union[Any, Callable[[Any], Any]]]
-
 
 def tiger(
-    learning_rate: ScalarOrSchedule,
+    learning_rate: optax.ScalarOrSchedule,
     beta: float = 0.965,
     weight_decay: float = 0.01,
     *,
-    mask: MaskOrFn = None,
+    mask: Any = None,
     rms_scaling: bool = False,
     min_rms: float = 1e-3,
-    mu_dtype: Optional[jax.typing.DTypeLike] = None,
+    mu_dtype: jax.typing.DTypeLike | None = None,
 ) -> optax.GradientTransformation:
   r"""Tiger ("tight-fisted optimiser"): one momentum buffer, a sign update, decoupled decay.
 
