@@ -48,8 +48,8 @@ TRANSFORMS = {
     "alternate(sgd, gradient flip, flood level)": lambda: alternate_ascent_descent(
         optax.sgd(0.3), 0.5, flip="gradient", flood_level=0.6),
     "backstitch": lambda: backstitch(0.2, 0.3),
-    "tiger": lambda: tiger(0.02),
-    "inject(tiger)": lambda: optax.inject_hyperparams(tiger)(learning_rate=0.02, beta=0.9),
+    "inject(tiger)": lambda: optax.inject_hyperparams(tiger)(learning_rate=0.02, beta=0.9,
+                                                             rms_scaling=True),
     "multisteps(flood+sgd)": lambda: optax.MultiSteps(
         optax.chain(flood(0.6), optax.sgd(0.3)), every_k_schedule=2),
 }
