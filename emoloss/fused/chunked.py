@@ -29,7 +29,7 @@ from typing import NamedTuple, Optional, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from emoloss import _checks
 from emoloss.losses.emo import emo_ce_combination, normalize_embeddings
@@ -143,23 +143,36 @@ def _chunk_cosines(target_unit, cost_embeddings, start, size):
   return jnp.dot(target_unit, _unit_rows(rows).T, preferred_element_type=jnp.float32)
 
 
-def _target_unit(cost_embeddings, labels, offset, vocab_axis):
-  """``ê_y [N, k]``: each device gathers the targets it holds; a ``psum`` completes the rows."""
-  local_vocab = cost_embeddings.shape[0]
+def _held_rows(table, labels, offset):
+  """Rows ``table[y - offset]`` of the targets this device holds (zeros elsewhere)."""
+  local_vocab = table.shape[0]
   local = labels - offset
   held = (local >= 0) & (local < local_vocab)
-  rows = _unit_rows(jnp.take(cost_embeddings, jnp.clip(local, 0, local_vocab - 1), axis=0))
-  rows = jnp.where(held[:, None], rows, jnp.zeros((), rows.dtype))
-  return _psum(rows, vocab_axis)
+  rows = jnp.take(table, jnp.clip(local, 0, local_vocab - 1), axis=0)
+  return jnp.where(held[:, None], rows, jnp.zeros((), rows.dtype))
 
 
-def _chunk_columns(offset, start, fresh, size, labels):
-  """``(fresh_columns [size], is_target [N, size])`` of a chunk: columns not already covered by
-  the previous chunk, and the one-hot target built by comparison (no scatter)."""
-  local = start + jnp.arange(size, dtype=jnp.int32)
-  fresh_columns = local >= fresh
-  is_target = ((offset + local)[None, :] == labels[:, None]) & fresh_columns[None, :]
-  return fresh_columns, is_target
+def _target_unit(cost_embeddings, labels, offset, vocab_axis):
+  """``ê_y [N, k]``: each device gathers the targets it holds; a ``psum`` completes the rows."""
+  return _psum(_unit_rows(_held_rows(cost_embeddings, labels, offset)), vocab_axis)
+
+
+def _target_logit(hidden, head, labels, offset, vocab_axis, dtype):
+  """``z_y = h · W_y`` from one gathered row per token (``O(N d)``, float32 accumulation); a
+  ``psum`` of ``[N]`` completes it across vocabulary shards."""
+  rows = _held_rows(head, labels, offset).astype(dtype).astype(jnp.float32)
+  return _psum(jnp.sum(hidden.astype(jnp.float32) * rows, axis=-1), vocab_axis)
+
+
+def _fresh_columns(start, fresh, size):
+  """Columns of a chunk not already covered by the previous chunk (see :func:`_chunk_starts`)."""
+  return start + jnp.arange(size, dtype=jnp.int32) >= fresh
+
+
+def _is_target(offset, start, size, labels):
+  """One-hot target of a chunk ``[N, size]``, built by comparison (no scatter)."""
+  columns = offset + start + jnp.arange(size, dtype=jnp.int32)
+  return columns[None, :] == labels[:, None]
 
 
 def _local_forward(hidden, head, labels, cost_embeddings, config: _Config,
@@ -177,12 +190,10 @@ def _local_forward(hidden, head, labels, cost_embeddings, config: _Config,
   target_unit = _target_unit(cost_embeddings, labels, offset, vocab_axis) if with_emo else None
 
   def body(carry, start, fresh):
-    running_max, sum_exp, cos_sum, target_logit = carry
+    running_max, sum_exp, cos_sum = carry
     logits, _ = _chunk_logits(hidden, head, start, size, dtype)
-    fresh_columns, is_target = _chunk_columns(offset, start, fresh, size, labels)
     if overlaps:
-      logits = jnp.where(fresh_columns[None, :], logits, -jnp.inf)
-    target_logit = target_logit + jnp.sum(jnp.where(is_target, logits, 0.0), axis=-1)
+      logits = jnp.where(_fresh_columns(start, fresh, size)[None, :], logits, -jnp.inf)
     new_max = jnp.maximum(running_max, jnp.max(logits, axis=-1))
     rescale = jnp.exp(running_max - new_max)
     exps = jnp.exp(logits - new_max[:, None])
@@ -190,18 +201,17 @@ def _local_forward(hidden, head, labels, cost_embeddings, config: _Config,
     if with_emo:
       cosines = _chunk_cosines(target_unit, cost_embeddings, start, size)
       cos_sum = rescale * cos_sum + jnp.sum(exps * cosines, axis=-1)
-    return (new_max, sum_exp, cos_sum, target_logit), None
+    return (new_max, sum_exp, cos_sum), None
 
   zeros = jnp.zeros((num_tokens,), jnp.float32)
-  init = (jnp.full((num_tokens,), -jnp.inf, jnp.float32), zeros, zeros, zeros)
-  (running_max, sum_exp, cos_sum, target_logit), _ = _for_each_chunk(
-      body, init, local_vocab, size)
+  init = (jnp.full((num_tokens,), -jnp.inf, jnp.float32), zeros, zeros)
+  (running_max, sum_exp, cos_sum), _ = _for_each_chunk(body, init, local_vocab, size)
 
   # Combine the vocabulary shards: one pmax, then psums of rescaled [N] partials.
   global_max = _pmax(running_max, vocab_axis)
   rescale = jnp.exp(running_max - global_max)
   sum_exp = _psum(sum_exp * rescale, vocab_axis)
-  target_logit = _psum(target_logit, vocab_axis)
+  target_logit = _target_logit(hidden, head, labels, offset, vocab_axis, dtype)
   lse = global_max + jnp.log(sum_exp)
   nll = lse - target_logit
   if not with_emo:
@@ -223,26 +233,30 @@ def _local_backward(hidden, head, labels, cost_embeddings, lse, expected_cos, co
   offset = _vocab_offset(local_vocab, vocab_axis)
   with_emo = cost_embeddings is not None
   target_unit = _target_unit(cost_embeddings, labels, offset, vocab_axis) if with_emo else None
-  g_prob = (g_nll + g_lse)[:, None]
+  g_prob = g_nll + g_lse
+  if with_emo:
+    g_prob = g_prob + g_emo * expected_cos
+  g_prob = g_prob[:, None]
 
   def body(grad_hidden, start, fresh):
     logits, rows = _chunk_logits(hidden_c, head, start, size, dtype)
-    fresh_columns, is_target = _chunk_columns(offset, start, fresh, size, labels)
     probs = jnp.exp(logits - lse[:, None])
-    # The overlap of a moved-back last chunk gets its true gradient here (it is rewritten into
-    # ∂W with the same values), so is_target must not be masked for ∂W ...
-    if overlaps:
-      is_target = (offset + start + jnp.arange(size, dtype=jnp.int32))[None, :] == labels[:, None]
-    grad_logits = probs * g_prob - jnp.where(is_target, g_nll[:, None], 0.0)
+    # ∂/∂z_v = p_v (g_nll + g_lse + g_emo ((pÊ)·ê_y - ê_v·ê_y)) - g_nll [v = y]. The overlap of
+    # a moved-back last chunk gets its true gradient too (it is rewritten into ∂W with the same
+    # values) ...
+    target = jnp.where(_is_target(offset, start, size, labels), g_nll[:, None], 0.0)
     if with_emo:
       cosines = _chunk_cosines(target_unit, cost_embeddings, start, size)
-      grad_logits = grad_logits + (g_emo[:, None] * probs) * (expected_cos[:, None] - cosines)
+      grad_logits = probs * (g_prob - g_emo[:, None] * cosines) - target
+    else:
+      grad_logits = probs * g_prob - target
     grad_logits = grad_logits.astype(dtype)
     # ... but those rows must not add into ∂h twice.
-    rows_for_hidden = jnp.where(fresh_columns[:, None], rows, 0) if overlaps else rows
-    grad_hidden = grad_hidden + jnp.dot(grad_logits, rows_for_hidden,
-                                        preferred_element_type=jnp.float32)
-    grad_rows = jnp.dot(grad_logits.T, hidden_c, preferred_element_type=jnp.float32)
+    if overlaps:
+      rows = jnp.where(_fresh_columns(start, fresh, size)[:, None], rows, 0)
+    grad_hidden = grad_hidden + jnp.dot(grad_logits, rows, preferred_element_type=jnp.float32)
+    grad_rows = jax.lax.dot_general(grad_logits, hidden_c, (((0,), (0,)), ((), ())),
+                                    preferred_element_type=jnp.float32)
     return grad_hidden, _psum(grad_rows, token_axis).astype(head.dtype)
 
   init = jnp.zeros(hidden.shape, jnp.float32)
@@ -263,6 +277,17 @@ def _specs(config: _Config):
   return tokens, token_rows, vocab_rows
 
 
+def _placed(config: _Config, args, specs):
+  """Reshards ``args`` to ``specs`` on the mesh (needed before ``shard_map`` when mesh axes are
+  ``Explicit``, the default of ``jax.make_mesh``; a no-op when they already match)."""
+  if not any(kind == AxisType.Explicit for kind in config.mesh.axis_types):
+    return args  # Auto axes: shard_map reshards its inputs itself.
+
+  def place(x, spec):
+    return x if x is None else jax.reshard(x, NamedSharding(config.mesh, spec))
+  return jax.tree.map(place, args, specs, is_leaf=lambda x: x is None)
+
+
 def _forward_all(config: _Config, hidden, head, labels, cost_embeddings):
   if config.mesh is None:
     return _local_forward(hidden, head, labels, cost_embeddings, config, None)
@@ -278,7 +303,8 @@ def _forward_all(config: _Config, hidden, head, labels, cost_embeddings):
       # output is made replicated over the model axis by explicit pmax/psum.
       check_vma=False,
   )
-  return fn(hidden, head, labels, cost_embeddings)
+  in_specs = (token_rows, vocab_rows, tokens, vocab_rows if with_emo else None)
+  return fn(*_placed(config, (hidden, head, labels, cost_embeddings), in_specs))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -304,18 +330,16 @@ def _fused_bwd(config: _Config, residuals, cotangents):
   else:
     tokens, token_rows, vocab_rows = _specs(config)
     with_emo = cost_embeddings is not None
+    in_specs = (token_rows, vocab_rows, tokens, vocab_rows if with_emo else None, tokens,
+                tokens if with_emo else None, (tokens, tokens if with_emo else None, tokens))
     fn = jax.shard_map(
         functools.partial(_local_backward, config=config, vocab_axis=config.model_axis,
                           token_axis=config.data_axis),
-        mesh=config.mesh,
-        in_specs=(token_rows, vocab_rows, tokens, vocab_rows if with_emo else None, tokens,
-                  tokens if with_emo else None,
-                  (tokens, tokens if with_emo else None, tokens)),
-        out_specs=(token_rows, vocab_rows),
+        mesh=config.mesh, in_specs=in_specs, out_specs=(token_rows, vocab_rows),
         check_vma=False,
     )
-    grad_hidden, grad_head = fn(hidden, head, labels, cost_embeddings, lse, expected_cos,
-                                (g_nll, g_emo, g_lse))
+    args = (hidden, head, labels, cost_embeddings, lse, expected_cos, (g_nll, g_emo, g_lse))
+    grad_hidden, grad_head = fn(*_placed(config, args, in_specs))
   # No cotangent for the integer labels nor the (stop-gradient) cost embeddings.
   return grad_hidden, grad_head, None, None
 
