@@ -1,0 +1,14 @@
+"""Small offline classification experiments for the objectives of emoloss (SPEC.md).
+
+Each experiment is a module with a ``main(argv) -> dict`` and a command line::
+
+  python -m benchmarks.classification.long_tail [--quick] [--out DIR] [--seeds N]
+  python -m benchmarks.classification.rare_f1
+  python -m benchmarks.classification.flooding
+  python -m benchmarks.classification.exact_toy
+  python -m benchmarks.classification.accuracy_vs_ce
+
+Data ship with scikit-learn (``load_digits``); nothing is downloaded. Results (a JSON file and a
+PNG plot per experiment, named ``cls_<experiment>.*``) go to ``benchmarks/results/`` for full runs
+and to a temporary directory for ``--quick`` runs unless ``--out`` is given.
+"""
