@@ -8,6 +8,7 @@ in float32 whatever the input dtype. Integer labels are class indices of shape
 
 from emoloss.losses.accuracy import binary_smoothed_accuracy_loss, smoothed_accuracy_loss
 from emoloss.losses.emo import emo_ce_combination, emo_ce_loss, emo_loss, normalize_embeddings
+from emoloss.losses.exact import exact_loss
 from emoloss.losses.f1 import f1_weighted_binary_cross_entropy, smooth_f1_loss, smooth_f1_score
 from emoloss.losses.focal import softmax_focal_loss
 from emoloss.losses.long_tail import (
@@ -23,6 +24,7 @@ __all__ = [
     "emo_ce_combination",
     "emo_ce_loss",
     "emo_loss",
+    "exact_loss",
     "f1_weighted_binary_cross_entropy",
     "log_prior_adjustment",
     "logit_adjusted_cross_entropy",

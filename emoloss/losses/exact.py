@@ -1,0 +1,239 @@
+"""EXACT: expected accuracy of a classifier whose scores carry Gaussian noise."""
+
+from __future__ import annotations
+
+import functools
+import operator
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from emoloss import _checks
+
+ArrayLike = jax.typing.ArrayLike
+
+# Newton steps locating the mode of the log-integrand (see `_integrand_mode_and_scale`). Newton
+# converges monotonically here; 12 steps reach the mode to quadrature accuracy even at V = 1e5.
+_NEWTON_STEPS = 12
+# Below this argument the inverse Mills ratio uses its asymptotic series.
+_ASYMPTOTIC_BELOW = -8.0
+# φ(x)/Φ(x) = u Σ_k c_k u^(-2k) as x = -u → -∞; these are c_1 ... c_6 (c_0 = 1).
+_MILLS_SERIES = (1.0, -2.0, 10.0, -74.0, 706.0, -8162.0)
+_HALF_LOG_2PI = 0.5 * float(np.log(2.0 * np.pi))
+
+
+@functools.lru_cache(maxsize=None)
+def _gauss_hermite(num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
+  """Nodes ``s_k = √2 x_k`` and log weights ``log w_k - ½ log π`` of ``∫ φ(s) f(s) ds``."""
+  x, w = np.polynomial.hermite.hermgauss(num_nodes)
+  with np.errstate(divide="ignore"):  # weights underflow to 0 (log -inf) for huge node counts
+    log_weights = np.log(w) - 0.5 * np.log(np.pi)
+  return (np.sqrt(2.0) * x).astype(np.float32), log_weights.astype(np.float32)
+
+
+def _inverse_mills(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Returns ``m = φ(x)/Φ(x)`` and ``x + m`` (both >= 0), stable for every finite ``x``.
+
+  ``m' = -m (x + m)``; for ``x → -∞``, ``m ≈ -x`` and ``x + m ≈ -1/x`` would cancel, so below
+  ``_ASYMPTOTIC_BELOW`` both come from the asymptotic series ``m = u(1 + a - 2a² + 10a³ - ...)``,
+  ``u = -x``, ``a = 1/u²`` (float32 relative error: m < 1e-7, x + m < 2e-6 there; above, m < 7e-6).
+  """
+  direct_x = jnp.maximum(x, _ASYMPTOTIC_BELOW)
+  direct = jnp.exp(-0.5 * direct_x**2 - _HALF_LOG_2PI - jax.scipy.special.log_ndtr(direct_x))
+  u = jnp.maximum(-x, -_ASYMPTOTIC_BELOW)
+  a = 1.0 / (u * u)
+  series = functools.reduce(lambda acc, c: acc * a + c, reversed(_MILLS_SERIES[1:]), 0.0)
+  excess = u * a * (1.0 + a * series)  # x + m = 1/u - 2/u³ + 10/u⁵ - ...
+  tail = x < _ASYMPTOTIC_BELOW
+  mills = jnp.where(tail, u + excess, direct)
+  excess = jnp.where(tail, excess, jnp.maximum(direct_x + direct, 0.0))
+  return mills, excess
+
+
+def _integrand_mode_and_scale(
+    deltas: jax.Array, others: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+  """Mode ``μ`` and width ``τ = (-g''(μ))^{-1/2}`` of ``g(t) = log φ(t) + Σ_{i≠y} log Φ(t + Δ_i)``.
+
+  ``g'(t) = -t + Σ m(t + Δ_i)`` is decreasing and convex and ``g'(0) > 0``, so Newton's method
+  started at ``t = 0`` increases monotonically to the root without overshooting. ``τ`` is taken
+  at the last-but-one iterate (indistinguishable after convergence; any ``μ, τ`` give a valid
+  quadrature rule, only its accuracy depends on them).
+  """
+
+  def newton_step(_, state):
+    t, _ = state
+    mills, excess = _inverse_mills(t[..., None] + deltas)
+    slope = -t + jnp.sum(jnp.where(others, mills, 0.0), axis=-1)
+    curvature = -1.0 - jnp.sum(jnp.where(others, mills * excess, 0.0), axis=-1)
+    return t - slope / curvature, curvature
+
+  start = jnp.zeros(deltas.shape[:-1])
+  mode, curvature = jax.lax.fori_loop(0, _NEWTON_STEPS, newton_step, (start, start - 1.0))
+  return mode, jax.lax.rsqrt(-curvature)
+
+
+def _quadrature(
+    deltas: jax.Array, others: jax.Array, num_nodes: int, with_gradient: bool
+) -> tuple[jax.Array, Optional[jax.Array]]:
+  """``log P(y) = log ∫ φ(t) ∏_{i≠y} Φ(t + Δ_i) dt`` for ``deltas [..., V]`` by adaptive
+  Gauss–Hermite quadrature (``others [..., V]`` is False at ``i = y``), and optionally its
+  gradient ``∂ log P / ∂Δ_i = Σ_k π_k m(t_k + Δ_i)`` (``π_k`` the normalised node terms, ``m`` the
+  inverse Mills ratio): the ``[..., K, V]`` intermediates are reduced here, so reverse mode
+  stores only ``[..., V]``."""
+  nodes, log_weights = _gauss_hermite(num_nodes)
+  mode, scale = _integrand_mode_and_scale(jax.lax.stop_gradient(deltas), others)
+  mode, scale = mode[..., None], scale[..., None]
+  t = mode + scale * nodes  # [..., K]
+  # ∫ φ(t) f(t) dt = τ ∫ φ(s) [φ(μ + τ s) / φ(s)] f(μ + τ s) ds, by Gauss–Hermite in s.
+  log_shifted_weights = jnp.log(scale) + log_weights + 0.5 * (nodes**2 - t**2)
+  points = t[..., :, None] + deltas[..., None, :]  # [..., K, V]
+  competitors = others[..., None, :]
+  log_cdfs = jnp.where(competitors, jax.scipy.special.log_ndtr(points), 0.0)
+  terms = log_shifted_weights + jnp.sum(log_cdfs, axis=-1)
+  log_prob = jax.nn.logsumexp(terms, axis=-1)
+  if not with_gradient:
+    return log_prob, None
+  node_probs = jax.nn.softmax(terms, axis=-1)  # not exp(terms - log_prob): log_prob may round
+  mills = jnp.where(competitors, _inverse_mills(points)[0], 0.0)
+  return log_prob, jnp.sum(node_probs[..., :, None] * mills, axis=-2)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _log_target_prob(deltas: jax.Array, others: jax.Array, num_nodes: int) -> jax.Array:
+  return _quadrature(deltas, others, num_nodes, with_gradient=False)[0]
+
+
+@_log_target_prob.defjvp
+def _log_target_prob_jvp(num_nodes, primals, tangents):
+  (deltas, others), (deltas_dot, _) = primals, tangents
+  log_prob, gradient = _quadrature(deltas, others, num_nodes, with_gradient=True)
+  return log_prob, jnp.sum(gradient * deltas_dot, axis=-1)
+
+
+def _per_example(value, name: str, batch_shape: tuple[int, ...]) -> jax.Array:
+  """Broadcasts a scalar or ``[...]`` parameter to ``batch_shape`` (float32)."""
+  shape = tuple(np.shape(value))
+  try:
+    fits = np.broadcast_shapes(shape, batch_shape) == tuple(batch_shape)
+  except ValueError:
+    fits = False
+  if not fits:
+    raise ValueError(
+        f"`{name}` must be a scalar or broadcast to the batch shape logits.shape[:-1] = "
+        f"{tuple(batch_shape)} (got shape {shape})."
+    )
+  return jnp.broadcast_to(jnp.asarray(value, jnp.float32), batch_shape)
+
+
+def exact_loss(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    sigma: ArrayLike = 1.0,
+    num_nodes: int = 64,
+    margin: Optional[ArrayLike] = None,
+    log_prob: bool = False,
+    where: Optional[ArrayLike] = None,
+) -> jax.Array:
+  r"""EXACT loss: error rate of the classifier ``argmax_i (z_i / σ + ε_i)``, ``ε ~ N(0, I)``.
+
+  The target wins with probability
+
+  .. math::
+    P(y) = \int \varphi(t) \prod_{i \ne y} \Phi(t + \Delta_i)\, dt, \qquad
+    \Delta_i = (z_y - z_i) / \sigma
+
+  (``φ``, ``Φ`` the standard normal density and CDF), with ``Δ_i = min(z_y - z_i, m) / σ`` when
+  a ``margin`` ``m`` is given (no reward for beating a class by more than ``m``). The loss is
+  the expected error rate ``1 - P(y)``, or ``-log P(y)`` with ``log_prob=True``.
+
+  The integral is computed in log space by Gauss–Hermite quadrature with ``K = num_nodes`` nodes
+  ``x_k`` and weights ``w_k``:
+
+  .. math::
+    \log P = \operatorname{logsumexp}_k \Big[\log\tau + \log w_k - \tfrac12\log\pi
+      + \tfrac12 (s_k^2 - t_k^2) + \sum_{i \ne y} \log\Phi(t_k + \Delta_i)\Big], \quad
+    s_k = \sqrt2 x_k,\ t_k = \mu + \tau s_k.
+
+  ``μ = 0, τ = 1`` is plain Gauss–Hermite (SPEC); here ``μ`` is the mode of the log-integrand
+  and ``τ = (-g''(μ))^{-1/2}`` its width (adaptive Gauss–Hermite, found by 12 Newton steps under
+  ``stop_gradient``: the integral does not depend on them). Plain Gauss–Hermite misses the
+  integrand when it lies outside its node range: at 64 nodes it is off in ``log P`` by 1.3e-3
+  for ``V = 1000, Δ = 0`` (where ``P = 1/V`` exactly) and by 1e2 for ``V = 2, Δ = -50``;
+  the adaptive rule is within 1e-7 of adaptive reference quadrature in these cases (float64
+  measurement; float32 rounding adds ~1e-7 relative). Cost ``O(K · V)`` per example (no
+  ``V × V``); the derivative is reduced to ``[..., V]`` in the forward pass, so reverse mode does
+  not store the ``[..., K, V]`` intermediate.
+
+  The official code estimates ``P`` by randomised Genz Monte Carlo (16 samples), so its loss and
+  gradients are noisy; this one is deterministic.
+
+  Args:
+    logits: ``[..., V]`` unnormalised scores (any float dtype; computed in float32).
+    labels: ``[...]`` integer class indices (soft labels are not supported).
+    sigma: noise temperature ``σ > 0``: a scalar or an array broadcasting to ``[...]`` (e.g. one
+      per example from a scalar head); differentiable. Checked eagerly when concrete.
+    num_nodes: number of Gauss–Hermite nodes ``K`` (positive int; 64 by default, 32 is usually
+      enough).
+    margin: optional clip ``m`` of the logit differences ``z_y - z_i`` (a scalar or an array
+      broadcasting to ``[...]``), applied before dividing by ``σ``.
+    log_prob: return ``-log P(y)`` instead of ``1 - P(y)``.
+    where: optional boolean mask ``[...]``; masked examples give exactly 0 and zero gradient.
+
+  Returns:
+    ``[...]`` float32 per-example loss: ``1 - P(y)`` in ``[0, 1]``, or ``-log P(y) >= 0``.
+
+  References:
+    Karpukhin et al., "EXACT: How to Train Your Accuracy", 2022 (arXiv 2205.09615).
+    Liu & Pierce, "A Note on Gauss–Hermite Quadrature", Biometrika 81(3), 1994 (adaptive
+    Gauss–Hermite quadrature).
+  """
+  if isinstance(num_nodes, bool) or not isinstance(num_nodes, (int, np.integer)):
+    raise TypeError(f"`num_nodes` must be a positive int (got {num_nodes!r}).")
+  if num_nodes < 1:
+    raise ValueError(f"`num_nodes` must be a positive int (got {num_nodes}).")
+  logits = _checks.check_logits(logits)
+  labels, _ = _checks.check_labels(labels, logits, allow_soft=False)
+  batch_shape = logits.shape[:-1]
+  where = _checks.check_where(where, batch_shape)
+  _checks.check_scalar_range(sigma, "sigma", low=0.0, low_inclusive=False)
+  sigma = _per_example(sigma, "sigma", batch_shape)
+  if margin is not None:
+    _checks.check_scalar_range(margin, "margin", low=-np.inf, low_inclusive=False)
+    margin = _per_example(margin, "margin", batch_shape)
+  return _exact_loss(logits, labels, sigma, margin, where, operator.index(num_nodes),
+                     bool(log_prob))
+
+
+@functools.partial(jax.jit, static_argnums=(5, 6))
+def _exact_loss(
+    logits: jax.Array,
+    labels: jax.Array,
+    sigma: jax.Array,
+    margin: Optional[jax.Array],
+    where: Optional[jax.Array],
+    num_nodes: int,
+    log_prob: bool,
+) -> jax.Array:
+  """:func:`exact_loss` on checked float32 inputs (``sigma``, ``margin`` of the batch shape).
+
+  Jitted so that an eager call compiles one program rather than dispatching op by op.
+  """
+  sigma = _checks.mask_inputs(sigma, where, fill=1)
+  logits = _checks.mask_inputs(logits, where)
+  target_logit = jnp.take_along_axis(logits, labels[..., None], axis=-1)
+  differences = target_logit - logits  # [..., V]: z_y - z_i
+  if margin is not None:
+    differences = jnp.minimum(differences, _checks.mask_inputs(margin, where)[..., None])
+  deltas = differences / sigma[..., None]
+  others = jnp.arange(logits.shape[-1]) != labels[..., None]
+
+  if logits.shape[-1] == 1:  # no competitor: the target always wins
+    log_target_prob = jnp.zeros(logits.shape[:-1])
+  else:
+    log_target_prob = jnp.minimum(_log_target_prob(deltas, others, num_nodes), 0.0)
+  loss = -log_target_prob if log_prob else -jnp.expm1(log_target_prob)
+  return _checks.mask_loss(loss, where)
