@@ -1,0 +1,100 @@
+"""Sharded fused CE + EMO against one device, on 8 simulated CPU devices.
+
+Run by tests/fused/test_chunked.py in a subprocess with
+XLA_FLAGS=--xla_force_host_platform_device_count=8 (the flag must be set before JAX starts).
+Prints "ALL OK" when every check passes; raises otherwise.
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+import emoloss
+
+COLLECTIVE = re.compile(
+    r"=\s*(.*?)\s(all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)"
+    r"(?:-start)?\(")
+
+
+def problem(n, v, d, k, seed=0):
+  keys = jax.random.split(jax.random.PRNGKey(seed), 5)
+  return (jax.random.normal(keys[0], (n, d)), jax.random.normal(keys[1], (v, d)),
+          jax.random.randint(keys[2], (n,), 0, v), jax.random.normal(keys[3], (v, k)),
+          jax.random.normal(keys[4], (3, n)))
+
+
+def program(fn, labels, cost, where, weights):
+  """Outputs and gradients (w.r.t. hidden, head) of a scalar using every output."""
+  def scalar(h, w):
+    out = fn(h, w, labels, cost, where)
+    total = jnp.sum(weights[0] * out.nll) + jnp.sum(weights[2] * out.lse ** 2)
+    return total if out.emo is None else total + jnp.sum(weights[1] * out.emo)
+  return lambda h, w: (fn(h, w, labels, cost, where), jax.grad(scalar, argnums=(0, 1))(h, w))
+
+
+def check(mesh, data_axis, model_axis, n, v, d, k, chunk_size, with_emo, masked):
+  hidden, head, labels, cost, weights = problem(n, v, d, k)
+  cost = cost if with_emo else None
+  where = (jnp.arange(n) % 5 != 2) if masked else None
+  single = program(lambda h, w, y, e, m: emoloss.fused_ce_emo(
+      h, w, y, e, where=m, chunk_size=chunk_size), labels, cost, where, weights)
+  sharded = jax.jit(program(lambda h, w, y, e, m: emoloss.sharded_fused_ce_emo(
+      h, w, y, e, mesh=mesh, data_axis=data_axis, model_axis=model_axis, where=m,
+      chunk_size=chunk_size), labels, cost, where, weights))
+  args = (jax.device_put(hidden, NamedSharding(mesh, P(data_axis, None))),
+          jax.device_put(head, NamedSharding(mesh, P(model_axis, None))))
+  expected, got = single(hidden, head), sharded(*args)
+  for name, a, b in zip(("nll", "emo", "lse", "d hidden", "d head"),
+                        jax.tree.leaves(got, is_leaf=lambda x: x is None),
+                        jax.tree.leaves(expected, is_leaf=lambda x: x is None)):
+    if b is None:
+      assert a is None, name
+      continue
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    error, scale = np.max(np.abs(a - b)), np.max(np.abs(b))
+    assert error <= 1e-5 * scale, f"{name}: {error} > 1e-5 * {scale} on {mesh}"
+  head_sharding = NamedSharding(mesh, P(model_axis, None))  # ∂W stays sharded like W
+  assert got[1][1].sharding.is_equivalent_to(head_sharding, 2), got[1][1].sharding
+  # Neither the head nor the logits is gathered: no all-gather/all-to-all at all, and every
+  # all-reduce moves at most one device's token block of hidden- or cost-sized rows (partial
+  # ∂hidden and p @ Ê, per-token max / sum-exp / target logit over the model axis) or one
+  # device's head shard (∂W summed over the data axis), which is less than the full head [V, d]
+  # or one device's logits block [N / data, V].
+  text = sharded.lower(*args).compile().as_text()
+  ops = COLLECTIVE.findall(text)
+  assert ops, "expected psum/pmax collectives"
+  kinds = {kind for _, kind in ops}
+  assert kinds <= {"all-reduce"}, kinds
+  data_size = 1 if data_axis is None else mesh.shape[data_axis]
+  local_tokens = n // data_size
+  model_size = 1 if model_axis is None else mesh.shape[model_axis]
+  limit = max(local_tokens * max(d, k), v // model_size * d)
+  assert limit < min(v * d, local_tokens * v)  # the check below can tell a gather apart
+  for shapes, _ in ops:
+    for dims in re.findall(r"\w+\[([\d,]*)\]", shapes):
+      size = int(np.prod([int(x) for x in dims.split(",") if x])) if dims else 1
+      assert size <= limit, (shapes, limit)
+  print("ok", dict(mesh=dict(mesh.shape), emo=with_emo, masked=masked, v=v, chunk=chunk_size))
+
+
+def main():
+  assert jax.device_count() == 8, jax.devices()
+  explicit = jax.make_mesh((2, 4), ("data", "model"),
+                           axis_types=(AxisType.Explicit, AxisType.Explicit))
+  auto = Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "model"))
+  vocab_only = Mesh(np.array(jax.devices()), ("model",))
+  # V / 4 = 22 vocabulary rows per device, chunks of 4: a partial last chunk on every device.
+  check(explicit, "data", "model", n=32, v=88, d=8, k=4, chunk_size=4, with_emo=True,
+        masked=True)
+  check(auto, "data", "model", n=32, v=88, d=8, k=4, chunk_size=11, with_emo=True, masked=False)
+  check(auto, "data", "model", n=32, v=88, d=8, k=4, chunk_size=8, with_emo=False, masked=True)
+  check(vocab_only, None, "model", n=16, v=96, d=8, k=4, chunk_size=5, with_emo=True,
+        masked=True)
+  print("ALL OK")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,248 @@
+"""Tests of emoloss.fused: the chunked path against the naive (materialised logits) path."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import emoloss
+from emoloss.losses import emo_ce_loss, emo_loss
+
+RTOL = 1e-5  # float32: relative to the largest reference entry of each array
+
+
+def make_problem(n=12, v=37, d=8, k=5, seed=0, scale=1.0):
+  keys = jax.random.split(jax.random.PRNGKey(seed), 5)
+  hidden = scale * jax.random.normal(keys[0], (n, d), jnp.float32)
+  head = jax.random.normal(keys[1], (v, d), jnp.float32)
+  labels = jax.random.randint(keys[2], (n,), 0, v)
+  cost = jax.random.normal(keys[3], (v, k), jnp.float32)
+  weights = jax.random.normal(keys[4], (3, n), jnp.float32)  # one cotangent per output
+  return hidden, head, labels, cost, weights
+
+
+def naive_outputs(hidden, head, labels, cost, where=None):
+  """The naive path: logits materialised, then optax / emoloss.losses."""
+  logits = jnp.dot(hidden, head.T, preferred_element_type=jnp.float32)
+  mask = (lambda x: x) if where is None else (lambda x: jnp.where(where, x, 0.0))
+  nll = mask(optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels))
+  lse = mask(jax.nn.logsumexp(logits, axis=-1))
+  emo = None if cost is None else emo_loss(logits, labels, cost, where=where)
+  return nll, emo, lse
+
+
+def fused_outputs(hidden, head, labels, cost, where=None, chunk_size=8):
+  return tuple(emoloss.fused_ce_emo(hidden, head, labels, cost, where=where,
+                                    chunk_size=chunk_size))
+
+
+def weighted_sum(outputs, weights):
+  """A scalar using every output with its own per-token cotangent (z-loss style on lse)."""
+  nll, emo, lse = outputs
+  total = jnp.sum(weights[0] * nll) + jnp.sum(weights[2] * lse) + 0.1 * jnp.sum(lse ** 2)
+  return total if emo is None else total + jnp.sum(weights[1] * emo)
+
+
+def values_and_grads(fn, hidden, head, weights):
+  outputs = fn(hidden, head)
+  grads = jax.grad(lambda h, w: weighted_sum(fn(h, w), weights), argnums=(0, 1))(hidden, head)
+  return outputs, grads
+
+
+def assert_close(actual, expected, rtol=RTOL, name=""):
+  actual = np.asarray(actual, np.float64)
+  expected = np.asarray(expected, np.float64)
+  scale = max(float(np.max(np.abs(expected))), 1e-30)
+  error = float(np.max(np.abs(actual - expected)))
+  assert error <= rtol * scale, f"{name}: max error {error:.3g} > {rtol:g} x {scale:.3g}"
+
+
+def assert_match(fused, naive, rtol=RTOL):
+  (f_out, f_grads), (n_out, n_grads) = fused, naive
+  for name, a, b in zip(("nll", "emo", "lse"), f_out, n_out):
+    if b is None:
+      assert a is None, name
+    else:
+      assert_close(a, b, rtol, name)
+  for name, a, b in zip(("d hidden", "d head"), f_grads, n_grads):
+    assert a.dtype == b.dtype, name
+    assert_close(a, b, rtol, name)
+
+
+@pytest.mark.parametrize("vocab, chunk_size", [(37, 8), (40, 8), (37, 64), (37, 37), (64, 16)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_values_and_grads_match_naive(vocab, chunk_size, masked):
+  hidden, head, labels, cost, weights = make_problem(v=vocab)
+  where = (jnp.arange(hidden.shape[0]) % 3 != 1) if masked else None
+  fused = values_and_grads(
+      lambda h, w: fused_outputs(h, w, labels, cost, where, chunk_size), hidden, head, weights)
+  naive = values_and_grads(
+      lambda h, w: naive_outputs(h, w, labels, cost, where), hidden, head, weights)
+  assert_match(fused, naive)
+
+
+def test_without_cost_embeddings_is_plain_cross_entropy():
+  hidden, head, labels, _, weights = make_problem(v=45)
+  fused = values_and_grads(lambda h, w: fused_outputs(h, w, labels, None, chunk_size=16),
+                           hidden, head, weights)
+  naive = values_and_grads(lambda h, w: naive_outputs(h, w, labels, None), hidden, head, weights)
+  assert fused[0][1] is None
+  assert_match(fused, naive)
+
+
+def test_values_match_float64_numpy_reference():
+  """Independent reference: explicit probabilities and the [V, V] cosine cost matrix."""
+  hidden, head, labels, cost, _ = make_problem(n=9, v=23, d=6, k=4, seed=3)
+  out = emoloss.fused_ce_emo(hidden, head, labels, cost, chunk_size=5)
+  h, w, e = (np.asarray(x, np.float64) for x in (hidden, head, cost))
+  y = np.asarray(labels)
+  logits = h @ w.T
+  lse = np.log(np.sum(np.exp(logits - logits.max(1, keepdims=True)), 1)) + logits.max(1)
+  probs = np.exp(logits - lse[:, None])
+  unit = e / np.linalg.norm(e, axis=1, keepdims=True)
+  cost_matrix = 1.0 - unit @ unit.T  # c(i, j) = 1 - cos(e_i, e_j)
+  emo = np.array([probs[n] @ cost_matrix[:, y[n]] for n in range(len(y))])
+  assert_close(out.lse, lse, name="lse")
+  assert_close(out.nll, lse - logits[np.arange(len(y)), y], name="nll")
+  assert_close(out.emo, emo, name="emo")
+
+
+def test_gradient_matches_closed_form():
+  """∂(Σ g·EMO)/∂z_v = g p_v ((p Ê)·ê_y - ê_v·ê_y), pulled back through z = h Wᵀ."""
+  hidden, head, labels, cost, weights = make_problem(n=7, v=19, d=5, k=3, seed=4)
+  g = weights[1]
+  d_hidden = jax.grad(
+      lambda h: jnp.sum(g * emoloss.fused_ce_emo(h, head, labels, cost, chunk_size=4).emo))(hidden)
+  h, w, e, gn = (np.asarray(x, np.float64) for x in (hidden, head, cost, g))
+  logits = h @ w.T
+  probs = np.exp(logits - logits.max(1, keepdims=True))
+  probs /= probs.sum(1, keepdims=True)
+  unit = e / np.linalg.norm(e, axis=1, keepdims=True)
+  cos_y = unit[np.asarray(labels)] @ unit.T  # [N, V]
+  d_logits = gn[:, None] * probs * ((probs * cos_y).sum(1, keepdims=True) - cos_y)
+  assert_close(d_hidden, d_logits @ w, name="d hidden")
+
+
+def test_masked_tokens_give_zero_and_no_nan():
+  hidden, head, labels, cost, weights = make_problem(v=30)
+  where = jnp.arange(hidden.shape[0]) % 2 == 0
+  hidden = hidden.at[1].set(jnp.nan).at[3].set(jnp.inf)  # garbage in padding rows
+  labels = labels.at[1].set(-100).at[3].set(10_000)  # ignore-index style labels
+  loss = lambda h, w: weighted_sum(fused_outputs(h, w, labels, cost, where), weights)
+  out = fused_outputs(hidden, head, labels, cost, where)
+  d_hidden, d_head = jax.grad(loss, argnums=(0, 1))(hidden, head)
+  for x in out:
+    assert np.all(np.asarray(x)[~np.asarray(where)] == 0.0)
+  assert np.all(np.isfinite(d_hidden)) and np.all(np.isfinite(d_head))
+  assert np.all(np.asarray(d_hidden)[~np.asarray(where)] == 0.0)
+  fully_masked = fused_outputs(hidden, head, labels, cost, jnp.zeros_like(where))
+  assert all(np.all(np.asarray(x) == 0.0) for x in fully_masked)
+
+
+def test_extreme_logits_are_finite_and_match_naive():
+  hidden, head, labels, cost, weights = make_problem(v=33, scale=2e3)  # logits ~ ±1e4
+  fused = values_and_grads(lambda h, w: fused_outputs(h, w, labels, cost, chunk_size=8),
+                           hidden, head, weights)
+  naive = values_and_grads(lambda h, w: naive_outputs(h, w, labels, cost), hidden, head, weights)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(fused))
+  assert_match(fused, naive)
+
+
+def test_leading_batch_dimensions():
+  hidden, head, labels, cost, _ = make_problem(n=12)
+  flat = emoloss.fused_ce_emo(hidden, head, labels, cost, chunk_size=8)
+  batched = emoloss.fused_ce_emo(hidden.reshape(3, 4, -1), head, labels.reshape(3, 4), cost,
+                                 chunk_size=8)
+  for a, b in zip(batched, flat):
+    assert a.shape == (3, 4)
+    np.testing.assert_array_equal(np.asarray(a).reshape(-1), b)
+
+
+def test_bfloat16_hidden_and_head():
+  """bf16 matmul inputs with float32 accumulation. Values are compared with the float32 naive
+  path on the same (upcast) numbers to 1e-5 relative (bf16 x bf16 products are exact in float32);
+  gradients come back in bfloat16, so they agree to bf16 rounding: 1e-2 relative to the largest
+  entry."""
+  hidden, head, labels, cost, weights = make_problem(n=16, v=50, d=16, k=8, seed=5)
+  hidden16, head16 = hidden.astype(jnp.bfloat16), head.astype(jnp.bfloat16)
+  fused = values_and_grads(lambda h, w: fused_outputs(h, w, labels, cost, chunk_size=16),
+                           hidden16, head16, weights)
+  exact = values_and_grads(lambda h, w: naive_outputs(h, w, labels, cost),
+                           hidden16.astype(jnp.float32), head16.astype(jnp.float32), weights)
+  for name, a, b in zip(("nll", "emo", "lse"), fused[0], exact[0]):
+    assert a.dtype == jnp.float32
+    assert_close(a, b, RTOL, name)
+  for name, a, b in zip(("d hidden", "d head"), fused[1], exact[1]):
+    assert a.dtype == jnp.bfloat16
+    assert_close(a, b, 1e-2, name)
+
+
+@pytest.mark.parametrize("mode", [1, 2])
+def test_fused_emo_ce_loss_matches_emo_ce_loss(mode):
+  hidden, head, labels, cost, weights = make_problem(v=41, seed=6)
+  where = jnp.arange(hidden.shape[0]) != 4
+  def fused(h, w):
+    return emoloss.fused_emo_ce_loss(h, w, labels, cost, mode=mode, where=where, chunk_size=8)
+  def naive(h, w):
+    return emo_ce_loss(h @ w.T, labels, cost, mode=mode, where=where)
+  results = [(fn(hidden, head), jax.grad(lambda h, w: jnp.sum(weights[0] * fn(h, w)),
+                                         argnums=(0, 1))(hidden, head)) for fn in (fused, naive)]
+  for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
+    assert_close(a, b)
+
+
+def test_no_gradient_to_cost_embeddings():
+  hidden, head, labels, cost, _ = make_problem()
+  d_cost = jax.grad(lambda e: jnp.sum(emoloss.fused_ce_emo(hidden, head, labels, e).emo))(cost)
+  np.testing.assert_array_equal(d_cost, np.zeros_like(cost))
+
+
+@pytest.mark.parametrize("vocab", [32768, 32000])
+def test_compiled_program_never_holds_the_logits(vocab):
+  """XLA's buffer assignment for value-and-grad: temporaries far below one [N, V] float32."""
+  n, d, k = 1024, 64, 64
+  s = jax.ShapeDtypeStruct
+  args = (s((n, d), jnp.float32), s((vocab, d), jnp.float32), s((n,), jnp.int32),
+          s((vocab, k), jnp.float32))
+  loss = lambda h, w, y, e: jnp.mean(emoloss.fused_emo_ce_loss(h, w, y, e, chunk_size=1024))
+  compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(*args).compile()
+  temp = compiled.memory_analysis().temp_size_in_bytes
+  logits_bytes = n * vocab * 4
+  assert temp < 0.1 * logits_bytes, (temp, logits_bytes)
+
+
+def test_argument_errors():
+  hidden, head, labels, cost, _ = make_problem()
+  with pytest.raises(ValueError, match="head"):
+    emoloss.fused_ce_emo(hidden, head[:, :3], labels)
+  with pytest.raises(TypeError, match="labels"):
+    emoloss.fused_ce_emo(hidden, head, labels.astype(jnp.float32))
+  with pytest.raises(ValueError, match="labels"):
+    emoloss.fused_ce_emo(hidden, head, labels[:3])
+  with pytest.raises(ValueError, match="cost_embeddings"):
+    emoloss.fused_ce_emo(hidden, head, labels, cost[:5])
+  with pytest.raises(ValueError, match="chunk_size"):
+    emoloss.fused_ce_emo(hidden, head, labels, chunk_size=0)
+  with pytest.raises(ValueError, match="where"):
+    emoloss.fused_ce_emo(hidden, head, labels, where=jnp.ones(3, bool))
+  with pytest.raises(TypeError, match="hidden"):
+    emoloss.fused_ce_emo(hidden.astype(jnp.int32), head, labels)
+  with pytest.raises(ValueError, match="mode"):
+    emoloss.fused_emo_ce_loss(hidden, head, labels, cost, mode=3)
+
+
+def test_sharded_matches_single_device_on_8_cpu_devices():
+  """Runs tests/fused/sharded_check.py in a subprocess with 8 simulated CPU devices."""
+  script = Path(__file__).with_name("sharded_check.py")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  assert "ALL OK" in result.stdout, result.stdout[-3000:]
