@@ -7,8 +7,6 @@ Shapes and dtypes are static under ``jax.jit``, so every check here runs at trac
 
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -79,7 +77,7 @@ def check_labels(
   return jnp.asarray(labels).astype(jnp.float32), False
 
 
-def check_where(where: Optional[ArrayLike], batch_shape: tuple[int, ...]) -> Optional[Array]:
+def check_where(where: ArrayLike | None, batch_shape: tuple[int, ...]) -> Array | None:
   """Checks a boolean example mask of shape ``batch_shape`` (``None`` passes through)."""
   if where is None:
     return None
@@ -92,7 +90,7 @@ def check_where(where: Optional[ArrayLike], batch_shape: tuple[int, ...]) -> Opt
   return jnp.asarray(where)
 
 
-def mask_inputs(x: Array, where: Optional[Array], fill=0) -> Array:
+def mask_inputs(x: Array, where: Array | None, fill=0) -> Array:
   """Replaces masked rows of ``x [*batch, ...]`` by ``fill`` so they cannot produce NaN/inf
   values or gradients (the "double where" pattern)."""
   if where is None:
@@ -101,7 +99,7 @@ def mask_inputs(x: Array, where: Optional[Array], fill=0) -> Array:
   return jnp.where(mask, x, jnp.asarray(fill, x.dtype))
 
 
-def mask_loss(loss: Array, where: Optional[Array]) -> Array:
+def mask_loss(loss: Array, where: Array | None) -> Array:
   """Zeroes the per-example loss of masked examples."""
   if where is None:
     return loss
@@ -153,10 +151,10 @@ def check_label_range(labels: ArrayLike, num_classes: int, name: str = "labels")
 def prepare_classification(
     logits: ArrayLike,
     labels: ArrayLike,
-    where: Optional[ArrayLike],
+    where: ArrayLike | None,
     *,
     allow_soft: bool = True,
-) -> tuple[Array, Array, bool, Optional[Array]]:
+) -> tuple[Array, Array, bool, Array | None]:
   """Checks ``(logits [..., V], labels, where [...])`` and sanitises masked rows.
 
   Returns ``(logits_f32, labels, is_integer, where)`` where masked rows of the logits are replaced
@@ -180,8 +178,8 @@ def target_log_prob(log_probs: Array, labels: Array, integer: bool) -> Array:
 
 
 def prepare_binary(
-    logits: ArrayLike, labels: ArrayLike, where: Optional[ArrayLike]
-) -> tuple[Array, Array, Optional[Array]]:
+    logits: ArrayLike, labels: ArrayLike, where: ArrayLike | None
+) -> tuple[Array, Array, Array | None]:
   """Checks binary ``logits [...]`` against ``labels`` of the same shape (``{0, 1}`` integers or
   floats) and ``where [...]``; returns float32 logits and labels with masked entries zeroed."""
   logits = check_logits(logits, min_rank=0)

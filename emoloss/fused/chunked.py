@@ -24,7 +24,7 @@ accumulated into ``∂h`` (an ``[N, d]`` float32 carry) and emitted as ``∂W`` 
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Optional, Union
+from typing import NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -49,14 +49,14 @@ class FusedOutput(NamedTuple):
     lse: ``logsumexp(z)`` (add ``z_loss_weight * lse**2`` for a z-loss).
   """
   nll: jax.Array
-  emo: Optional[jax.Array]
+  emo: jax.Array | None
   lse: jax.Array
 
 
 class _Config(NamedTuple):
   """Static (hashable) settings of one fused call."""
   chunk_size: int
-  mesh: Optional[Mesh] = None
+  mesh: Mesh | None = None
   data_axis: AxisName = None
   model_axis: AxisName = None
 
@@ -405,9 +405,9 @@ def fused_ce_emo(
     hidden: ArrayLike,
     head: ArrayLike,
     labels: ArrayLike,
-    cost_embeddings: Optional[ArrayLike] = None,
+    cost_embeddings: ArrayLike | None = None,
     *,
-    where: Optional[ArrayLike] = None,
+    where: ArrayLike | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> FusedOutput:
   r"""Per-token cross-entropy, EMO and log-sum-exp of ``z = h Wᵀ`` without materialising ``z``.
@@ -477,12 +477,12 @@ def sharded_fused_ce_emo(
     hidden: ArrayLike,
     head: ArrayLike,
     labels: ArrayLike,
-    cost_embeddings: Optional[ArrayLike] = None,
+    cost_embeddings: ArrayLike | None = None,
     *,
     mesh: Mesh,
     data_axis: AxisName = "data",
     model_axis: AxisName = "model",
-    where: Optional[ArrayLike] = None,
+    where: ArrayLike | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> FusedOutput:
   r""":func:`fused_ce_emo` with tokens split over ``data_axis`` and the vocabulary (rows of
@@ -544,7 +544,7 @@ def fused_emo_ce_loss(
     cost_embeddings: ArrayLike,
     *,
     mode: int = 1,
-    where: Optional[ArrayLike] = None,
+    where: ArrayLike | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> jax.Array:
   r"""Per-token published EMO + CE mix from hidden states (fused :func:`emoloss.emo_ce_loss`).

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 
@@ -13,7 +11,7 @@ ArrayLike = jax.typing.ArrayLike
 
 
 def smoothed_accuracy_loss(
-    logits: ArrayLike, labels: ArrayLike, *, where: Optional[ArrayLike] = None
+    logits: ArrayLike, labels: ArrayLike, *, where: ArrayLike | None = None
 ) -> jax.Array:
   r"""Multi-class smoothed accuracy loss ``1 - p_y``.
 
@@ -46,7 +44,7 @@ def smoothed_accuracy_loss(
 
 
 def binary_smoothed_accuracy_loss(
-    logits: ArrayLike, labels: ArrayLike, *, where: Optional[ArrayLike] = None
+    logits: ArrayLike, labels: ArrayLike, *, where: ArrayLike | None = None
 ) -> jax.Array:
   r"""Binary smoothed accuracy loss ``1 - [y p + (1 - y)(1 - p)]`` with ``p = σ(z)``.
 

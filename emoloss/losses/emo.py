@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,7 +41,7 @@ def emo_loss(
     labels: ArrayLike,
     embeddings: ArrayLike,
     *,
-    where: Optional[ArrayLike] = None,
+    where: ArrayLike | None = None,
 ) -> jax.Array:
   r"""EMO: earth mover distance from ``softmax(z)`` to the target, cost ``1 - cos(e_i, e_j)``.
 
@@ -126,7 +124,7 @@ def emo_ce_loss(
     embeddings: ArrayLike,
     *,
     mode: int = 1,
-    where: Optional[ArrayLike] = None,
+    where: ArrayLike | None = None,
 ) -> jax.Array:
   r"""EMO combined with cross-entropy per token, as published (see :func:`emo_ce_combination`).
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import operator
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +23,7 @@ _MILLS_SERIES = (1.0, -2.0, 10.0, -74.0, 706.0, -8162.0)
 _HALF_LOG_2PI = 0.5 * float(np.log(2.0 * np.pi))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gauss_hermite(num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
   """Nodes ``s_k = √2 x_k`` and log weights ``log w_k - ½ log π`` of ``∫ φ(s) f(s) ds``."""
   x, w = np.polynomial.hermite.hermgauss(num_nodes)
@@ -77,7 +76,7 @@ def _integrand_mode_and_scale(
 
 def _quadrature(
     deltas: jax.Array, others: jax.Array, num_nodes: int, with_gradient: bool
-) -> tuple[jax.Array, Optional[jax.Array]]:
+) -> tuple[jax.Array, jax.Array | None]:
   """``log P(y) = log ∫ φ(t) ∏_{i≠y} Φ(t + Δ_i) dt`` for ``deltas [..., V]`` by adaptive
   Gauss–Hermite quadrature (``others [..., V]`` is False at ``i = y``), and optionally its
   gradient ``∂ log P / ∂Δ_i = Σ_k π_k m(t_k + Δ_i)`` (``π_k`` the normalised node terms, ``m`` the
@@ -134,9 +133,9 @@ def exact_loss(
     *,
     sigma: ArrayLike = 1.0,
     num_nodes: int = 64,
-    margin: Optional[ArrayLike] = None,
+    margin: ArrayLike | None = None,
     log_prob: bool = False,
-    where: Optional[ArrayLike] = None,
+    where: ArrayLike | None = None,
 ) -> jax.Array:
   r"""EXACT loss: error rate of the classifier ``argmax_i (z_i / σ + ε_i)``, ``ε ~ N(0, I)``.
 
@@ -213,8 +212,8 @@ def _exact_loss(
     logits: jax.Array,
     labels: jax.Array,
     sigma: jax.Array,
-    margin: Optional[jax.Array],
-    where: Optional[jax.Array],
+    margin: jax.Array | None,
+    where: jax.Array | None,
     num_nodes: int,
     log_prob: bool,
 ) -> jax.Array:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 
@@ -23,7 +21,7 @@ def _batch_probs(logits, labels, where):
 
 
 def smooth_f1_score(
-    logits: ArrayLike, labels: ArrayLike, *, where: Optional[ArrayLike] = None
+    logits: ArrayLike, labels: ArrayLike, *, where: ArrayLike | None = None
 ) -> jax.Array:
   r"""Smooth F1 of the positive class over the batch axis: ``2 Σ y p / Σ (y + p)``.
 
@@ -45,7 +43,7 @@ def smooth_f1_score(
 
 
 def smooth_f1_loss(
-    logits: ArrayLike, labels: ArrayLike, *, where: Optional[ArrayLike] = None
+    logits: ArrayLike, labels: ArrayLike, *, where: ArrayLike | None = None
 ) -> jax.Array:
   r"""Plain smooth-F1 loss ``1 - F1s`` with ``F1s = 2 Σ y p / Σ (y + p)`` over the batch.
 
@@ -74,7 +72,7 @@ def smooth_f1_loss(
 
 
 def f1_weighted_binary_cross_entropy(
-    logits: ArrayLike, labels: ArrayLike, *, where: Optional[ArrayLike] = None
+    logits: ArrayLike, labels: ArrayLike, *, where: ArrayLike | None = None
 ) -> jax.Array:
   r"""Binary cross-entropy weighted by the batch's smooth F1 (held constant).
 

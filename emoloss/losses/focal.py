@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 
@@ -25,7 +23,7 @@ def softmax_focal_loss(
     labels: ArrayLike,
     *,
     gamma: float = 2.0,
-    where: Optional[ArrayLike] = None,
+    where: ArrayLike | None = None,
 ) -> jax.Array:
   r"""Softmax focal loss ``-(1 - p_y)^γ log p_y``.
 

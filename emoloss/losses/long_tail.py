@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,7 +49,7 @@ def logit_adjusted_cross_entropy(
     class_prior: ArrayLike,
     *,
     tau: float = 1.0,
-    where: Optional[ArrayLike] = None,
+    where: ArrayLike | None = None,
 ) -> jax.Array:
   r"""Logit-adjusted softmax cross-entropy for long-tailed labels.
 
@@ -114,7 +112,7 @@ def margin_cross_entropy(
     labels: ArrayLike,
     margins: ArrayLike,
     *,
-    where: Optional[ArrayLike] = None,
+    where: ArrayLike | None = None,
 ) -> jax.Array:
   r"""Softmax cross-entropy with a per-class additive margin on the target logit.
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 
@@ -34,7 +32,7 @@ def tailr_loss(
     gamma: float = 0.8,
     min_weight: float = 0.0,
     label_smoothing: float = 0.0,
-    where: Optional[ArrayLike] = None,
+    where: ArrayLike | None = None,
 ) -> jax.Array:
   r"""TaiLr loss: total-variation-weighted negative log-likelihood.
 

@@ -8,7 +8,7 @@ import pytest
 from jax.test_util import check_grads
 
 import emoloss
-from tests.losses.reference import log_softmax, one_hot, random_problem, softmax
+from tests.losses.reference import one_hot, random_problem, softmax
 
 
 def numpy_focal(logits, target, gamma):
