@@ -1,0 +1,38 @@
+"""Smoke run of benchmarks/fused_bench.py --quick: it completes, and its memory column shows the
+fused path's point (checked from XLA's compiled memory analysis, not from timings)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fused_bench.py"
+
+
+def _load_script():
+  spec = importlib.util.spec_from_file_location("fused_bench", SCRIPT)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_quick_benchmark_writes_results_and_fused_memory_is_small(tmp_path):
+  stem = tmp_path / "fused"
+  _load_script().main(["--quick", "--output", str(stem)])
+  result = json.loads(stem.with_suffix(".json").read_text())
+  assert "| fused CE+EMO |" in stem.with_suffix(".md").read_text()
+  timed = [row for row in result["rows"] if row["timed"]]
+  compiled_only = [row for row in result["rows"] if not row["timed"]]
+  assert timed and compiled_only
+  for row in timed:  # every method ran; the baseline is the unit of the time column
+    for name in ("naive CE", "naive CE+EMO", "fused CE", "fused CE+EMO"):
+      assert row["methods"][name]["time_vs_naive_ce"] > 0, (name, row)
+    assert row["methods"]["naive CE"]["time_vs_naive_ce"] == 1.0
+  for row in result["rows"]:
+    memory = {name: m["temp_bytes"] for name, m in row["methods"].items() if "temp_bytes" in m}
+    logits_bytes = row["N"] * row["V"] * 4
+    # The naive paths hold at least the [N, V] float32 logits; the fused ones far less.
+    assert memory["naive CE"] >= logits_bytes and memory["naive CE+EMO"] >= logits_bytes
+    assert memory["fused CE"] < 0.25 * memory["naive CE"], row
+    assert memory["fused CE+EMO"] < 0.25 * memory["naive CE+EMO"], row
+  big = compiled_only[-1]["methods"]
+  assert big["fused CE+EMO"]["temp_bytes"] <= 0.05 * big["naive CE+EMO"]["temp_bytes"]
