@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import pathlib
@@ -19,7 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -68,7 +70,7 @@ def output_dir(args: argparse.Namespace) -> pathlib.Path:
 def cpu_model() -> str:
   """The CPU model name (``lscpu``, else ``/proc/cpuinfo``, else ``platform.processor()``)."""
   try:
-    text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
+    text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5, check=False).stdout
     for line in text.splitlines():
       if line.lower().startswith("model name"):
         return line.split(":", 1)[1].strip()
@@ -172,7 +174,7 @@ def progress_bar(total: int, description: str, disable: bool):
   return tqdm(total=total, desc=description, disable=disable, file=sys.stderr, leave=False)
 
 
-def command_line(module: str, argv: Optional[Sequence[str]]) -> str:
+def command_line(module: str, argv: Sequence[str] | None) -> str:
   """The command that reproduces a run."""
   args = list(sys.argv[1:] if argv is None else argv)
   return " ".join(["python -m", module] + args)
@@ -204,7 +206,7 @@ class MLP(nnx.Module):
 
   def __init__(self, widths: Sequence[int], *, rngs: nnx.Rngs):
     self.layers = nnx.List(
-        [nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
+        [nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(widths)])
 
   def __call__(self, x: Array) -> Array:
     for layer in self.layers[:-1]:
@@ -286,7 +288,7 @@ def train(
     *,
     num_steps: int,
     eval_every: int,
-    hyperparams: Optional[Mapping[str, Sequence[float]]] = None,
+    hyperparams: Mapping[str, Sequence[float]] | None = None,
     progress=None,
 ) -> dict[str, TrainResult]:
   """Full-batch training of every (method, seed) pair at once, in one compiled program.

@@ -20,7 +20,8 @@ Reference: Menon et al., "Long-tail learning via logit adjustment", ICLR 2021.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -57,7 +58,7 @@ def make_split(x, y, seed: int, counts_by_rank: np.ndarray) -> tuple[dict, dict]
     train_idx.append(idx[TEST_PER_CLASS:TEST_PER_CLASS + counts_by_rank[rank]])
     counts[label] = counts_by_rank[rank]
   train_idx, test_idx = np.concatenate(train_idx), np.concatenate(test_idx)
-  num_rare = int(round(NUM_CLASSES / 3))
+  num_rare = round(NUM_CLASSES / 3)
   rare = np.zeros(NUM_CLASSES, bool)
   rare[order[-num_rare:]] = True
   prior = (counts / counts.sum()).astype(np.float32)
@@ -88,7 +89,7 @@ def losses() -> dict[str, Any]:
   }
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser = common.base_parser(__doc__.split("\n\n")[0])
   parser.add_argument("--imbalance", type=float, default=100.0)
   parser.add_argument("--n-max", type=int, default=100)

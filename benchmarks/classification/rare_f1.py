@@ -18,7 +18,8 @@ and we report precision, recall and F1 of the positive class on the test half at
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +37,7 @@ def make_split(x, y, seed: int, positive_fraction: float) -> tuple[dict, dict]:
   """Train and test batches (stratified halves) of one seed with ``positive_fraction`` nines."""
   rng = np.random.default_rng(seed)
   negatives = np.nonzero(y != POSITIVE_DIGIT)[0]
-  num_positive = int(round(positive_fraction * len(negatives) / (1.0 - positive_fraction)))
+  num_positive = round(positive_fraction * len(negatives) / (1.0 - positive_fraction))
   positives = rng.choice(np.nonzero(y == POSITIVE_DIGIT)[0], num_positive, replace=False)
   train_idx, test_idx = [], []
   for idx in (rng.permutation(negatives), rng.permutation(positives)):
@@ -73,7 +74,7 @@ def losses() -> dict[str, Any]:
   }
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser = common.base_parser(__doc__.split("\n\n")[0])
   parser.add_argument("--positive-fraction", type=float, default=0.05)
   parser.add_argument("--hidden", type=int, default=0, help="hidden width (0: a linear model)")
@@ -103,12 +104,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
   methods = {}
   for name, run in runs.items():
-    at = lambda key, step: run.history[key][:, list(run.steps).index(step)]
+    at = lambda key, step, run=run: run.history[key][:, list(run.steps).index(step)]
     methods[name] = {
         "f1_at_step": {b: at("f1", b) for b in budgets},
         "precision": at("precision", num_steps), "recall": at("recall", num_steps),
         "train_f1": at("train_f1", num_steps)}
-  headers = ([f"loss"] + [f"test F1 @ step {b}" for b in budgets]
+  headers = (["loss"] + [f"test F1 @ step {b}" for b in budgets]
              + [f"precision @ {num_steps}", f"recall @ {num_steps}", f"train F1 @ {num_steps}"])
   rows = [[name] + [common.mean_std(m["f1_at_step"][b]) for b in budgets]
           + [common.mean_std(m[k]) for k in ("precision", "recall", "train_f1")]
