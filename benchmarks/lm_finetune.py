@@ -7,11 +7,23 @@ One command, no download::
 
 What it does:
 
-1. Text already on the machine: the Python standard library's source code (pretraining domain,
-   ``sysconfig.get_paths()["stdlib"]``, tests, ``site-packages`` and ``pydoc_data`` excluded) and
-   Python's reference manual (fine-tuning domain, ``pydoc_data.topics.topics``), both shipped
-   with CPython under the PSF licence. ``--pretrain-corpus`` / ``--finetune-corpus`` point at
-   other text (a file, or a folder of ``.txt``/``.md``/``.rst``/``.py`` files).
+1. Text already on the machine, shipped with the CPython interpreter that runs the script (so
+   the exact text, and the numbers, depend on the Python version; it is recorded in the JSON):
+
+   * pretraining domain, code: the standard library's own ``.py`` sources under
+     ``sysconfig.get_paths()["stdlib"]`` (``test``/``tests``, ``test_*.py``, ``site-packages``,
+     ``dist-packages``, ``idle_test``, ``lib2to3``, ``turtledemo``, ``ensurepip``,
+     ``lib-dynload`` and ``pydoc_data`` left out), in a fixed shuffled order;
+   * fine-tuning domain, prose: Python's reference manual as ``pydoc``'s help topics,
+     ``pydoc_data/topics.py`` (the dict ``pydoc_data.topics.topics``, generated from the
+     documentation's ``reference`` and ``library`` pages), one document per topic; every 8th topic
+     is held out.
+
+   Both are part of CPython, distributed under the PSF License Agreement (Python Software
+   Foundation License, version 2; the documentation is under the same licence, with the
+   example code also under the Zero-Clause BSD licence). ``--pretrain-corpus`` /
+   ``--finetune-corpus`` point at other text instead (a file, or a folder of
+   ``.txt``/``.md``/``.rst``/``.py`` files).
 2. A byte-level BPE tokenizer (``tokenizers``) trained locally on the pretraining text, then a
    small decoder-only transformer (Flax NNX, tied embeddings) pretrained with cross-entropy on
    code and fine-tuned, from identical copies, on documentation prose with (a) cross-entropy,
@@ -20,8 +32,12 @@ What it does:
 3. Held-out metrics on the fine-tuning domain (perplexity, next-token accuracy, expected
    embedding distance = the EMO cost under the pretrained head) and on the pretraining domain
    (forgetting), printed as a table, saved as JSON, and validation curves in one PNG.
-4. tqdm progress with the running loss, ``.npz`` checkpoints under ``--out``; a rerun resumes
-   (finished phases are skipped, an interrupted one restarts from its last checkpoint).
+4. tqdm progress with the running loss, ``.npz`` checkpoints under ``--out`` (``runs/`` by
+   default); a rerun with the same settings resumes (finished phases are loaded, an interrupted
+   one continues from its last checkpoint with the same batches). The table also goes to a
+   Markdown file next to the JSON.
+
+JAX runs on the CPU unless ``JAX_PLATFORMS`` says otherwise (the reported timings are CPU ones).
 
 References:
   Ren et al., "EMO: Earth Mover Distance Optimization for Auto-Regressive Language Modeling",
@@ -41,7 +57,8 @@ import platform
 import sys
 import sysconfig
 import time
-from typing import Any, NamedTuple, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -52,6 +69,7 @@ SPECIAL_TOKEN = "<|endoftext|>"
 # than this many tokens cannot even spell arbitrary text, and the model's embedding must cover
 # every id the tokenizer emits.
 MIN_VOCAB_SIZE = 257 + 43  # 300: the byte alphabet, <|endoftext|> and a few merges.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py", ".text")
 # Parts of the stdlib tree that are not the standard library's own source, or that are the
 # fine-tuning text itself (pydoc_data holds the reference manual).
@@ -72,40 +90,40 @@ class UsageError(Exception):
 @dataclasses.dataclass(frozen=True)
 class Config:
   """Every setting that changes the result (saved next to the checkpoints)."""
-  pretrain_corpus: Optional[str] = None   # None: the Python standard library source.
-  finetune_corpus: Optional[str] = None   # None: pydoc_data.topics (Python reference manual).
-  pretrain_chars: int = 3_000_000         # training text taken from the pretraining corpus
-  pretrain_val_chars: int = 150_000
+  pretrain_corpus: str | None = None   # None: the Python standard library source.
+  finetune_corpus: str | None = None   # None: pydoc_data.topics (Python reference manual).
+  pretrain_chars: int = 2_000_000         # training text taken from the pretraining corpus
+  pretrain_val_chars: int = 100_000
   finetune_val_every: int = 8             # every k-th fine-tuning document is held out
   vocab_size: int = 4096
-  seq_len: int = 128
-  d_model: int = 128
+  seq_len: int = 64
+  d_model: int = 96
   num_layers: int = 2
   num_heads: int = 4
   batch_size: int = 16
-  pretrain_steps: int = 1200
+  pretrain_steps: int = 700
   pretrain_lr: float = 2e-3
-  finetune_steps: int = 300
-  finetune_lr: float = 5e-4
+  finetune_steps: int = 200
+  finetune_lr: float = 1e-3
   weight_decay: float = 0.01
   warmup_steps: int = 50
   eval_every: int = 25
-  eval_tokens: int = 32_768               # cap on held-out tokens per evaluation
+  eval_tokens: int = 8192                 # held-out tokens per evaluation, spread over the text
   seed: int = 0
   objectives: tuple[str, ...] = OBJECTIVES
   emo_mode: int = 1
   tailr_gamma: float = 0.8
-  tailr_min_weight: float = 0.2           # the official recipes use 0.2-0.3 (see README)
+  tailr_min_weight: float = 0.2           # thu-coai/TaiLr's fairseq recipes: density-min-weight 0.2
   loss_path: str = "auto"                 # auto | fused | plain
   chunk_size: int = 1024                  # vocabulary chunk of the fused path
 
 
-QUICK = dict(
-    pretrain_chars=500_000, pretrain_val_chars=40_000, vocab_size=1024, seq_len=64, d_model=64,
-    num_layers=2, num_heads=2, batch_size=16, pretrain_steps=250, pretrain_lr=3e-3,
-    finetune_steps=60, finetune_lr=1e-3, warmup_steps=20, eval_every=20, eval_tokens=8192,
-    chunk_size=512,
-)
+QUICK = {
+    "pretrain_chars": 500_000, "pretrain_val_chars": 40_000, "vocab_size": 1024, "seq_len": 64,
+    "d_model": 64, "num_layers": 2, "num_heads": 2, "batch_size": 16, "pretrain_steps": 200,
+    "pretrain_lr": 3e-3, "finetune_steps": 60, "finetune_lr": 1e-3, "warmup_steps": 20,
+    "eval_every": 20, "eval_tokens": 4096, "chunk_size": 512,
+}
 
 # Flags that override a Config field: (flag, field, type, help).
 _FIELD_FLAGS = (
@@ -137,7 +155,7 @@ _FIELD_FLAGS = (
 def build_parser() -> argparse.ArgumentParser:
   """The command line (unknown flags are rejected by argparse with a usage message)."""
   parser = argparse.ArgumentParser(
-      prog="lm_finetune.py",
+      prog="lm_finetune.py", allow_abbrev=False,
       description="Pretrain a small transformer LM on Python source code, fine-tune copies on "
       "Python's reference manual with CE, EMO+CE and TaiLr, and compare them on held-out text. "
       "Offline; everything comes with CPython and the installed packages.")
@@ -229,6 +247,8 @@ def check_readable_corpus(path: str, flag: str) -> None:
     raise UsageError(f"{flag} {path!r}: cannot read the file ({error}).") from None
   if b"\x00" in head:
     raise UsageError(f"{flag} {path!r}: looks like a binary file, not text.")
+  if not head.strip():
+    raise UsageError(f"{flag} {path!r}: the file is empty.")
 
 
 def _text_files(folder: str, excluded: frozenset[str] = frozenset()) -> list[str]:
@@ -248,7 +268,7 @@ def _read_text(path: str) -> str:
     return f.read()
 
 
-def load_documents(path: Optional[str], domain: str) -> tuple[list[str], str]:
+def load_documents(path: str | None, domain: str) -> tuple[list[str], str]:
   """Documents of a corpus and a one-line description of their source.
 
   ``path=None`` selects the built-in corpus of the domain: the stdlib source for
@@ -260,14 +280,14 @@ def load_documents(path: Optional[str], domain: str) -> tuple[list[str], str]:
     files = [f for f in files if not os.path.basename(f).startswith("test_")]
     order = np.random.default_rng(0).permutation(len(files))  # fixed: the data, not the seed
     return ([_read_text(files[i]) for i in order],
-            f"Python {platform.python_version()} standard library source, {stdlib} "
-            f"({len(files)} .py files; tests, site-packages, pydoc_data excluded; PSF licence)")
+            (f"Python {platform.python_version()} standard library source, {stdlib} "
+            f"({len(files)} .py files; tests, site-packages, pydoc_data excluded; PSF licence)"))
   if path is None:
     from pydoc_data import topics  # pylint: disable=import-outside-toplevel
     names = sorted(topics.topics)
     return ([topics.topics[n] for n in names],
-            f"Python {platform.python_version()} reference manual, pydoc_data.topics.topics "
-            f"({len(names)} topics, {topics.__file__}; PSF licence)")
+            (f"Python {platform.python_version()} reference manual, pydoc_data.topics.topics "
+            f"({len(names)} topics, {topics.__file__}; PSF licence)"))
   files = [path] if os.path.isfile(path) else _text_files(path)
   return [_read_text(f) for f in files], f"{path} ({len(files)} file(s))"
 
@@ -309,13 +329,14 @@ def _ensure_both(split: Split) -> Split:
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int):
   """A byte-level BPE with ``vocab_size`` tokens learned from ``texts`` (``<|endoftext|>`` = 0)."""
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # pylint: disable=import-outside-toplevel
-  tokenizer = Tokenizer(models.BPE())
-  tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tokenizer.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(
+  import tokenizers  # pylint: disable=import-outside-toplevel
+  byte_level = tokenizers.pre_tokenizers.ByteLevel
+  tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
+  tokenizer.pre_tokenizer = byte_level(add_prefix_space=False)
+  tokenizer.decoder = tokenizers.decoders.ByteLevel()
+  trainer = tokenizers.trainers.BpeTrainer(
       vocab_size=vocab_size, min_frequency=2, special_tokens=[SPECIAL_TOKEN],
-      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+      initial_alphabet=byte_level.alphabet(), show_progress=False)
   tokenizer.train_from_iterator(texts, trainer=trainer)
   return tokenizer
 
@@ -378,7 +399,7 @@ def prepare_data(config: Config, out_dir: str, log) -> Data:
   description = {
       "pretrain_source": pre_source,
       "finetune_source": fine_source,
-      "tokenizer": f"byte-level BPE (tokenizers), trained on the pretraining train split",
+      "tokenizer": "byte-level BPE (tokenizers), trained on the pretraining train split",
       "vocab_size": learned,
       "chars": {"pretrain_train": sum(map(len, pretrain.train)),
                 "pretrain_val": sum(map(len, pretrain.val)),
@@ -411,7 +432,7 @@ def build_model(config: Config, seed: int):
                               config.num_layers, config.num_heads, nnx.Rngs(seed))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _transformer_class():
   """The model classes, defined once (JAX and Flax are imported only when a model is built, so
   that argument errors come first; one class object keeps the compiled steps reusable)."""
@@ -420,6 +441,7 @@ def _transformer_class():
   from flax import nnx  # pylint: disable=import-outside-toplevel
 
   init = nnx.initializers.normal(0.02)
+  module_list = getattr(nnx, "List", list)  # flax >= 0.12 wants nnx.List; older ones a list
 
   class Block(nnx.Module):
     """Causal self-attention and an MLP, each behind a LayerNorm and a residual connection."""
@@ -451,7 +473,7 @@ def _transformer_class():
                  num_heads: int, rngs: nnx.Rngs):
       self.embed = nnx.Embed(vocab_size, d_model, embedding_init=init, rngs=rngs)
       self.position = nnx.Param(init(rngs.params(), (seq_len, d_model)))
-      self.blocks = nnx.List([Block(d_model, num_heads, num_layers, rngs)
+      self.blocks = module_list([Block(d_model, num_heads, num_layers, rngs)
                               for _ in range(num_layers)])
       self.final_norm = nnx.LayerNorm(d_model, rngs=rngs)
 
@@ -501,9 +523,10 @@ def token_losses(hidden, head, targets, cost_embeddings, objective: str,
   ``emoloss.tailr_weight(-nll) * nll``. Plain path: logits, then ``optax`` cross-entropy,
   ``emoloss.emo_loss`` / ``emo_ce_combination`` and ``emoloss.tailr_loss``.
   """
-  import emoloss  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
+
+  import emoloss  # pylint: disable=import-outside-toplevel
 
   if settings.fused:
     out = emoloss.fused_ce_emo(hidden, head, targets,
@@ -552,7 +575,7 @@ def scale_by_learning_rate_argument():
   return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def adamw_with_lr_argument(weight_decay: float):
   """Global-norm clipping at 1, then AdamW (``scale_by_adam``, decoupled weight decay) with the
   learning rate given at each step. One object per ``weight_decay`` (part of the static graph)."""
@@ -575,15 +598,16 @@ def make_optimizer(model, config: Config):
   return nnx.Optimizer(model, adamw_with_lr_argument(config.weight_decay), wrt=nnx.Param)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled_steps():
   """The jitted train and evaluation steps (graph definition and loss settings static, the
   objective an index into OBJECTIVES so that one compiled program serves every run)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import emoloss  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
+
+  import emoloss  # pylint: disable=import-outside-toplevel
 
   @functools.partial(jax.jit, static_argnums=(0, 6), donate_argnums=(1,))
   def train_step(graphdef, state, tokens, cost_embeddings, objective_index, learning_rate,
@@ -617,12 +641,14 @@ def _compiled_steps():
 
 def eval_windows(stream: np.ndarray, seq_len: int, max_tokens: int, batch_size: int
                  ) -> np.ndarray:
-  """Non-overlapping ``[n, seq_len + 1]`` windows of a held-out stream (deterministic), ``n`` a
+  """Non-overlapping ``[n, seq_len + 1]`` windows spread evenly over a held-out stream (so that
+  every held-out document counts even when ``max_tokens`` covers only part of it); ``n`` is a
   multiple of ``batch_size`` when there are that many (one compiled evaluation shape)."""
   count = max(1, min((stream.size - 1) // seq_len, max(1, max_tokens // seq_len)))
   if count >= batch_size:
     count -= count % batch_size
-  starts = np.arange(count) * seq_len
+  # Spacing >= seq_len because count * seq_len <= stream.size - 1.
+  starts = np.linspace(0, stream.size - seq_len - 1, count).astype(np.int64)
   return np.stack([stream[s:s + seq_len + 1] for s in starts])
 
 
@@ -815,8 +841,8 @@ def plot_curves(path: str, pretrain_record: dict, finetune_records: dict, baseli
   ax.set(title="pretraining (CE): held-out perplexity", xlabel="step", ylabel="perplexity",
          yscale="log")
   ax.legend()
-  panels = ((axes[0, 1], "perplexity", "held-out docs perplexity", True),
-            (axes[1, 0], "accuracy", "held-out docs next-token accuracy", False),
+  panels = ((axes[0, 1], "perplexity", "fine-tuning: held-out docs perplexity", True),
+            (axes[1, 0], "accuracy", "fine-tuning: held-out docs next-token accuracy", False),
             (axes[1, 1], "emo_cost", "held-out docs EMO cost (expected embedding distance)",
              False))
   for ax, metric, panel_title, log_scale in panels:
@@ -824,7 +850,7 @@ def plot_curves(path: str, pretrain_record: dict, finetune_records: dict, baseli
       curve = record["curves"]["finetune_val"]
       ax.plot(curve["step"], curve[metric], label=OBJECTIVE_LABELS[name], marker=".")
     ax.axhline(baseline[metric], color="gray", linestyle="--", label="pretrained")
-    ax.set(title=f"fine-tuning: {panel_title}", xlabel="step", ylabel=metric)
+    ax.set(title=panel_title, xlabel="fine-tuning step", ylabel=metric)
     if log_scale:
       ax.set_yscale("log")
     ax.legend()
@@ -835,12 +861,25 @@ def plot_curves(path: str, pretrain_record: dict, finetune_records: dict, baseli
   plt.close(fig)
 
 
+def cpu_model() -> str:
+  """The CPU's model name as ``lscpu`` prints it (from /proc/cpuinfo), or platform's guess."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.lower().startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
 def machine_description() -> dict:
-  import jax  # pylint: disable=import-outside-toplevel
+  """Where the numbers come from: CPU, core count, JAX backend and library versions."""
   import flax  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+  return {"platform": platform.platform(), "cpu_model": cpu_model(),
           "cpu_cores": cores, "jax_backend": jax.default_backend(),
           "devices": [str(d) for d in jax.devices()], "python": platform.python_version(),
           "jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__}
@@ -865,7 +904,10 @@ def finetune_name(objective: str, config: Config) -> str:
 
 def _prepare_out_dir(out_dir: str, config: Config, overwrite: bool) -> None:
   """Creates ``out_dir``; refuses (or, with overwrite, clears) checkpoints of another config."""
-  os.makedirs(out_dir, exist_ok=True)
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+  except OSError as error:
+    raise UsageError(f"--out {out_dir!r}: cannot create the folder ({error}).") from None
   config_path = os.path.join(out_dir, "config.json")
   wanted = dataclasses.asdict(config)
   wanted["objectives"] = list(wanted["objectives"])
@@ -876,7 +918,8 @@ def _prepare_out_dir(out_dir: str, config: Config, overwrite: bool) -> None:
     with open(config_path) as f:
       stored = json.load(f)
     stored_keyed = {k: v for k, v in stored.items() if k in keyed}
-    if stored_keyed != keyed:
+    holds_data = any(name.endswith(".npz") for name in os.listdir(out_dir))
+    if stored_keyed != keyed and holds_data:
       if not overwrite:
         changed = sorted(k for k in keyed if stored_keyed.get(k) != keyed[k])
         raise UsageError(f"{out_dir} holds checkpoints of other settings ({', '.join(changed)}); "
@@ -889,8 +932,9 @@ def _prepare_out_dir(out_dir: str, config: Config, overwrite: bool) -> None:
 
 
 def run(config: Config, out_dir: str, json_path: str, plot_path: str, overwrite: bool = False,
-        progress: bool = True, log=print) -> dict:
-  """The whole experiment; returns (and writes to ``json_path``) the results."""
+        progress: bool = True, log=print, command: str | None = None) -> dict:
+  """The whole experiment; returns (and writes to ``json_path``, its table to the ``.md`` next
+  to it, its curves to ``plot_path``) the results."""
   started = time.perf_counter()
   _prepare_out_dir(out_dir, config, overwrite)
   data = prepare_data(config, out_dir, log)
@@ -935,7 +979,7 @@ def run(config: Config, out_dir: str, json_path: str, plot_path: str, overwrite:
   for name in config.objectives:
     phase = Phase(finetune_name(name, config), name, data.finetune_train,
                   config.finetune_steps, config.finetune_lr, "finetune")
-    state, record = run_phase(phase, config, settings, out_dir, pretrained_state, cost_embeddings,
+    _, record = run_phase(phase, config, settings, out_dir, pretrained_state, cost_embeddings,
                               eval_sets, progress, log)
     finetune_records[name] = record
     rows.append({"model": f"fine-tuned, {OBJECTIVE_LABELS[name]}", "objective": name,
@@ -945,16 +989,16 @@ def run(config: Config, out_dir: str, json_path: str, plot_path: str, overwrite:
   wall = time.perf_counter() - started
   table = format_table(rows)
   machine = machine_description()
+  phase_seconds = {"pretrain": pretrain_record["seconds"],
+                   **{f"finetune_{k}": r["seconds"] for k, r in finetune_records.items()}}
   results = {
-      "command": " ".join(["python", "benchmarks/lm_finetune.py"] + sys.argv[1:])
-      if sys.argv and sys.argv[0].endswith("lm_finetune.py") else None,
+      "command": command,
       "config": dict(dataclasses.asdict(config), objectives=list(config.objectives)),
       "loss_path": "fused" if use_fused else "plain",
       "data": data.description,
       "machine": machine,
       "wall_seconds_this_invocation": wall,
-      "phase_seconds": {"pretrain": pretrain_record["seconds"],
-                        **{f"finetune_{k}": r["seconds"] for k, r in finetune_records.items()}},
+      "phase_seconds": phase_seconds,
       "results": rows,
       "table_markdown": table,
       "curves": {"pretrain": pretrain_record["curves"],
@@ -967,34 +1011,83 @@ def run(config: Config, out_dir: str, json_path: str, plot_path: str, overwrite:
   os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
   with open(json_path, "w") as f:
     json.dump(results, f, indent=1)
+  pretrain_text = "stdlib code" if config.pretrain_corpus is None else "the pretraining corpus"
+  finetune_text = ("the reference manual" if config.finetune_corpus is None
+                   else "the fine-tuning corpus")
   plot_curves(plot_path, pretrain_record, finetune_records, rows[0]["finetune_val"],
               f"{config.num_layers}-layer d={config.d_model} transformer, vocab "
               f"{config.vocab_size}, seq {config.seq_len}, batch {config.batch_size}: "
-              f"pretrain {config.pretrain_steps} steps on stdlib code, fine-tune "
-              f"{config.finetune_steps} steps on the reference manual")
+              f"pretrain {config.pretrain_steps} steps on {pretrain_text}, fine-tune "
+              f"{config.finetune_steps} steps on {finetune_text}")
+  markdown_path = os.path.splitext(json_path)[0] + ".md"
+  with open(markdown_path, "w") as f:
+    f.write(format_report(results, os.path.basename(plot_path)))
   log("\n" + table)
-  log(f"\nwall time {wall:.0f} s on {machine['cpu_cores']} core(s) ({machine['jax_backend']}); "
-      f"results: {json_path}; plot: {plot_path}")
+  log(f"\nwall time {wall:.0f} s (this invocation; training phases "
+      f"{sum(phase_seconds.values()):.0f} s) on {machine['cpu_cores']} core(s) of "
+      f"{machine['cpu_model']} ({machine['jax_backend']})\nresults: {json_path}, "
+      f"{markdown_path}; plot: {plot_path}")
   return results
+
+
+def format_report(results: dict, plot_name: str) -> str:
+  """The Markdown file written next to the JSON: command, table, plot, data and machine."""
+  machine, config = results["machine"], results["config"]
+  phases = results["phase_seconds"]
+  lines = [
+      "# LM fine-tuning: CE vs EMO+CE vs TaiLr",
+      "",
+      f"Command: `{results['command'] or 'run() from Python'}`",
+      "",
+      results["table_markdown"],
+      "",
+      ("Held out: every 8th topic of the fine-tuning text (docs) and the first documents of the "
+      "pretraining text (code). EMO cost: expected embedding distance `1 - cos` of the "
+      "prediction under the pretrained LM head."),
+      "",
+      f"![validation curves]({plot_name})",
+      "",
+      f"- pretraining text: {results['data']['pretrain_source']}",
+      f"- fine-tuning text: {results['data']['finetune_source']}",
+      (f"- model: {config['num_layers']} layers, d={config['d_model']}, {config['num_heads']} "
+      f"heads, vocabulary {config['vocab_size']} (byte-level BPE), sequence {config['seq_len']}, "
+      f"batch {config['batch_size']}; pretraining {config['pretrain_steps']} steps, fine-tuning "
+      f"{config['finetune_steps']} steps per objective; loss path {results['loss_path']}"),
+      (f"- machine: {machine['cpu_model']}, {machine['cpu_cores']} cores, JAX {machine['jax']} "
+      f"({machine['jax_backend']}), Flax {machine['flax']}, Python {machine['python']}"),
+      f"- wall time: {results['wall_seconds_this_invocation']:.0f} s for this invocation; "
+      "training phases " + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items()),
+      "",
+  ]
+  return "\n".join(lines)
 
 
 def jax_leaves(tree) -> list:
   return _jax().tree_util.tree_leaves(tree)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> dict:
   """Command-line entry point (argument and input errors exit with a message, status 2)."""
   parser = build_parser()
+  argv = sys.argv[1:] if argv is None else list(argv)
   args = parser.parse_args(argv)
   try:
     config = config_from_args(args)
-    out_dir = args.out or ("runs/lm_finetune_quick" if args.quick else "runs/lm_finetune")
+    out_dir = args.out or os.path.join(
+        REPO_ROOT, "runs", "lm_finetune_quick" if args.quick else "lm_finetune")
     default_json = (os.path.join(out_dir, "lm_finetune_quick.json") if args.quick
-                    else os.path.join("benchmarks", "results", "lm_finetune.json"))
+                    else os.path.join(REPO_ROOT, "benchmarks", "results", "lm_finetune.json"))
     json_path = args.json or default_json
     plot_path = args.plot or os.path.splitext(json_path)[0] + ".png"
+    for path in (json_path, plot_path):
+      folder = os.path.dirname(os.path.abspath(path))
+      try:
+        os.makedirs(folder, exist_ok=True)
+      except OSError as error:
+        raise UsageError(f"cannot create {folder!r} for {path!r} ({error}).") from None
     return run(config, out_dir, json_path, plot_path, overwrite=args.overwrite,
-               progress=not args.no_progress)
+               progress=not args.no_progress,
+               command=" ".join(["python", "benchmarks/lm_finetune.py", *argv]))
   except UsageError as error:
     parser.error(str(error))
   raise AssertionError("unreachable")
