@@ -8,7 +8,7 @@ import pytest
 from jax.test_util import check_grads
 
 import emoloss
-from tests.losses.reference import one_hot, random_problem, softmax
+from tests.losses.reference import SIZES_N, SIZES_V, one_hot, random_problem, softmax
 
 
 def numpy_focal(logits, target, gamma):
@@ -49,7 +49,7 @@ def test_negative_gamma_rejected():
 
 
 @hypothesis.settings(deadline=None, max_examples=25)
-@hypothesis.given(v=st.integers(2, 8), n=st.integers(1, 6), scale=st.floats(0.0, 20.0),
+@hypothesis.given(v=SIZES_V, n=SIZES_N, scale=st.floats(0.0, 20.0),
                   seed=st.integers(0, 2**16), gamma=st.floats(0.0, 4.0))
 def test_properties(v, n, scale, seed, gamma):
   logits, labels = random_problem(n, v, seed, scale)

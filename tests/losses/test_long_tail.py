@@ -8,7 +8,7 @@ import pytest
 from jax.test_util import check_grads
 
 import emoloss
-from tests.losses.reference import log_softmax, random_problem, softmax
+from tests.losses.reference import SIZES_N, SIZES_V, log_softmax, random_problem, softmax
 
 
 def pairwise_logit_adjusted(logits, labels, prior, tau):
@@ -80,7 +80,7 @@ def test_bad_prior_and_tau():
 
 
 @hypothesis.settings(deadline=None, max_examples=25)
-@hypothesis.given(v=st.integers(2, 8), n=st.integers(1, 6), scale=st.floats(0.0, 30.0),
+@hypothesis.given(v=SIZES_V, n=SIZES_N, scale=st.floats(0.0, 30.0),
                   seed=st.integers(0, 2**16), tau=st.floats(0.0, 3.0))
 def test_uniform_prior_and_zero_margin_give_cross_entropy(v, n, scale, seed, tau):
   logits, labels = random_problem(n, v, seed, scale)

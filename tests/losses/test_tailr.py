@@ -8,7 +8,7 @@ import pytest
 from jax.test_util import check_grads
 
 import emoloss
-from tests.losses.reference import log_softmax, random_problem
+from tests.losses.reference import SIZES_N, SIZES_V, log_softmax, random_problem
 
 
 def numpy_tailr_weight(p, gamma, min_weight=0.0):
@@ -64,7 +64,7 @@ def test_out_of_range_hyperparameters_and_soft_labels_rejected():
 
 
 @hypothesis.settings(deadline=None, max_examples=25)
-@hypothesis.given(v=st.integers(2, 8), n=st.integers(1, 6), scale=st.floats(0.0, 40.0),
+@hypothesis.given(v=SIZES_V, n=SIZES_N, scale=st.floats(0.0, 40.0),
                   seed=st.integers(0, 2**16), gamma=st.floats(0.0, 1.0))
 def test_properties(v, n, scale, seed, gamma):
   logits, labels = random_problem(n, v, seed, scale)
