@@ -187,16 +187,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   axes[0].set_xlim(-1.0, 5.0)
   axes[0].set_title("loss(b) / max, k = 1")
   axes[0].set_xlabel("b")
-  for name, m in methods.items():
+  for index, (name, m) in enumerate(methods.items()):
     b_mid = [(lo + hi) / 2 for lo, hi in m["with_k"]["b_min_by_k"]]
     axes[1].plot(k_grid, b_mid, marker=".", label=name)
-    trajectory = m["without_k"]["gd"]["trajectory_b"]
-    axes[2].plot(np.linspace(0, num_steps, trajectory.shape[1]), trajectory.T, label=None)
+    for key, style in (("without_k", "-"), ("with_k", "--")):
+      trajectory = m[key]["gd"]["trajectory_b"]
+      axes[2].plot(np.linspace(0, num_steps, trajectory.shape[1]), trajectory.T, style,
+                   color=f"C{index}", lw=1)
   axes[1].set_xscale("log")
   axes[1].set_ylim(-0.5, 4.5)
   axes[1].set_xlabel("k")
   axes[1].set_title("argmin_b loss(k (x - b))")
-  axes[2].set_title("GD trajectories of b, k = 1")
+  axes[2].set_title("Adam trajectories of b (solid: k = 1, dashed: k learned)")
+  axes[2].set_xscale("symlog", linthresh=100)
   axes[2].set_xlabel("step")
   axes[0].axvspan(*ZERO_ERROR, color="green", alpha=0.15)
   for ax in axes:
