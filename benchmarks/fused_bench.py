@@ -220,7 +220,7 @@ def main(argv=None):
   parser.add_argument("--memory-sizes", type=parse_size, nargs="*",
                       default=[(8192, 131072, 1024, 1024)],
                       help="sizes compiled for the memory columns only, never run")
-  parser.add_argument("--chunk-size", type=int, default=2048)
+  parser.add_argument("--chunk-size", type=int, default=1024)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   parser.add_argument("--quick", action="store_true",

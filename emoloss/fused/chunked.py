@@ -37,7 +37,10 @@ from emoloss.losses.emo import emo_ce_combination, normalize_embeddings
 ArrayLike = jax.typing.ArrayLike
 AxisName = Union[str, tuple[str, ...], None]
 
-DEFAULT_CHUNK_SIZE = 2048
+# Vocabulary rows per chunk. On 2 CPU cores at N=2048, V=32768, d=k=512, chunks of 512-1024 make
+# fused CE+EMO as fast as the naive path and 2048-4096 are 15% slower (cache size); temporary
+# memory grows as N * chunk_size.
+DEFAULT_CHUNK_SIZE = 1024
 
 
 class FusedOutput(NamedTuple):
