@@ -10,9 +10,9 @@ Everything public in a subpackage is re-exported here.
 
 from emoloss import fused, losses, transforms
 from emoloss._checks import check_label_range
-from emoloss.fused import *  # noqa: F403  (each subpackage defines __all__)
-from emoloss.losses import *  # noqa: F403
-from emoloss.transforms import *  # noqa: F403
+from emoloss.fused import *
+from emoloss.losses import *
+from emoloss.transforms import *
 
 __version__ = "0.1.0"
 

@@ -24,7 +24,7 @@ accumulated into ``∂h`` (an ``[N, d]`` float32 carry) and emitted as ``∂W`` 
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +35,7 @@ from emoloss import _checks
 from emoloss.losses.emo import emo_ce_combination, normalize_embeddings
 
 ArrayLike = jax.typing.ArrayLike
-AxisName = Union[str, tuple[str, ...], None]
+AxisName = str | tuple[str, ...] | None
 
 # Vocabulary rows per chunk. On 2 CPU cores at N=2048, V=32768, d=k=512, chunks of 512-1024 make
 # fused CE+EMO as fast as the naive path and 2048-4096 are 15% slower (cache size); temporary

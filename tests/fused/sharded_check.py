@@ -78,7 +78,8 @@ def check(mesh, data_axis, model_axis, n, v, d, k, chunk_size, with_emo, masked)
     for dims in re.findall(r"\w+\[([\d,]*)\]", shapes):
       size = int(np.prod([int(x) for x in dims.split(",") if x])) if dims else 1
       assert size <= limit, (shapes, limit)
-  print("ok", dict(mesh=dict(mesh.shape), emo=with_emo, masked=masked, v=v, chunk=chunk_size))
+  print("ok", {"mesh": dict(mesh.shape), "emo": with_emo, "masked": masked, "v": v,
+              "chunk": chunk_size})
 
 
 def main():

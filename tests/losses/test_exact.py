@@ -182,7 +182,7 @@ def test_gradients_match_finite_differences():
   logits, labels = _problem(9)
   logits, sigma = jnp.asarray(logits), jnp.asarray(SIGMA)
   f = lambda z, s: _both_variants(z, labels, s)
-  tol = dict(order=1, modes=["rev"], atol=1e-2, rtol=1e-2, eps=1e-2)
+  tol = {"order": 1, "modes": ["rev"], "atol": 1e-2, "rtol": 1e-2, "eps": 1e-2}
   check_grads(f, (logits, sigma), **tol)
   check_grads(jax.jit(f), (logits, sigma), **tol)
   per_example = jax.vmap(_both_variants, out_axes=1)
