@@ -131,35 +131,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   print(table)
 
   figure, axes = common.new_figure(3)
-  for name, run in runs.items():
-    axes[0].plot(run.steps, run.history["test_acc"].mean(0), label=name)
-    axes[1].plot(run.steps, run.history["train_acc"].mean(0), label=name)
-    axes[2].plot(run.steps, run.history["test_loss"].mean(0), label=name)
-  axes[0].set_ylim(0.5, 1.0)
-  axes[1].set_ylim(0.5, 1.005)
-  axes[2].set_yscale("log")
-  for ax, title in zip(axes, ("held-out accuracy", "training accuracy", "held-out cross-entropy")):
-    ax.set_title(title)
-    ax.set_xlabel("step")
-    ax.set_xscale("symlog", linthresh=100)
-    ax.grid(alpha=0.3)
+  common.plot_mean_curves(
+      axes, runs, ("test_acc", "train_acc", "test_loss"),
+      ("held-out accuracy", "training accuracy", "held-out cross-entropy"), symlog_linthresh=100,
+      axis_settings=({"ylim": (0.5, 1.0)}, {"ylim": (0.5, 1.005)}, {"yscale": "log"}))
   axes[0].legend(fontsize=8)
   figure.suptitle(f"Accuracy surrogates vs CE on digits ({model_name}), mean of {num_seeds} seeds")
 
-  results = {
-      "experiment": NAME,
-      "command": common.command_line(f"benchmarks.classification.{NAME}", argv),
-      "config": {**{k: v for k, v in vars(args).items() if k != "out"}, "seeds": num_seeds,
-                 "steps": num_steps, "eval_every": eval_every, "model": model_name,
-                 "train_size": int(train_batch["y"].shape[1]),
-                 "optimizer": f"adam(lr={args.lr}), full batch"},
-      "machine": common.machine_info(),
-      "methods": methods,
-      "seconds": {name: run.seconds for name, run in runs.items()},
-      "curves": {name: {"steps": run.steps, **{k: v.mean(0) for k, v in run.history.items()}}
-                 for name, run in runs.items()},
-      "table": table,
-  }
+  config = {"seeds": num_seeds, "steps": num_steps, "eval_every": eval_every, "model": model_name,
+            "train_size": int(train_batch["y"].shape[1]),
+            "optimizer": f"adam(lr={args.lr}), full batch"}
+  results = common.results_record(
+      NAME, argv, args, config, methods, table,
+      seconds={name: run.seconds for name, run in runs.items()}, curves=common.mean_curves(runs))
   results["files"] = common.save_results(out_dir, NAME, results, figure)
   return results
 

@@ -135,6 +135,39 @@ def save_results(
   return {"json": json_path, "png": png_path}
 
 
+def results_record(
+    name: str,
+    argv: Sequence[str] | None,
+    args: argparse.Namespace,
+    extra_config: Mapping[str, Any],
+    methods: Mapping[str, Any],
+    table: str,
+    *,
+    seconds: Any = None,
+    curves: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+  """The JSON record of one experiment run (before :func:`save_results` adds ``"files"``).
+
+  Keys, in order: ``experiment``, ``command``, ``config`` (the parsed arguments without ``out``,
+  updated with ``extra_config``), ``machine``, ``methods``, ``seconds`` and ``curves`` (each only
+  when given), ``table``.
+  """
+  config = {key: value for key, value in vars(args).items() if key != "out"}
+  record = {
+      "experiment": name,
+      "command": command_line(f"benchmarks.classification.{name}", argv),
+      "config": {**config, **extra_config},
+      "machine": machine_info(),
+      "methods": methods,
+  }
+  if seconds is not None:
+    record["seconds"] = seconds
+  if curves is not None:
+    record["curves"] = curves
+  record["table"] = table
+  return record
+
+
 def new_figure(ncols: int, width: float = 4.6, height: float = 3.6):
   """A row of ``ncols`` axes with the non-interactive Agg backend."""
   import matplotlib
@@ -144,6 +177,35 @@ def new_figure(ncols: int, width: float = 4.6, height: float = 3.6):
 
   figure, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
   return figure, list(axes[0])
+
+
+def plot_mean_curves(
+    axes: Sequence[Any],
+    runs: Mapping[str, TrainResult],
+    metrics: Sequence[str],
+    titles: Sequence[str],
+    *,
+    symlog_linthresh: float | None = None,
+    axis_settings: Sequence[Mapping[str, Any]] | None = None,
+) -> None:
+  """On ``axes[i]``, one line per method: ``metrics[i]`` averaged over seeds, against the step.
+
+  Each axis gets its title from ``titles``, the x label "step" and a light grid; the step axis is
+  symlog (linear below ``symlog_linthresh``) when that is given. ``axis_settings[i]`` are further
+  ``Axes.set`` keywords of axis ``i`` (``ylim``, ``yscale``), applied right after its lines (before
+  the symlog step axis, which changes how the x margins come out). Lines are labelled with the
+  method names; the caller places the legend (after any lines of its own).
+  """
+  for index, (ax, metric, title) in enumerate(zip(axes, metrics, titles, strict=True)):
+    for name, run in runs.items():
+      ax.plot(run.steps, run.history[metric].mean(0), label=name)
+    if axis_settings is not None:
+      ax.set(**axis_settings[index])
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    if symlog_linthresh is not None:
+      ax.set_xscale("symlog", linthresh=symlog_linthresh)
+    ax.grid(alpha=0.3)
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -383,6 +445,12 @@ def train(
                         per_method(objective_trace, m), seconds)
       for m, name in enumerate(names)
   }
+
+
+def mean_curves(runs: Mapping[str, TrainResult]) -> dict[str, dict[str, np.ndarray]]:
+  """Method name -> ``{"steps": [E], metric: [E] mean over seeds, ...}`` of every history metric."""
+  return {name: {"steps": run.steps, **{k: v.mean(0) for k, v in run.history.items()}}
+          for name, run in runs.items()}
 
 
 def predict(model: StackedModel, params: Any, x: Array) -> Array:

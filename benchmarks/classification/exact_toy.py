@@ -210,16 +210,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   axes[1].legend(fontsize=8)
   figure.suptitle("EXACT toy example (green: zero-error interval 0 < b < 0.25)")
 
-  results = {
-      "experiment": NAME,
-      "command": common.command_line(f"benchmarks.classification.{NAME}", argv),
-      "config": {**{k: v for k, v in vars(args).items() if k != "out"}, "steps": num_steps,
-                 "grid_step": grid_step, "b_grid": [float(b_grid[0]), float(b_grid[-1])],
-                 "starts": starts},
-      "machine": common.machine_info(),
-      "methods": methods,
-      "table": table,
-  }
+  config = {"steps": num_steps, "grid_step": grid_step,
+            "b_grid": [float(b_grid[0]), float(b_grid[-1])], "starts": starts}
+  results = common.results_record(NAME, argv, args, config, methods, table)
   results["files"] = common.save_results(out_dir, NAME, results, figure)
   return results
 

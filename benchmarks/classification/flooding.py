@@ -189,22 +189,15 @@ def report(args, runs, levels, ascent_ratios, num_seeds, num_steps, eval_every, 
   figure.suptitle(f"Flooding and alternation on digits with {args.noise:.0%} flipped labels, "
                   f"mean of {num_seeds} seeds")
 
-  results = {
-      "experiment": NAME,
-      "command": common.command_line(f"benchmarks.classification.{NAME}", argv),
-      "config": {**{k: v for k, v in vars(args).items() if k != "out"}, "seeds": num_seeds,
-                 "steps": num_steps, "eval_every": eval_every, "flood_levels": levels,
-                 "ascent_ratios": ascent_ratios, "train_size": num_train,
-                 "model": "-".join(map(str, widths)),
-                 "optimizer": f"adam(lr={args.lr}), full batch"},
-      "machine": common.machine_info(),
-      "methods": methods,
-      "seconds": {name: run.seconds for name, run in runs.items()},
-      "curves": {name: {"steps": run.steps, **{k: v.mean(0) for k, v in run.history.items()},
-                        "train_objective_every_step": run.objective.mean(0)}
-                 for name, run in runs.items()},
-      "table": table,
-  }
+  config = {"seeds": num_seeds, "steps": num_steps, "eval_every": eval_every,
+            "flood_levels": levels, "ascent_ratios": ascent_ratios, "train_size": num_train,
+            "model": "-".join(map(str, widths)), "optimizer": f"adam(lr={args.lr}), full batch"}
+  curves = common.mean_curves(runs)
+  for name, run in runs.items():
+    curves[name]["train_objective_every_step"] = run.objective.mean(0)
+  results = common.results_record(
+      NAME, argv, args, config, methods, table,
+      seconds={name: run.seconds for name, run in runs.items()}, curves=curves)
   results["files"] = common.save_results(out_dir, NAME, results, figure)
   return results
 

@@ -142,32 +142,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   print(table)
 
   figure, axes = common.new_figure(2)
-  for name, run in runs.items():
-    for ax, key in zip(axes, ("balanced_acc", "rare_acc")):
-      ax.plot(run.steps, run.history[key].mean(0), label=name)
+  common.plot_mean_curves(axes, runs, ("balanced_acc", "rare_acc"),
+                          ("balanced test accuracy", "accuracy on the rarest third"))
   for ax, key in zip(axes, ("balanced_acc_posthoc", "rare_acc_posthoc")):
     ax.plot(ce.steps, ce.history[key].mean(0), "--", label="CE + post-hoc (τ=1)")
-  for ax, title in zip(axes, ("balanced test accuracy", "accuracy on the rarest third")):
-    ax.set_title(title)
-    ax.set_xlabel("step")
-    ax.grid(alpha=0.3)
   axes[0].legend(fontsize=8)
   figure.suptitle(f"Long-tailed digits (imbalance {args.imbalance:g}), mean of {num_seeds} seeds")
 
-  results = {
-      "experiment": NAME,
-      "command": common.command_line(f"benchmarks.classification.{NAME}", argv),
-      "config": {**{k: v for k, v in vars(args).items() if k != "out"}, "seeds": num_seeds,
-                 "steps": num_steps, "train_counts_by_rank": counts_by_rank,
-                 "test_per_class": TEST_PER_CLASS, "model": f"MLP 64-{args.hidden}-10",
-                 "optimizer": f"adamw(lr={args.lr}, weight_decay={args.weight_decay}), full batch"},
-      "machine": common.machine_info(),
-      "methods": methods,
-      "seconds": ce.seconds,
-      "curves": {name: {"steps": run.steps, **{k: v.mean(0) for k, v in run.history.items()}}
-                 for name, run in runs.items()},
-      "table": table,
-  }
+  config = {"seeds": num_seeds, "steps": num_steps, "train_counts_by_rank": counts_by_rank,
+            "test_per_class": TEST_PER_CLASS, "model": f"MLP 64-{args.hidden}-10",
+            "optimizer": f"adamw(lr={args.lr}, weight_decay={args.weight_decay}), full batch"}
+  results = common.results_record(NAME, argv, args, config, methods, table, seconds=ce.seconds,
+                                  curves=common.mean_curves(runs))
   results["files"] = common.save_results(out_dir, NAME, results, figure)
   return results
 

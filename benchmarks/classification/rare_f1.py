@@ -124,31 +124,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   print(table)
 
   figure, axes = common.new_figure(2)
-  for name, run in runs.items():
-    axes[0].plot(run.steps, run.history["f1"].mean(0), label=name)
-    axes[1].plot(run.steps, run.history["recall"].mean(0), label=name)
-  for ax, title in zip(axes, ("test F1 of the positive class (t = 0.5)", "test recall")):
-    ax.set_title(title)
-    ax.set_xlabel("step")
-    ax.set_xscale("symlog", linthresh=50)
-    ax.grid(alpha=0.3)
+  common.plot_mean_curves(
+      axes, runs, ("f1", "recall"), ("test F1 of the positive class (t = 0.5)", "test recall"),
+      symlog_linthresh=50)
   axes[0].legend(fontsize=8)
   figure.suptitle(f"Rare positive class ({args.positive_fraction:.0%}), mean of {num_seeds} seeds")
 
-  results = {
-      "experiment": NAME,
-      "command": common.command_line(f"benchmarks.classification.{NAME}", argv),
-      "config": {**{k: v for k, v in vars(args).items() if k != "out"}, "seeds": num_seeds,
-                 "steps": num_steps, "train_size": num_train, "train_positives": num_pos,
-                 "model": "-".join(map(str, widths)),
-                 "optimizer": f"adamw(lr={args.lr}, weight_decay={args.weight_decay}), full batch"},
-      "machine": common.machine_info(),
-      "methods": methods,
-      "seconds": next(iter(runs.values())).seconds,
-      "curves": {name: {"steps": run.steps, **{k: v.mean(0) for k, v in run.history.items()}}
-                 for name, run in runs.items()},
-      "table": table,
-  }
+  config = {"seeds": num_seeds, "steps": num_steps, "train_size": num_train,
+            "train_positives": num_pos, "model": "-".join(map(str, widths)),
+            "optimizer": f"adamw(lr={args.lr}, weight_decay={args.weight_decay}), full batch"}
+  results = common.results_record(
+      NAME, argv, args, config, methods, table,
+      seconds=next(iter(runs.values())).seconds, curves=common.mean_curves(runs))
   results["files"] = common.save_results(out_dir, NAME, results, figure)
   return results
 
