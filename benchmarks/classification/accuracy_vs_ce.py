@@ -83,9 +83,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
   x, y = common.load_digits_scaled()
   seeds = [args.first_seed + s for s in range(num_seeds)]
-  splits = [make_split(x, y, seed) for seed in seeds]
-  train_batch = common.stack_batches([s[0] for s in splits])
-  test_batch = common.stack_batches([s[1] for s in splits])
+  train_batch, test_batch = common.stacked_splits(
+      lambda seed: make_split(x, y, seed), seeds)
   widths = [x.shape[1]] + ([args.hidden] if args.hidden else []) + [NUM_CLASSES]
   model = common.init_mlp(widths, [1000 + s for s in seeds])
   objectives = losses(args.nodes)

@@ -259,6 +259,15 @@ def stack_batches(batches: Sequence[Mapping[str, np.ndarray]]) -> dict[str, Arra
   return {key: jnp.stack([jnp.asarray(b[key]) for b in batches]) for key in batches[0]}
 
 
+def stacked_splits(make_split: Callable[[int], tuple[Mapping, Mapping]],
+                   seeds: Sequence[int]) -> tuple[dict[str, Array], dict[str, Array]]:
+  """``(train, test)`` batches of every seed's split ``make_split(seed)``, stacked on a leading
+  seed axis."""
+  splits = [make_split(seed) for seed in seeds]
+  return (stack_batches([train for train, _ in splits]),
+          stack_batches([test for _, test in splits]))
+
+
 # ----------------------------------------------------------------------------------------------
 # Model.
 

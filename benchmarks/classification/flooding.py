@@ -103,9 +103,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
   x, y = common.load_digits_scaled()
   seeds = [args.first_seed + s for s in range(num_seeds)]
-  splits = [make_split(x, y, seed, args.noise) for seed in seeds]
-  train_batch = common.stack_batches([s[0] for s in splits])
-  test_batch = common.stack_batches([s[1] for s in splits])
+  train_batch, test_batch = common.stacked_splits(
+      lambda seed: make_split(x, y, seed, args.noise), seeds)
   widths = [x.shape[1], args.hidden, args.hidden, NUM_CLASSES]
   model = common.init_mlp(widths, [1000 + s for s in seeds])
   objective = {"CE": lambda logits, batch: common.cross_entropy(logits, batch["y"])}

@@ -106,9 +106,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   x, y = common.load_digits_scaled()
   counts_by_rank = class_counts(NUM_CLASSES, args.n_max, args.imbalance)
   seeds = [args.first_seed + s for s in range(num_seeds)]
-  splits = [make_split(x, y, seed, counts_by_rank) for seed in seeds]
-  train_batch = common.stack_batches([s[0] for s in splits])
-  test_batch = common.stack_batches([s[1] for s in splits])
+  train_batch, test_batch = common.stacked_splits(
+      lambda seed: make_split(x, y, seed, counts_by_rank), seeds)
   optimizer = optax.adamw(args.lr, weight_decay=args.weight_decay)
 
   objectives = losses()
