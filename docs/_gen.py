@@ -55,10 +55,26 @@ def write_api_pages(out: Path) -> dict[str, Path]:
   return paths
 
 
+def _flatten(row: dict) -> list[dict]:
+  """A row whose values include a dict of dicts (e.g. ``methods``) becomes one row per entry."""
+  scalars = {k: v for k, v in row.items() if not isinstance(v, dict)}
+  nested = [(k, v) for k, v in row.items() if isinstance(v, dict)]
+  if not nested:
+    return [scalars]
+  key, entries = nested[0]
+  return [{**scalars, key: name, **(values if isinstance(values, dict) else {"value": values})}
+          for name, values in entries.items()]
+
+
+def _format(value) -> str:
+  return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _markdown_rows(rows: list[dict]) -> str:
-  keys = list(rows[0])
+  rows = [flat for row in rows for flat in _flatten(row)]
+  keys = list(dict.fromkeys(k for row in rows for k in row))
   lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-  lines += ["| " + " | ".join(str(row.get(k, "")) for k in keys) + " |" for row in rows]
+  lines += ["| " + " | ".join(_format(row.get(k, "")) for k in keys) + " |" for row in rows]
   return "\n".join(lines)
 
 
@@ -66,8 +82,8 @@ def results_page(path: Path, out_dir: Path) -> str:
   """Markdown for one results JSON: command, table, plot (same stem ``.png``) and machine."""
   record = json.loads(path.read_text())
   name = record.get("experiment", path.stem)
-  lines = [f"# {path.stem}", "", f"Generated from `benchmarks/results/{path.name}` "
-           f"(experiment `{name}`).", ""]
+  source = f"Generated from `benchmarks/results/{path.name}` (experiment `{name}`)."
+  lines = [f"# {path.stem}", "", source, ""]
   if record.get("command"):
     lines += ["Command:", "", "```bash", record["command"], "```", ""]
   table = record.get("table") or record.get("table_markdown")

@@ -9,9 +9,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-import _gen  # noqa: E402
+import _gen
 
-import emoloss  # noqa: E402
+import emoloss
 
 project = "emoloss"
 author = "emoloss developers"

@@ -283,6 +283,7 @@ def _specs(config: _Config):
 def _placed(config: _Config, args, specs):
   """Reshards ``args`` to ``specs`` on the mesh (needed before ``shard_map`` when mesh axes are
   ``Explicit``, the default of ``jax.make_mesh``; a no-op when they already match)."""
+  assert config.mesh is not None  # only the sharded path places its arguments
   if not any(kind == AxisType.Explicit for kind in config.mesh.axis_types):
     return args  # Auto axes: shard_map reshards its inputs itself.
 
@@ -400,8 +401,8 @@ def _prepare(hidden, labels, cost_embeddings, where):
 
 
 def _finish(nll, emo, lse, where, batch_shape) -> FusedOutput:
-  mask = lambda x: None if x is None else _checks.mask_loss(x, where).reshape(batch_shape)
-  return FusedOutput(nll=mask(nll), emo=mask(emo), lse=mask(lse))
+  mask = lambda x: _checks.mask_loss(x, where).reshape(batch_shape)
+  return FusedOutput(nll=mask(nll), emo=None if emo is None else mask(emo), lse=mask(lse))
 
 
 def fused_ce_emo(
@@ -580,5 +581,6 @@ def fused_emo_ce_loss(
   if cost_embeddings is None:
     raise ValueError("`cost_embeddings` is required for the EMO + CE loss.")
   out = fused_ce_emo(hidden, head, labels, cost_embeddings, where=where, chunk_size=chunk_size)
+  assert out.emo is not None  # computed whenever cost_embeddings are given
   loss = emo_ce_combination(out.nll, out.emo, mode=mode)
   return loss if where is None else jnp.where(where, loss, 0.0)
