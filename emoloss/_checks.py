@@ -135,6 +135,15 @@ def check_label_range(labels: ArrayLike, num_classes: int, name: str = "labels")
 
   Raises:
     ValueError: naming the first offending value.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import emoloss
+    >>> emoloss.check_label_range(jnp.array([0, 2, 1]), num_classes=3)
+    >>> emoloss.check_label_range(jnp.array([0, 3]), num_classes=3)  # raises
+    Traceback (most recent call last):
+    ...
+    ValueError: `labels` must lie in [0, 3)...
   """
   arr = np.asarray(labels)
   if not np.issubdtype(arr.dtype, np.integer):

@@ -64,3 +64,15 @@ def test_guide_snippets_run(guide):
 def test_guide_images_exist(guide):
   for target in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", guide.read_text()):
     assert (guide.parent / target).resolve().exists(), target
+
+
+def test_every_public_function_has_a_doctested_example():
+  import inspect
+
+  import emoloss
+
+  functions = [name for name in emoloss.__all__ if inspect.isfunction(getattr(emoloss, name))]
+  missing = [name for name in functions
+             if ">>> " not in (inspect.getdoc(getattr(emoloss, name)) or "").partition(
+                 "Examples:")[2]]
+  assert not missing, f"no `Examples:` section with >>> lines: {missing}"

@@ -63,6 +63,18 @@ def tiger(
     An ``optax.GradientTransformation`` (needs ``params`` in ``update`` when ``weight_decay > 0``
     or ``rms_scaling``).
 
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import emoloss
+    >>> jnp.set_printoptions(precision=4)
+    >>> tx = emoloss.tiger(learning_rate=0.1, weight_decay=0.0)
+    >>> params = {"w": jnp.array([1.0, -2.0])}
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"w": jnp.array([0.3, -0.01])}, state, params)
+    >>> print(updates["w"])  # -lr * sign(momentum)
+    [-0.1  0.1]
+
   References:
     Su, "Tiger: A Tight-fisted Optimizer", 2023, https://github.com/bojone/tiger;
     Chen et al., "Symbolic Discovery of Optimization Algorithms" (Lion), NeurIPS 2023.
