@@ -535,7 +535,9 @@ def sharded_fused_ce_emo(
     >>> import jax
     >>> import jax.numpy as jnp
     >>> import emoloss
-    >>> mesh = jax.make_mesh((1, 1), ("data", "model"))  # one device here; same code on many
+    >>> from jax.sharding import AxisType
+    >>> # One device here; the same code runs on a mesh of many.
+    >>> mesh = jax.make_mesh((1, 1), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
     >>> k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
     >>> hidden = jax.random.normal(k1, (4, 8))
     >>> head = jax.random.normal(k2, (32, 8))
