@@ -60,8 +60,8 @@ def tiger(
     mu_dtype: optional dtype of the momentum buffer (default: that of the params).
 
   Returns:
-    An ``optax.GradientTransformation`` (needs ``params`` in ``update`` when ``weight_decay > 0``
-    or ``rms_scaling``).
+    An ``optax.GradientTransformation`` (needs ``params`` in ``update`` when ``weight_decay`` is
+    not the number 0, or with ``rms_scaling``).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -82,10 +82,9 @@ def tiger(
   _checks.check_scalar_range(beta, "beta", low=0.0, high=1.0, high_inclusive=False)
   _checks.check_scalar_range(weight_decay, "weight_decay", low=0.0)
   _checks.check_scalar_range(min_rms, "min_rms", low=0.0)
-  parts = [
-      optax.scale_by_lion(b1=beta, b2=beta, mu_dtype=mu_dtype),
-      optax.add_decayed_weights(weight_decay, mask),
-  ]
+  parts = [optax.scale_by_lion(b1=beta, b2=beta, mu_dtype=mu_dtype)]
+  if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
+    parts.append(optax.add_decayed_weights(weight_decay, mask))
   if rms_scaling:
     parts.append(optax.scale_by_param_block_rms(min_scale=min_rms))
   parts.append(optax.scale_by_learning_rate(learning_rate))
