@@ -166,7 +166,7 @@ def test_emo_ce_mix_is_finite_where_published_guard_folds():
              jax.jit(lambda z: emoloss.emo_ce_loss(z, jnp.array([0]), jnp.eye(4),
                                                    max_ratio=None))):
     assert np.asarray(fn(logits)) == 0.0
-    assert np.all(np.isfinite(jax.grad(lambda z: fn(z).sum())(logits)))
+    assert np.all(np.isfinite(jax.grad(lambda z, fn=fn: fn(z).sum())(logits)))
   ratio_mix = emoloss.emo_ce_combination(jnp.array([0.5, 0.5, 0.0]), jnp.array([-1e-7, 0.0, 0.0]))
   np.testing.assert_array_equal(ratio_mix, [0.25, 0.25, 0.0])
   # The stop-gradient ratio is clipped to [0, max_ratio]: d mix / d emo = ratio / 2 >= 0.
@@ -231,7 +231,6 @@ def test_one_bad_row_never_changes_another(name):
 def test_out_of_range_label_gives_nan_not_a_clamped_loss(name):
   """The documented label rule: an unmasked label outside [0, V) (V, or -1 which NumPy would wrap)
   gives NaN for its example, eagerly and under jit."""
-  loss = LOSSES[name]
   logits, labels = random_problem(False, seed=2)
   for bad in (V, V + 3, -1):
     for jit in (False, True):
@@ -295,7 +294,7 @@ def test_binary_losses_with_infinite_logits():
   labels = jnp.array([1, 0, 1, 0])
   for fn in (emoloss.f1_weighted_binary_cross_entropy, emoloss.binary_smoothed_accuracy_loss):
     value = fn(logits, labels)
-    grad = jax.grad(lambda z: fn(z, labels).sum())(logits)
+    grad = jax.grad(lambda z, fn=fn: fn(z, labels).sum())(logits)
     assert np.all(np.isfinite(value)) and np.all(np.isfinite(grad)), (fn, value, grad)
     np.testing.assert_array_equal(value[:2], [0.0, 0.0])
     wrong = fn(logits, 1 - labels)
@@ -357,7 +356,7 @@ def test_optimiser_state_can_be_donated(name):
   reference = jax.jit(step_fn)
   ref_params, ref_state = params, tx.init(params)
   for i in range(4):
-    grads = jax.tree.map(lambda x: jnp.full_like(x, 0.5 - 0.2 * i), params)
+    grads = jax.tree.map(lambda x, g=0.5 - 0.2 * i: jnp.full_like(x, g), params)
     value = jnp.float32(0.3 - 0.1 * i)
     ref_params, ref_state = reference(ref_params, ref_state, grads, value)
     params, state = step(params, state, grads, value)
