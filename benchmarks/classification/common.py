@@ -345,6 +345,26 @@ class TrainResult:
   seconds: float
 
 
+def reads_params(objective: Callable[[Array, Batch, Any], Array]) -> Callable[..., Array]:
+  """Marks a training objective ``(logits, batch, params) -> scalar`` that also reads one seed's
+  parameters (e.g. the class-weight norms of :func:`output_kernel`) for :func:`train`."""
+  objective.reads_params = True
+  return objective
+
+
+def _with_params_argument(objective: Callable[..., Array]) -> Callable[..., Array]:
+  if getattr(objective, "reads_params", False):
+    return objective
+  return lambda logits, batch, params: objective(logits, batch)
+
+
+def output_kernel(params: Any) -> Array:
+  """The last layer's kernel ``[hidden, V]`` of one seed's :class:`MLP` parameters (column ``i``
+  is class ``i``'s weight vector ``u_i``)."""
+  layers = params["layers"]
+  return jnp.asarray(layers[max(layers.keys())]["kernel"][...])
+
+
 def _tile(tree: Any, times: int) -> Any:
   return jax.tree.map(lambda x: jnp.concatenate([x] * times, axis=0), tree)
 
@@ -372,7 +392,8 @@ def train(
   Args:
     model: graph definition and stacked initial parameters ``[S, ...]``.
     objectives: method name -> ``(logits [N, V], batch) -> scalar`` training objective of one
-      seed's batch.
+      seed's batch, or ``(logits, batch, params) -> scalar`` for one marked with
+      :func:`reads_params`.
     optimizer: an Optax transformation shared by all methods; it gets ``value=`` the objective as
       an extra argument (for flooding), which plain transformations ignore.
     train_batch: dict of ``[S, N, ...]`` arrays with at least ``"x"``.
@@ -392,7 +413,7 @@ def train(
   if num_steps % eval_every:
     raise ValueError(f"num_steps={num_steps} must be a multiple of eval_every={eval_every}.")
   names = list(objectives)
-  loss_fns = [objectives[n] for n in names]
+  loss_fns = [_with_params_argument(objectives[n]) for n in names]
   num_methods = len(names)
   num_seeds = jax.tree.leaves(model.params)[0].shape[0]
   optimizer = optax.with_extra_args_support(optimizer)
@@ -401,8 +422,8 @@ def train(
   def objective(params, batch, method):
     logits = model.apply(params, batch["x"])
     if num_methods == 1:
-      return loss_fns[0](logits, batch)
-    return jax.lax.switch(method, loss_fns, logits, batch)
+      return loss_fns[0](logits, batch, params)
+    return jax.lax.switch(method, loss_fns, logits, batch, params)
 
   def step(carry, _, batch, method):
     params, opt_state = carry

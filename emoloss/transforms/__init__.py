@@ -8,7 +8,9 @@ Tiger.
   :func:`alternation_penalty` -- their explicit second-order form.
 * :func:`normalize_by_running_gradient_norm` -- divides the gradient by a running mean of its
   global norm (the EXACT authors' gradient normaliser).
-* :func:`tiger` -- sign-momentum optimiser (Lion with ``β1 = β2``) with decoupled weight decay.
+* :func:`tiger` -- sign-momentum optimiser (Lion with ``β1 = β2``) with decoupled weight decay;
+  :func:`grouped_tiger` -- with the reference's parameter groups (:func:`tiger_parameter_labels`)
+  and non-finite-gradient shrink.
 """
 
 from emoloss.transforms.alternation import (
@@ -24,7 +26,7 @@ from emoloss.transforms.gradient_norm import (
     RunningGradientNormState,
     normalize_by_running_gradient_norm,
 )
-from emoloss.transforms.tiger import tiger
+from emoloss.transforms.tiger import grouped_tiger, tiger, tiger_parameter_labels
 
 __all__ = [
     "AscentDescentState",
@@ -36,9 +38,11 @@ __all__ = [
     "flood",
     "flooded",
     "gradient_norm_penalty",
+    "grouped_tiger",
     "iflood_loss",
     "iflooded",
     "normalize_by_running_gradient_norm",
     "scale_by_ascent_descent",
     "tiger",
+    "tiger_parameter_labels",
 ]
