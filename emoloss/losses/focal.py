@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from emoloss import _checks
 
@@ -18,20 +19,35 @@ def _safe_pow(base: jax.Array, exponent) -> jax.Array:
   return jnp.where(positive, safe_base**exponent, jnp.where(exponent == 0, 1.0, 0.0))
 
 
+def _class_weights(alpha: ArrayLike, num_classes: int) -> jax.Array:
+  """Checks ``alpha`` (a scalar or ``[V]``, non-negative); returns it as float32 ``[V]``."""
+  if np.ndim(alpha) not in (0, 1) or (np.ndim(alpha) == 1 and np.shape(alpha) != (num_classes,)):
+    raise ValueError(
+        f"`alpha` must be a scalar or have shape (num_classes,) = ({num_classes},) to match the "
+        f"logits' last axis (got shape {np.shape(alpha)})."
+    )
+  _checks.check_scalar_range(alpha, "alpha", low=0.0)
+  return jnp.broadcast_to(jnp.asarray(alpha, jnp.float32), (num_classes,))
+
+
 def softmax_focal_loss(
     logits: ArrayLike,
     labels: ArrayLike,
     *,
     gamma: float = 2.0,
     where: ArrayLike | None = None,
+    alpha: ArrayLike | None = None,
 ) -> jax.Array:
-  r"""Softmax focal loss ``-(1 - p_y)^γ log p_y``.
+  r"""Softmax focal loss ``-α_y (1 - p_y)^γ log p_y``.
 
   .. math::
-    L = -(1 - p_y)^{\gamma} \log p_y, \qquad p = \mathrm{softmax}(z)
+    L = -\alpha_y (1 - p_y)^{\gamma} \log p_y, \qquad p = \mathrm{softmax}(z)
 
-  For soft labels ``q`` the loss is ``-Σ_i q_i (1 - p_i)^γ log p_i``. ``gamma = 0`` is exactly
-  softmax cross-entropy. The modulating factor is differentiated (not stopped), as in the paper.
+  with ``α_y = 1`` unless ``alpha`` is given: the paper's α-balanced form, a per-class weight
+  (a scalar ``α`` for every class, as ``kornia.losses.focal_loss``'s ``alpha``, or one weight per
+  class ``[V]``, e.g. inverse class frequencies). For soft labels ``q`` the loss is
+  ``-Σ_i α_i q_i (1 - p_i)^γ log p_i``. ``gamma = 0`` (and no ``alpha``) is exactly softmax
+  cross-entropy. The modulating factor is differentiated (not stopped), as in the paper.
   (``optax.losses.sigmoid_focal_loss`` is the per-class sigmoid form; this is the softmax form.)
 
   Args:
@@ -39,6 +55,7 @@ def softmax_focal_loss(
     labels: integer class indices ``[...]`` or soft labels ``[..., V]``.
     gamma: focusing parameter ``γ >= 0``.
     where: optional boolean mask ``[...]``; masked examples give exactly 0.
+    alpha: optional class weight ``α >= 0``: a scalar or a ``[V]`` vector (``None``: 1).
 
   Returns:
     ``[...]`` float32 per-example loss.
@@ -52,8 +69,14 @@ def softmax_focal_loss(
   # 1 - p computed as -expm1(log p): accurate when p is close to 1.
   one_minus_p = jnp.maximum(-jnp.expm1(log_probs), 0.0)
   weighted = _safe_pow(one_minus_p, jnp.asarray(gamma, jnp.float32)) * log_probs
+  if alpha is not None:  # on the labels' side: α_i = 0 must not meet log p_i = -inf
+    alpha = _class_weights(alpha, logits.shape[-1])
+    if not integer:
+      labels = labels * alpha
   if integer:
     loss = -jnp.take_along_axis(weighted, labels[..., None], axis=-1)[..., 0]
+    if alpha is not None:
+      loss = loss * alpha[labels]
   else:
     loss = -jnp.sum(labels * weighted, axis=-1)
   return _checks.mask_loss(loss, where)
