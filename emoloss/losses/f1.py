@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from emoloss import _checks
 
@@ -58,13 +59,15 @@ def smooth_f1_loss(
 
   Returns:
     ``logits.shape[1:]`` float32 loss per label column (a scalar for a binary task); 0 for a
-    column whose examples are all masked.
+    column whose examples are all masked, and for an empty batch.
 
   References:
     Milletari et al., "V-Net", 3DV 2016 (Dice loss); SPEC.md, "F1-weighted binary
     cross-entropy".
   """
   loss = 1.0 - smooth_f1_score(logits, labels, where=where)
+  if np.shape(logits)[0] == 0:  # an empty batch, like a fully masked column, gives 0
+    return jnp.zeros_like(loss)
   if where is None:
     return loss
   # A column with no unmasked example contributes nothing (0, zero gradient).
@@ -102,7 +105,10 @@ def f1_weighted_binary_cross_entropy(
   """
   logits, labels, where, _ = _batch_probs(logits, labels, where)
   half_f1 = 0.5 * jax.lax.stop_gradient(smooth_f1_score(logits, labels, where=where))
-  log_p = jax.nn.log_sigmoid(logits)
-  log_not_p = jax.nn.log_sigmoid(-logits)
-  loss = -(labels * (1.0 - half_f1) * log_p + (1.0 - labels) * half_f1 * log_not_p)
+  positive = labels > 0
+  # Each entry uses only its own branch (double where): ±inf logits give no 0 · inf, and a zero
+  # weight gives 0 whatever the log-probability.
+  nll = -jax.nn.log_sigmoid(jnp.where(positive, logits, -logits))
+  weight = jnp.where(positive, 1.0 - half_f1, half_f1)
+  loss = jnp.where(weight > 0, weight * nll, 0.0)
   return _checks.mask_loss(loss, where)

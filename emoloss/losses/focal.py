@@ -63,20 +63,33 @@ def softmax_focal_loss(
   References:
     Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017 (arXiv 1708.02002).
   """
-  _checks.check_scalar_range(gamma, "gamma", low=0.0)
+  _check_gamma(gamma)
   logits, labels, integer, where = _checks.prepare_classification(logits, labels, where)
   log_probs = jax.nn.log_softmax(logits, axis=-1)
-  # 1 - p computed as -expm1(log p): accurate when p is close to 1.
-  one_minus_p = jnp.maximum(-jnp.expm1(log_probs), 0.0)
-  weighted = _safe_pow(one_minus_p, jnp.asarray(gamma, jnp.float32)) * log_probs
-  if alpha is not None:  # on the labels' side: α_i = 0 must not meet log p_i = -inf
+  if alpha is not None:
     alpha = _class_weights(alpha, logits.shape[-1])
-    if not integer:
-      labels = labels * alpha
   if integer:
-    loss = -jnp.take_along_axis(weighted, labels[..., None], axis=-1)[..., 0]
+    loss = _focal_term(_checks.target_log_prob(log_probs, labels, integer=True), gamma)
     if alpha is not None:
       loss = loss * alpha[labels]
   else:
-    loss = -jnp.sum(labels * weighted, axis=-1)
+    # Only classes with target mass enter: a -inf logit elsewhere (vocabulary mask) must not
+    # meet a 0 weight in the product (0 · inf), nor in its gradient.
+    weights = labels if alpha is None else labels * alpha  # α_i q_i
+    loss = jnp.sum(weights * _focal_term(_checks.zero_where_unlabelled(log_probs, labels), gamma),
+                   axis=-1)
   return _checks.mask_loss(loss, where)
+
+
+def _check_gamma(gamma) -> None:
+  if np.ndim(gamma) != 0:
+    raise ValueError(
+        f"`gamma` must be a scalar focusing parameter (got shape {np.shape(gamma)}); a "
+        "per-example or per-class gamma is not supported.")
+  _checks.check_scalar_range(gamma, "gamma", low=0.0)
+
+
+def _focal_term(log_prob: jax.Array, gamma) -> jax.Array:
+  """``-(1 - p)^γ log p`` from ``log p`` (``1 - p = -expm1(log p)``, accurate as ``p → 1``)."""
+  one_minus_p = jnp.maximum(-jnp.expm1(log_prob), 0.0)
+  return -_safe_pow(one_minus_p, jnp.asarray(gamma, jnp.float32)) * log_prob

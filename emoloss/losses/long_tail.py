@@ -5,7 +5,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from emoloss import _checks
 
@@ -13,12 +12,6 @@ ArrayLike = jax.typing.ArrayLike
 
 # The official code adds log(π^τ + 1e-12), which stays finite for a class that never occurs.
 PRIOR_EPSILON = 1e-12
-
-
-def _softmax_cross_entropy(logits: jax.Array, labels: jax.Array, integer: bool) -> jax.Array:
-  if integer:
-    return optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
-  return optax.losses.softmax_cross_entropy(logits, labels)
 
 
 def _check_class_vector(vector: ArrayLike, num_classes: int, name: str) -> jax.Array:
@@ -79,7 +72,7 @@ def logit_adjusted_cross_entropy(
   logits, labels, integer, where = _checks.prepare_classification(logits, labels, where)
   prior = _check_class_vector(class_prior, logits.shape[-1], "class_prior")
   adjusted = logits + log_prior_adjustment(prior, tau)
-  return _checks.mask_loss(_softmax_cross_entropy(adjusted, labels, integer), where)
+  return _checks.mask_loss(_checks.softmax_cross_entropy(adjusted, labels, integer), where)
 
 
 def posthoc_logit_adjustment(
@@ -143,7 +136,7 @@ def margin_cross_entropy(
   margins = _check_class_vector(margins, logits.shape[-1], "margins")
   is_target = labels[..., None] == jnp.arange(logits.shape[-1])
   adjusted = logits - jnp.where(is_target, margins, 0.0)
-  return _checks.mask_loss(_softmax_cross_entropy(adjusted, labels, True), where)
+  return _checks.mask_loss(_checks.softmax_cross_entropy(adjusted, labels, True), where)
 
 
 def norm_aware_margin_cross_entropy(
@@ -201,4 +194,4 @@ def norm_aware_margin_cross_entropy(
   is_target = labels[..., None] == jnp.arange(num_classes)
   shift = radius[..., None] * norms  # [..., V]: r_y ‖u_i‖
   adjusted = logits + jnp.where(is_target, -shift, shift)
-  return _checks.mask_loss(_softmax_cross_entropy(adjusted, labels, True), where)
+  return _checks.mask_loss(_checks.softmax_cross_entropy(adjusted, labels, True), where)

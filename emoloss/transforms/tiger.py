@@ -68,8 +68,8 @@ def tiger(
     shrink_center: ``c``, the value such tensors shrink toward.
 
   Returns:
-    An ``optax.GradientTransformation`` (needs ``params`` in ``update`` when ``weight_decay > 0``,
-    ``rms_scaling`` or ``shrink_ratio``).
+    An ``optax.GradientTransformation`` (needs ``params`` in ``update`` when ``weight_decay`` is
+    not the number 0, or with ``rms_scaling`` or ``shrink_ratio``).
 
   References:
     Su, "Tiger: A Tight-fisted Optimizer", 2023, https://github.com/bojone/tiger;
@@ -82,10 +82,9 @@ def tiger(
   if shrink_ratio is not None:
     _checks.check_scalar_range(shrink_ratio, "shrink_ratio", low=0.0, high=1.0)
     momentum = _keep_momentum_where_nonfinite(momentum)
-  parts = [
-      momentum,
-      optax.add_decayed_weights(weight_decay, mask),
-  ]
+  parts = [momentum]
+  if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
+    parts.append(optax.add_decayed_weights(weight_decay, mask))
   if rms_scaling:
     parts.append(optax.scale_by_param_block_rms(min_scale=min_rms))
   parts.append(optax.scale_by_learning_rate(learning_rate))

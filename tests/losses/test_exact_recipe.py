@@ -125,3 +125,22 @@ def test_scheduled_sigma_under_jit():
   errors = [np.asarray(exact_loss(logits, correct, sigma=float(schedule(t)), margin=0.5,
                                   batch_norm=True)) for t in (0, 50, 99)]
   assert np.all(np.diff(errors, axis=0) < 0)
+
+
+def test_minus_inf_and_extreme_logits_with_batch_norm():
+  """A -inf logit (vocabulary mask) stays out of the statistic and loses for sure; ±1e4 logits
+  stay finite."""
+  logits, labels = _problem(5)
+  masked_vocab = logits.copy()
+  masked_vocab[:, 4] = -np.inf
+  labels = np.where(labels == 4, 0, labels)
+  # (No margin here: a margin caps z_y - z_i at m even for z_i = -inf, so that class competes.)
+  f = jax.jit(lambda z: exact_loss(z, labels, sigma=0.7, batch_norm=True))
+  loss, grad = jax.value_and_grad(lambda z: jnp.sum(f(z)))(jnp.asarray(masked_vocab))
+  assert np.isfinite(loss) and np.all(np.isfinite(grad))
+  # Same as normalising the four finite classes only (the -inf class never wins).
+  want, error = official_criterion_numpy(logits[:, :4], labels, 0.7)
+  assert np.all(np.abs(np.asarray(f(masked_vocab)) - want) <= 4 * error + 1e-5)
+  extreme = np.where(np.random.default_rng(6).random(logits.shape) > 0.5, 1e4, -1e4)
+  loss, grad = jax.value_and_grad(lambda z: jnp.sum(f(z)))(jnp.asarray(extreme, jnp.float32))
+  assert np.isfinite(loss) and np.all(np.isfinite(grad))
