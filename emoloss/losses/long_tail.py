@@ -161,3 +161,61 @@ def margin_cross_entropy(
   is_target = labels[..., None] == jnp.arange(logits.shape[-1])
   adjusted = logits - jnp.where(is_target, margins, 0.0)
   return _checks.mask_loss(_checks.softmax_cross_entropy(adjusted, labels, True), where)
+
+
+def norm_aware_margin_cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    class_weight_norms: ArrayLike,
+    radii: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+  r"""Cross-entropy under the worst feature perturbation of radius ``r_y``, logit by logit.
+
+  For a linear last layer, ``z_i = ⟨f, u_i⟩ (+ b_i)`` with features ``f`` and class weights
+  ``u_i``, a perturbation ``δ`` of the features with ``‖δ‖ ≤ r_y`` moves logit ``i`` by
+  ``⟨δ, u_i⟩ ∈ [-r_y‖u_i‖, r_y‖u_i‖]``. Taking the worst case of each logit (target down, every
+  other class up) gives
+
+  .. math::
+    z'_y = z_y - r_y \lVert u_y \rVert, \qquad z'_i = z_i + r_y \lVert u_i \rVert\ (i \ne y),
+    \qquad L = -\log \mathrm{softmax}(z')_y
+
+  i.e. a pairwise margin ``r_y (‖u_y‖ + ‖u_i‖)`` that grows with the class weights' norms, so
+  (unlike :func:`margin_cross_entropy`, which lowers the target by a constant) the margin cannot
+  be met by scaling the weights up. This is an upper bound of the loss under one shared
+  perturbation ``δ`` (pairwise ``⟨δ, u_i - u_y⟩ ≤ r_y‖u_i - u_y‖ ≤ r_y(‖u_i‖ + ‖u_y‖)``), equal to
+  it when the competing weights are antiparallel to the target's (e.g. two classes with
+  ``u_1 = -c u_0``). Zero radii give plain cross-entropy; rarer classes get larger radii (LDAM's
+  ``r_y ∝ n_y^{-1/4}``).
+
+  From features ``f [..., k]`` and a class-weight matrix ``U [V, k]`` (a Flax ``kernel`` is
+  ``Uᵀ``): ``logits = f @ U.T`` (plus any bias) and ``class_weight_norms =
+  jnp.linalg.norm(U, axis=-1)``; the loss is then differentiable in ``U`` through both.
+
+  Args:
+    logits: ``[..., V]`` scores ``⟨f, u_i⟩ (+ b_i)`` (any float dtype; computed in float32).
+    labels: integer class indices ``[...]``.
+    class_weight_norms: ``[V]`` non-negative ``‖u_i‖`` (differentiable).
+    radii: ``[V]`` non-negative per-class perturbation radii ``r_y`` (the target's is used).
+    where: optional boolean mask ``[...]``; masked examples give exactly 0 and zero gradient.
+
+  Returns:
+    ``[...]`` float32 per-example loss.
+
+  References:
+    Menon et al., "Long-tail learning via logit adjustment", ICLR 2021 (arXiv 2007.07314), the
+    general margin form; Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Aware
+    Margin Loss", NeurIPS 2019 (arXiv 1906.07413), per-class margins ``∝ n_y^{-1/4}``.
+  """
+  logits, labels, _, where = _checks.prepare_classification(
+      logits, labels, where, allow_soft=False)
+  num_classes = logits.shape[-1]
+  norms = _check_class_vector(class_weight_norms, num_classes, "class_weight_norms")
+  radii = _check_class_vector(radii, num_classes, "radii")
+  radius = _checks.mask_inputs(radii[labels], where)  # [...]: r_y
+  is_target = labels[..., None] == jnp.arange(num_classes)
+  shift = radius[..., None] * norms  # [..., V]: r_y ‖u_i‖
+  adjusted = logits + jnp.where(is_target, -shift, shift)
+  return _checks.mask_loss(_checks.softmax_cross_entropy(adjusted, labels, True), where)
