@@ -15,6 +15,7 @@ from emoloss.losses.long_tail import (
     log_prior_adjustment,
     logit_adjusted_cross_entropy,
     margin_cross_entropy,
+    norm_aware_margin_cross_entropy,
     posthoc_logit_adjustment,
 )
 from emoloss.losses.tailr import tailr_loss, tailr_weight
@@ -29,6 +30,7 @@ __all__ = [
     "log_prior_adjustment",
     "logit_adjusted_cross_entropy",
     "margin_cross_entropy",
+    "norm_aware_margin_cross_entropy",
     "normalize_embeddings",
     "posthoc_logit_adjustment",
     "smooth_f1_loss",
