@@ -47,6 +47,10 @@ LOSSES = {
         upper_bound=1.0),
     "exact_loss": Loss(lambda z, y, w: emoloss.exact_loss(z, y, num_nodes=16, where=w),
                        upper_bound=1.0),
+    "exact_loss[batch_norm]": Loss(
+        lambda z, y, w: emoloss.exact_loss(z, y, num_nodes=16, batch_norm=True, sigma=2.0,
+                                           margin=0.5, where=w),
+        batch_statistic=True, upper_bound=1.0),
     "exact_loss[log_prob,margin]": Loss(
         lambda z, y, w: emoloss.exact_loss(z, y, num_nodes=16, log_prob=True, margin=5.0,
                                            sigma=0.5, where=w)),
@@ -57,6 +61,9 @@ LOSSES = {
                            batch_statistic=True, upper_bound=1.0),
     "softmax_focal_loss": Loss(lambda z, y, w: emoloss.softmax_focal_loss(z, y, where=w),
                                at_most_ce_when_right=True),  # (1 - p)^γ <= 1
+    "softmax_focal_loss[alpha]": Loss(
+        lambda z, y, w: emoloss.softmax_focal_loss(z, y, alpha=jnp.linspace(0.2, 1.0, V),
+                                                   where=w), at_most_ce_when_right=True),
     "softmax_focal_loss[gamma=0.5]": Loss(
         lambda z, y, w: emoloss.softmax_focal_loss(z, y, gamma=0.5, where=w),
         at_most_ce_when_right=True),
@@ -64,6 +71,9 @@ LOSSES = {
         lambda z, y, w: emoloss.logit_adjusted_cross_entropy(z, y, PRIOR, where=w)),
     "margin_cross_entropy": Loss(
         lambda z, y, w: emoloss.margin_cross_entropy(z, y, jnp.linspace(0, 2, V), where=w)),
+    "norm_aware_margin_cross_entropy": Loss(
+        lambda z, y, w: emoloss.norm_aware_margin_cross_entropy(
+            z, y, jnp.linspace(0.5, 2.0, V), jnp.linspace(0.0, 0.5, V), where=w)),
     "tailr_loss": Loss(lambda z, y, w: emoloss.tailr_loss(z, y, where=w),
                        at_most_ce_when_right=True),  # w <= 1
     "tailr_loss[open-ended,smoothing]": Loss(
@@ -253,7 +263,8 @@ def test_minus_inf_logits(name):
     assert np.all(grad[:, 3:] == 0)
   # Against -1e4 logits (exp underflows to exactly 0 in float32: the same distribution).
   far_value, far_grad = value_and_grad(name, logits.at[:, 3:].set(-1e4), labels, jit=True)
-  if "tailr_loss[open" not in name:  # its smoothing target leaves out -inf classes, not -1e4
+  # TaiLr's smoothing target and the batch statistics leave out -inf classes, not -1e4 ones.
+  if "tailr_loss[open" not in name and not loss.batch_statistic:
     np.testing.assert_allclose(value, far_value, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(grad, far_grad, rtol=1e-4, atol=1e-6)
   on_target = logits.at[jnp.arange(N), labels].set(-jnp.inf)
@@ -327,13 +338,16 @@ TRANSFORMS = {
         emoloss.scale_by_ascent_descent(0.5, flood_level=0.2), optax.sgd(0.1)),
     "backstitch": lambda: emoloss.backstitch(0.1),
     "tiger": lambda: emoloss.tiger(0.1, rms_scaling=True),
+    "grouped_tiger": lambda: emoloss.grouped_tiger(0.1),
+    "normalize_by_running_gradient_norm": lambda: optax.chain(
+        emoloss.normalize_by_running_gradient_norm(), optax.sgd(0.1)),
 }
 
 
 def test_every_public_transformation_is_registered():
   constructors = {n for n in emoloss.transforms.__all__ if n[0].islower()}
   not_transforms = {"alternation_penalty", "flooded", "gradient_norm_penalty", "iflood_loss",
-                    "iflooded"}
+                    "iflooded", "tiger_parameter_labels"}
   missing = constructors - set(TRANSFORMS) - not_transforms
   assert not missing, f"register these in tests/test_reliability.py: {sorted(missing)}"
 
