@@ -17,6 +17,7 @@ from emoloss.losses.long_tail import (
     margin_cross_entropy,
     posthoc_logit_adjustment,
 )
+from emoloss.losses.mixce import mixce_loss, mixce_weight
 from emoloss.losses.tailr import tailr_loss, tailr_weight
 
 __all__ = [
@@ -29,6 +30,8 @@ __all__ = [
     "log_prior_adjustment",
     "logit_adjusted_cross_entropy",
     "margin_cross_entropy",
+    "mixce_loss",
+    "mixce_weight",
     "normalize_embeddings",
     "posthoc_logit_adjustment",
     "smooth_f1_loss",
