@@ -27,7 +27,8 @@ class Config:
   num_layers: int = 2
   num_heads: int = 4
   batch_size: int = 16
-  pretrain_steps: int = 600
+  eval_batch_size: int = 64            # rows per evaluation batch (held-out windows)
+  pretrain_steps: int = 500
   pretrain_lr: float = 3e-3
   finetune_steps: int = 300
   finetune_lr: float = 1e-3
@@ -44,7 +45,7 @@ class Config:
   mauve_seeds: int = 2                 # MAUVE k-means seeds averaged per comparison
   tfidf_dim: int = 64                  # TruncatedSVD dimension of the TF-IDF featuriser
   objectives: tuple[str, ...] = ()     # () = every objective of objectives.OBJECTIVES
-  loss_path: str = "plain"             # plain | fused
+  loss_path: str = "fused"             # fused (emoloss.fused_ce_emo) | plain
   chunk_size: int = 1024               # vocabulary chunk of the fused path
 
   def model_config(self, vocab_size: int | None = None) -> ModelConfig:
@@ -55,7 +56,7 @@ class Config:
 QUICK = {
     "pretrain_chars": 300_000, "pretrain_val_chars": 20_000, "vocab_size": 512,
     "d_model": 32, "num_layers": 1, "num_heads": 2, "batch_size": 8, "pretrain_steps": 150,
-    "pretrain_lr": 3e-3, "finetune_steps": 40, "finetune_lr": 2e-3, "warmup_steps": 10,
+    "pretrain_lr": 3e-3, "finetune_steps": 40, "finetune_lr": 1e-3, "warmup_steps": 10,
     "eval_every": 20, "seeds": 2, "max_prompts": 48, "sampling_runs": 1, "mauve_seeds": 1,
     "tfidf_dim": 16, "chunk_size": 256,
 }
