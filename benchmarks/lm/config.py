@@ -42,7 +42,7 @@ class Config:
   max_prompts: int = 256               # held-out windows used as prompts (at most)
   sampling_runs: int = 2               # sampling runs per model and decoding
   top_p: float = 0.95                  # the second decoding (the first is unbiased, top-p 1)
-  mauve_seeds: int = 2                 # MAUVE k-means seeds averaged per comparison
+  mauve_seeds: int = 1                 # MAUVE k-means seeds per sampling run (distinct per run)
   tfidf_dim: int = 64                  # TruncatedSVD dimension of the TF-IDF featuriser
   objectives: tuple[str, ...] = ()     # () = every objective of objectives.OBJECTIVES
   loss_path: str = "fused"             # fused (emoloss.fused_ce_emo) | plain

@@ -43,7 +43,8 @@ def setup_description(config: Config, data: data_lib.Data) -> dict:
                      f"unbiased (temperature 1) and top-p {config.top_p}, "
                      f"{config.sampling_runs} sampling run(s) each, KV-cached sampler"),
       "MAUVE": (f"mauve-text on features of the continuation (the prompt is shared), "
-                f"{config.mauve_seeds} k-means seed(s) averaged; features (a) final hidden "
+                f"{config.mauve_seeds} k-means seed(s) per sampling run (another per run), "
+                "averaged; features (a) final hidden "
                 "states of the seed's frozen pretrained base on prompt + continuation, "
                 "mean-pooled over the continuation, (b) word 1-3-gram TF-IDF (fitted on "
                 "fine-tuning training windows) of the continuation text, TruncatedSVD to "
@@ -70,12 +71,14 @@ def _sample_metrics(model, base, prompts, human_features, tfidf, config: Config,
                     seed: int) -> dict:
   """Sampling runs of both decodings, each measured, averaged over runs."""
   p = config.prefix_len
-  mauve_seeds = range(config.mauve_seeds)
   out = {}
   for d, decoding in enumerate(DECODINGS):
     top_p = 1.0 if decoding == "unbiased" else config.top_p
     runs = []
     for r in range(config.sampling_runs):
+      # Each sampling run gets its own k-means seeds, so the average over runs is also one
+      # over k-means seeds.
+      mauve_seeds = range(r * config.mauve_seeds, (r + 1) * config.mauve_seeds)
       key = jax.random.key(np.uint32(1_000_003 * seed + 101 * d + r))  # same for every model
       tokens = np.asarray(model_lib.sample(model, prompts[:, :p], key, config.new_tokens,
                                            top_p=top_p))
@@ -102,7 +105,7 @@ def _human_reference(base, prompts, tfidf, config: Config, tokenizer) -> dict:
   hidden = np.asarray(model_lib.pooled_hidden_states(base, prompts, _continuation(prompts, p)))
   texts = data_lib.decode(tokenizer, prompts[:, p:])
   features = tfidf(texts)
-  seeds = range(config.mauve_seeds)
+  seeds = range(config.mauve_seeds * config.sampling_runs)
   return {
       "features": {"hidden": hidden, "tfidf": features},
       "summary": {
