@@ -12,10 +12,12 @@ from emoloss.fused.chunked import (
     fused_emo_ce_loss,
     sharded_fused_ce_emo,
 )
+from emoloss.fused.losses import fused_mixce_loss
 
 __all__ = [
     "FusedOutput",
     "fused_ce_emo",
     "fused_emo_ce_loss",
+    "fused_mixce_loss",
     "sharded_fused_ce_emo",
 ]
