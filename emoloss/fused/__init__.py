@@ -12,10 +12,22 @@ from emoloss.fused.chunked import (
     fused_emo_ce_loss,
     sharded_fused_ce_emo,
 )
+from emoloss.fused.onepass import (
+    ce_per_token,
+    default_token_chunk_size,
+    emo_ce_per_token,
+    onepass_loss,
+    sharded_onepass_loss,
+)
 
 __all__ = [
     "FusedOutput",
     "fused_ce_emo",
     "fused_emo_ce_loss",
     "sharded_fused_ce_emo",
+    "ce_per_token",
+    "default_token_chunk_size",
+    "emo_ce_per_token",
+    "onepass_loss",
+    "sharded_onepass_loss",
 ]
