@@ -22,12 +22,12 @@ from emoloss.fused.onepass import (
 
 __all__ = [
     "FusedOutput",
-    "fused_ce_emo",
-    "fused_emo_ce_loss",
-    "sharded_fused_ce_emo",
     "ce_per_token",
     "default_token_chunk_size",
     "emo_ce_per_token",
+    "fused_ce_emo",
+    "fused_emo_ce_loss",
     "onepass_loss",
+    "sharded_fused_ce_emo",
     "sharded_onepass_loss",
 ]

@@ -83,6 +83,11 @@ def _inverse_norms(cost_embeddings):
   return jnp.where(norms > 0, 1.0 / jnp.maximum(norms, 1e-30), 0.0)
 
 
+def _dot_rows(a, b):
+  """``a bᵀ`` in float32 for ``a [n, d]``, ``b [V, d]`` (contracting the rows, no transpose)."""
+  return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+
+
 def _local_onepass(hidden, head, labels, weights, cost_embeddings, config: _Config,
                    vocab_axis: AxisName, token_axis: AxisName):
   """Per-device loss (summed over ``token_axis``), ``∂h`` (summed over ``vocab_axis``) and ``∂W``
@@ -105,7 +110,7 @@ def _local_onepass(hidden, head, labels, weights, cost_embeddings, config: _Conf
   def body(carry, chunk):
     total, grad_head = carry
     h, y, w = chunk
-    logits = jnp.dot(h, head_c.T, preferred_element_type=jnp.float32)  # [n, V_local]
+    logits = _dot_rows(h, head_c)  # [n, V_local]
     target = columns[None, :] == y[:, None]
     row_max = _pmax(jnp.max(logits, axis=-1), vocab_axis)
     exps = jnp.exp(logits - row_max[:, None])
@@ -115,8 +120,7 @@ def _local_onepass(hidden, head, labels, weights, cost_embeddings, config: _Conf
     emo = None
     if with_emo:
       target_unit = chunked._target_unit(cost_embeddings, y, offset, vocab_axis)
-      cosines = jnp.dot(target_unit.astype(unit_cost.dtype), unit_cost.T,
-                        preferred_element_type=jnp.float32) * inv_norms[None, :]
+      cosines = _dot_rows(target_unit.astype(unit_cost.dtype), unit_cost) * inv_norms[None, :]
       expected_cos = _psum(jnp.sum(exps * cosines, axis=-1), vocab_axis) / sum_exp
       emo = 1.0 - expected_cos
     values, pullback = jax.vjp(config.per_token, nll, emo, lse)
