@@ -40,6 +40,9 @@ PerToken = Callable[[jax.Array, jax.Array | None, jax.Array], jax.Array]
 DEFAULT_CHUNK_ELEMENTS = 2 ** 23
 MIN_TOKEN_CHUNK = 64
 MAX_TOKEN_CHUNK = 512
+# ∂W is accumulated in blocks of this many vocabulary rows: XLA's CPU dot cannot add into its
+# output, so a whole-vocabulary ``acc + g_chunkᵀ h`` would hold a second [V, d] float32 buffer.
+VOCAB_BLOCK = 4096
 REDUCTIONS = ("mean", "sum")
 
 
@@ -53,6 +56,7 @@ class _Config(NamedTuple):
   """Static (hashable) settings of one one-pass call."""
   per_token: PerToken
   token_chunk_size: int
+  vocab_block_size: int = VOCAB_BLOCK
   mesh: Mesh | None = None
   data_axis: AxisName = None
   model_axis: AxisName = None
@@ -86,6 +90,30 @@ def _inverse_norms(cost_embeddings):
 def _dot_rows(a, b):
   """``a bᵀ`` in float32 for ``a [n, d]``, ``b [V, d]`` (contracting the rows, no transpose)."""
   return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def _add_head_grad(grad_head, grad_logits, h, block):
+  """``grad_head + grad_logitsᵀ h`` (float32 ``[V, d]``), updated in place ``block`` rows at a
+  time (equal blocks, the last moved back with its overlap zeroed, as in the fused path)."""
+  vocab = grad_head.shape[0]
+  contract = (((0,), (0,)), ((), ()))
+  if block >= vocab:
+    return grad_head + jax.lax.dot_general(grad_logits, h, contract,
+                                           preferred_element_type=jnp.float32)
+  starts, fresh = chunked._chunk_starts(vocab, block)
+  overlaps = vocab % block != 0
+
+  def step(acc, xs):
+    start, first = xs
+    g = jax.lax.dynamic_slice_in_dim(grad_logits, start, block, axis=1)
+    if overlaps:
+      g = jnp.where(chunked._fresh_columns(start, first, block)[None, :], g, 0)
+    rows = jax.lax.dot_general(g, h, contract, preferred_element_type=jnp.float32)
+    current = jax.lax.dynamic_slice_in_dim(acc, start, block, axis=0)
+    return jax.lax.dynamic_update_slice_in_dim(acc, current + rows, start, axis=0), None
+
+  grad_head, _ = jax.lax.scan(step, grad_head, (starts, fresh))
+  return grad_head
 
 
 def _local_onepass(hidden, head, labels, weights, cost_embeddings, config: _Config,
@@ -137,8 +165,7 @@ def _local_onepass(hidden, head, labels, weights, cost_embeddings, config: _Conf
       grad_logits = probs * g_prob[:, None]
     grad_logits = (grad_logits - jnp.where(target, g_nll[:, None], 0.0)).astype(dtype)
     grad_h = jnp.dot(grad_logits, head_c, preferred_element_type=jnp.float32)
-    grad_head = grad_head + jax.lax.dot_general(
-        grad_logits, h, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    grad_head = _add_head_grad(grad_head, grad_logits, h, config.vocab_block_size)
     return (total, grad_head), grad_h
 
   init = (jnp.zeros((), jnp.float32), jnp.zeros((local_vocab, dim), jnp.float32))
@@ -212,7 +239,7 @@ _onepass.defvjp(_onepass_fwd, _onepass_bwd)
 # Public API.
 
 
-def _check_options(per_token, reduction, token_chunk_size):
+def _check_options(per_token, reduction, token_chunk_size, vocab_block_size):
   if not callable(per_token):
     raise TypeError(f"`per_token` must be a function f(nll, emo, lse) (got {per_token!r}).")
   if reduction not in REDUCTIONS:
@@ -222,6 +249,10 @@ def _check_options(per_token, reduction, token_chunk_size):
       or token_chunk_size < 1):
     raise ValueError(f"`token_chunk_size` must be a positive Python int or None (got "
                      f"{token_chunk_size!r}).")
+  if isinstance(vocab_block_size, bool) or not isinstance(vocab_block_size, int) \
+      or vocab_block_size < 1:
+    raise ValueError(f"`vocab_block_size` must be a positive Python int (got "
+                     f"{vocab_block_size!r}).")
 
 
 def _weights(where, shape, reduction):
@@ -242,6 +273,7 @@ def onepass_loss(
     reduction: str = "mean",
     where: ArrayLike | None = None,
     token_chunk_size: int | None = None,
+    vocab_block_size: int = VOCAB_BLOCK,
 ) -> jax.Array:
   r"""Scalar ``mean`` or ``sum`` over tokens of ``f(nll, emo, lse)`` of ``z = h Wᵀ``, its value
   and gradient computed in one pass over token chunks (nothing recomputed).
@@ -288,6 +320,8 @@ def onepass_loss(
       gradient whatever their content.
     token_chunk_size: tokens per chunk (static); default :func:`default_token_chunk_size` of
       ``V``. Temporary memory grows as ``token_chunk_size * V``.
+    vocab_block_size: rows of the ``∂W`` accumulator updated in place per step (static); a
+      temporary ``[vocab_block_size, d]`` float32 block.
 
   Returns:
     float32 scalar loss.
@@ -297,13 +331,14 @@ def onepass_loss(
     fused linear cross-entropy; Wijmans et al., "Cut Your Losses in Large-Vocabulary Language
     Models" (arXiv 2411.09009); Ren et al., "EMO" (arXiv 2310.04691).
   """
-  _check_options(per_token, reduction, token_chunk_size)
+  _check_options(per_token, reduction, token_chunk_size, vocab_block_size)
   hidden, head, labels, where = chunked._check_inputs(hidden, head, labels, cost_embeddings,
                                                       where, token_chunk_size or 1)
   hidden, labels, cost_embeddings = chunked._prepare(hidden, labels, cost_embeddings, where)
   weights = _weights(where, labels.shape, reduction)
   chunk = token_chunk_size or default_token_chunk_size(head.shape[0])
-  config = _Config(per_token=per_token, token_chunk_size=int(chunk))
+  config = _Config(per_token=per_token, token_chunk_size=int(chunk),
+                   vocab_block_size=vocab_block_size)
   return _onepass(config, hidden.reshape(-1, hidden.shape[-1]), head, labels.reshape(-1),
                   weights.reshape(-1), cost_embeddings)
 
@@ -321,6 +356,7 @@ def sharded_onepass_loss(
     reduction: str = "mean",
     where: ArrayLike | None = None,
     token_chunk_size: int | None = None,
+    vocab_block_size: int = VOCAB_BLOCK,
 ) -> jax.Array:
   r""":func:`onepass_loss` with tokens split over ``data_axis`` and the vocabulary (rows of
   ``head`` and ``cost_embeddings``) over ``model_axis`` of ``mesh``.
@@ -346,6 +382,7 @@ def sharded_onepass_loss(
     reduction: ``"mean"`` over unmasked tokens or ``"sum"``.
     where: optional boolean mask ``[N]``.
     token_chunk_size: tokens per chunk on each device (default from the local vocabulary).
+    vocab_block_size: rows of the local ``∂W`` accumulator updated per step.
 
   Returns:
     float32 scalar loss (replicated).
@@ -354,7 +391,7 @@ def sharded_onepass_loss(
     Hsu et al., "Liger Kernel" (arXiv 2410.10989); Shoeybi et al., "Megatron-LM"
     (arXiv 1909.08053), vocabulary-parallel cross-entropy.
   """
-  _check_options(per_token, reduction, token_chunk_size)
+  _check_options(per_token, reduction, token_chunk_size, vocab_block_size)
   hidden, head, labels, where = chunked._check_inputs(hidden, head, labels, cost_embeddings,
                                                       where, token_chunk_size or 1)
   if hidden.ndim != 2:
@@ -372,8 +409,9 @@ def sharded_onepass_loss(
   hidden, labels, cost_embeddings = chunked._prepare(hidden, labels, cost_embeddings, where)
   weights = _weights(where, labels.shape, reduction)
   chunk = token_chunk_size or default_token_chunk_size(head.shape[0] // model_size)
-  config = _Config(per_token=per_token, token_chunk_size=int(chunk), mesh=mesh,
-                   data_axis=data_axis, model_axis=model_axis)
+  config = _Config(per_token=per_token, token_chunk_size=int(chunk),
+                   vocab_block_size=vocab_block_size, mesh=mesh, data_axis=data_axis,
+                   model_axis=model_axis)
   return _onepass(config, hidden, head, labels, weights, cost_embeddings)
 
 

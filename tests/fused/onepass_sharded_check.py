@@ -32,12 +32,12 @@ def problem(n, v, d, k, seed=0):
 
 
 def check(mesh, data_axis, model_axis, n, v, d, k, chunk, per_token, with_emo, masked,
-          reduction):
+          reduction, block=4096):
   hidden, head, labels, cost = problem(n, v, d, k)
   cost = cost if with_emo else None
   where = (jnp.arange(n) % 5 != 2) if masked else None
   options = {"per_token": per_token, "where": where, "reduction": reduction,
-             "token_chunk_size": chunk}
+             "token_chunk_size": chunk, "vocab_block_size": block}
   single = jax.jit(jax.value_and_grad(
       lambda h, w: emoloss.onepass_loss(h, w, labels, cost, **options), argnums=(0, 1)))
   sharded = jax.jit(jax.value_and_grad(
@@ -83,9 +83,11 @@ def main():
   auto = Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "model"))
   vocab_only = Mesh(np.array(jax.devices()), ("model",))
   data_only = Mesh(np.array(jax.devices()), ("data",))
-  # 16 tokens per device in chunks of at most 5 (4 chunks of 4): uneven chunking.
+  # 16 tokens per device in chunks of at most 5 (4 chunks of 4): uneven chunking; 22 vocabulary
+  # rows per device, ∂W updated in blocks of 8 (the last one overlapping).
   check(explicit, "data", "model", n=32, v=88, d=8, k=4, chunk=5,
-        per_token=emoloss.emo_ce_per_token(1), with_emo=True, masked=True, reduction="mean")
+        per_token=emoloss.emo_ce_per_token(1), with_emo=True, masked=True, reduction="mean",
+        block=8)
   check(auto, "data", "model", n=32, v=88, d=8, k=4, chunk=8, per_token=z_loss,
         with_emo=False, masked=False, reduction="sum")
   check(vocab_only, None, "model", n=16, v=96, d=8, k=4, chunk=6,

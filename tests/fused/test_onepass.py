@@ -120,15 +120,19 @@ def test_eager_matches_naive():
   assert_match(got, expected)
 
 
-@pytest.mark.parametrize("num_tokens, vocab, chunk, reduction", [
-    (13, 37, 4, "sum"), (16, 40, 8, "mean"), (5, 37, 64, "sum"), (7, 37, 1, "mean")])
-def test_chunkings_and_reductions(num_tokens, vocab, chunk, reduction):
+@pytest.mark.parametrize("num_tokens, vocab, chunk, block, reduction", [
+    (13, 37, 4, 8, "sum"), (16, 40, 8, 10, "mean"), (5, 37, 64, 4096, "sum"),
+    (7, 37, 1, 37, "mean")])
+def test_chunkings_and_reductions(num_tokens, vocab, chunk, block, reduction):
+  """Token chunks that do or do not divide N (padding), ∂W blocks that do or do not divide V
+  (the last block moved back over an overlap), or one block for the whole vocabulary."""
   per_token, reference, _ = PER_TOKEN["emo-ce mode 1"]
   hidden, head, labels, cost = make_problem(n=num_tokens, v=vocab, seed=1)
   where = jnp.arange(num_tokens) % 4 != 3
   got = value_and_grads(
       lambda h, w: emoloss.onepass_loss(h, w, labels, cost, per_token=per_token, where=where,
-                                        reduction=reduction, token_chunk_size=chunk),
+                                        reduction=reduction, token_chunk_size=chunk,
+                                        vocab_block_size=block),
       hidden, head)
   expected = value_and_grads(
       lambda h, w: naive_loss(h, w, labels, cost, reference, where, reduction), hidden, head)
@@ -276,8 +280,9 @@ def test_logits_are_computed_once(with_emo):
 
 def test_compiled_memory_is_a_few_token_chunks():
   """XLA's buffer assignment for value-and-grad at N=4096, V=16384, d=k=64 with 128-token chunks:
-  temporaries within a few [n, V] float32 blocks plus the [V, d] ∂W accumulator and O(N (d + k))
-  rows, far below the [N, V] logits of the naive path."""
+  temporaries within two [n, V] float32 blocks, one [vocab block, d] ∂W block and O(N (d + k))
+  rows (the float32 ∂W accumulator is the output itself), far below the [N, V] logits of the
+  naive path."""
   n, v, d, k, chunk = 4096, 16384, 64, 64, 128
   s = jax.ShapeDtypeStruct
   args = (s((n, d), jnp.float32), s((v, d), jnp.float32), s((n,), jnp.int32),
@@ -286,7 +291,7 @@ def test_compiled_memory_is_a_few_token_chunks():
       h, w, y, e, per_token=emoloss.emo_ce_per_token(1), token_chunk_size=chunk)
   compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(*args).compile()
   temp = compiled.memory_analysis().temp_size_in_bytes
-  bound = 4 * (4 * chunk * v + 2 * v * d + 4 * n * (d + k))
+  bound = 4 * (2 * chunk * v + emoloss.fused.onepass.VOCAB_BLOCK * d + 4 * n * (d + k))
   assert temp <= bound, (temp, bound)
   assert temp < 0.1 * (n * v * 4), temp
 
@@ -305,6 +310,8 @@ def test_argument_errors():
     emoloss.onepass_loss(hidden, head[:, :3], labels)
   with pytest.raises(ValueError, match="where"):
     emoloss.onepass_loss(hidden, head, labels, where=jnp.ones(3, bool))
+  with pytest.raises(ValueError, match="vocab_block_size"):
+    emoloss.onepass_loss(hidden, head, labels, vocab_block_size=0)
   with pytest.raises(ValueError, match="mode"):
     emoloss.emo_ce_per_token(3)
   with pytest.raises(ValueError, match="max_ratio"):
