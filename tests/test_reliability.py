@@ -74,6 +74,8 @@ LOSSES = {
     "norm_aware_margin_cross_entropy": Loss(
         lambda z, y, w: emoloss.norm_aware_margin_cross_entropy(
             z, y, jnp.linspace(0.5, 2.0, V), jnp.linspace(0.0, 0.5, V), where=w)),
+    "mixce_loss": Loss(lambda z, y, w: emoloss.mixce_loss(z, y, where=w),
+                       at_most_ce_when_right=True),  # η + (1 - η) p_y <= 1
     "tailr_loss": Loss(lambda z, y, w: emoloss.tailr_loss(z, y, where=w),
                        at_most_ce_when_right=True),  # w <= 1
     "tailr_loss[open-ended,smoothing]": Loss(
@@ -96,20 +98,28 @@ LOSSES = {
     "fused_emo_ce_loss": Loss(
         lambda z, y, w: emoloss.fused_emo_ce_loss(z, jnp.eye(V), y, np.eye(V, dtype=np.float32),
                                                   where=w, chunk_size=3)),
+    "fused_mixce_loss": Loss(
+        lambda z, y, w: emoloss.fused_mixce_loss(z, jnp.eye(V), y, where=w, chunk_size=2)),
     "fused_emo_ce_loss[uncapped]": Loss(
         lambda z, y, w: emoloss.fused_emo_ce_loss(z, jnp.eye(V), y, EMBEDDINGS, max_ratio=None,
                                                   where=w, chunk_size=3)),
 }
 # Public names of emoloss.losses that are not per-example losses of (logits, labels).
-NOT_LOSSES = {"emo_ce_combination", "log_prior_adjustment", "normalize_embeddings",
-              "posthoc_logit_adjustment", "smooth_f1_score", "tailr_weight"}
+NOT_LOSSES = {"emo_ce_combination", "log_prior_adjustment", "mixce_weight",
+              "normalize_embeddings", "posthoc_logit_adjustment", "smooth_f1_score",
+              "tailr_weight"}
 FUSED = [name for name in LOSSES if name.startswith("fused")]
+# Public names of emoloss.fused that are not per-example losses: the mesh version, the one-pass
+# reduced (scalar) loss and its per-token helpers (confident tokens, masks and -inf: see
+# tests/fused/test_onepass.py).
+NOT_FUSED_LOSSES = {"sharded_fused_ce_emo", "onepass_loss", "sharded_onepass_loss",
+                    "ce_per_token", "emo_ce_per_token", "default_token_chunk_size"}
 
 
 def test_every_public_loss_is_registered():
   registered = {name.split("[")[0] for name in LOSSES}
   public = set(emoloss.losses.__all__) | {n for n in emoloss.fused.__all__ if n.islower()}
-  missing = public - registered - NOT_LOSSES - {"sharded_fused_ce_emo"}
+  missing = public - registered - NOT_LOSSES - NOT_FUSED_LOSSES
   assert not missing, f"register these in tests/test_reliability.py: {sorted(missing)}"
 
 
