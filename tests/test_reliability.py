@@ -47,6 +47,10 @@ LOSSES = {
         upper_bound=1.0),
     "exact_loss": Loss(lambda z, y, w: emoloss.exact_loss(z, y, num_nodes=16, where=w),
                        upper_bound=1.0),
+    "exact_loss[batch_norm]": Loss(
+        lambda z, y, w: emoloss.exact_loss(z, y, num_nodes=16, batch_norm=True, sigma=2.0,
+                                           margin=0.5, where=w),
+        batch_statistic=True, upper_bound=1.0),
     "exact_loss[log_prob,margin]": Loss(
         lambda z, y, w: emoloss.exact_loss(z, y, num_nodes=16, log_prob=True, margin=5.0,
                                            sigma=0.5, where=w)),
@@ -57,6 +61,9 @@ LOSSES = {
                            batch_statistic=True, upper_bound=1.0),
     "softmax_focal_loss": Loss(lambda z, y, w: emoloss.softmax_focal_loss(z, y, where=w),
                                at_most_ce_when_right=True),  # (1 - p)^γ <= 1
+    "softmax_focal_loss[alpha]": Loss(
+        lambda z, y, w: emoloss.softmax_focal_loss(z, y, alpha=jnp.linspace(0.2, 1.0, V),
+                                                   where=w), at_most_ce_when_right=True),
     "softmax_focal_loss[gamma=0.5]": Loss(
         lambda z, y, w: emoloss.softmax_focal_loss(z, y, gamma=0.5, where=w),
         at_most_ce_when_right=True),
@@ -64,6 +71,11 @@ LOSSES = {
         lambda z, y, w: emoloss.logit_adjusted_cross_entropy(z, y, PRIOR, where=w)),
     "margin_cross_entropy": Loss(
         lambda z, y, w: emoloss.margin_cross_entropy(z, y, jnp.linspace(0, 2, V), where=w)),
+    "norm_aware_margin_cross_entropy": Loss(
+        lambda z, y, w: emoloss.norm_aware_margin_cross_entropy(
+            z, y, jnp.linspace(0.5, 2.0, V), jnp.linspace(0.0, 0.5, V), where=w)),
+    "mixce_loss": Loss(lambda z, y, w: emoloss.mixce_loss(z, y, where=w),
+                       at_most_ce_when_right=True),  # η + (1 - η) p_y <= 1
     "tailr_loss": Loss(lambda z, y, w: emoloss.tailr_loss(z, y, where=w),
                        at_most_ce_when_right=True),  # w <= 1
     "tailr_loss[open-ended,smoothing]": Loss(
@@ -86,20 +98,28 @@ LOSSES = {
     "fused_emo_ce_loss": Loss(
         lambda z, y, w: emoloss.fused_emo_ce_loss(z, jnp.eye(V), y, np.eye(V, dtype=np.float32),
                                                   where=w, chunk_size=3)),
+    "fused_mixce_loss": Loss(
+        lambda z, y, w: emoloss.fused_mixce_loss(z, jnp.eye(V), y, where=w, chunk_size=2)),
     "fused_emo_ce_loss[uncapped]": Loss(
         lambda z, y, w: emoloss.fused_emo_ce_loss(z, jnp.eye(V), y, EMBEDDINGS, max_ratio=None,
                                                   where=w, chunk_size=3)),
 }
 # Public names of emoloss.losses that are not per-example losses of (logits, labels).
-NOT_LOSSES = {"emo_ce_combination", "log_prior_adjustment", "normalize_embeddings",
-              "posthoc_logit_adjustment", "smooth_f1_score", "tailr_weight"}
+NOT_LOSSES = {"emo_ce_combination", "log_prior_adjustment", "mixce_weight",
+              "normalize_embeddings", "posthoc_logit_adjustment", "smooth_f1_score",
+              "tailr_weight"}
 FUSED = [name for name in LOSSES if name.startswith("fused")]
+# Public names of emoloss.fused that are not per-example losses: the mesh version, the one-pass
+# reduced (scalar) loss and its per-token helpers (confident tokens, masks and -inf: see
+# tests/fused/test_onepass.py).
+NOT_FUSED_LOSSES = {"sharded_fused_ce_emo", "onepass_loss", "sharded_onepass_loss",
+                    "ce_per_token", "emo_ce_per_token", "default_token_chunk_size"}
 
 
 def test_every_public_loss_is_registered():
   registered = {name.split("[")[0] for name in LOSSES}
   public = set(emoloss.losses.__all__) | {n for n in emoloss.fused.__all__ if n.islower()}
-  missing = public - registered - NOT_LOSSES - {"sharded_fused_ce_emo"}
+  missing = public - registered - NOT_LOSSES - NOT_FUSED_LOSSES
   assert not missing, f"register these in tests/test_reliability.py: {sorted(missing)}"
 
 
@@ -253,7 +273,8 @@ def test_minus_inf_logits(name):
     assert np.all(grad[:, 3:] == 0)
   # Against -1e4 logits (exp underflows to exactly 0 in float32: the same distribution).
   far_value, far_grad = value_and_grad(name, logits.at[:, 3:].set(-1e4), labels, jit=True)
-  if "tailr_loss[open" not in name:  # its smoothing target leaves out -inf classes, not -1e4
+  # TaiLr's smoothing target and the batch statistics leave out -inf classes, not -1e4 ones.
+  if "tailr_loss[open" not in name and not loss.batch_statistic:
     np.testing.assert_allclose(value, far_value, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(grad, far_grad, rtol=1e-4, atol=1e-6)
   on_target = logits.at[jnp.arange(N), labels].set(-jnp.inf)
@@ -327,13 +348,16 @@ TRANSFORMS = {
         emoloss.scale_by_ascent_descent(0.5, flood_level=0.2), optax.sgd(0.1)),
     "backstitch": lambda: emoloss.backstitch(0.1),
     "tiger": lambda: emoloss.tiger(0.1, rms_scaling=True),
+    "grouped_tiger": lambda: emoloss.grouped_tiger(0.1),
+    "normalize_by_running_gradient_norm": lambda: optax.chain(
+        emoloss.normalize_by_running_gradient_norm(), optax.sgd(0.1)),
 }
 
 
 def test_every_public_transformation_is_registered():
   constructors = {n for n in emoloss.transforms.__all__ if n[0].islower()}
   not_transforms = {"alternation_penalty", "flooded", "gradient_norm_penalty", "iflood_loss",
-                    "iflooded"}
+                    "iflooded", "tiger_parameter_labels"}
   missing = constructors - set(TRANSFORMS) - not_transforms
   assert not missing, f"register these in tests/test_reliability.py: {sorted(missing)}"
 

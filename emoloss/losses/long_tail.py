@@ -262,8 +262,7 @@ def norm_aware_margin_cross_entropy(
   num_classes = logits.shape[-1]
   norms = _check_class_vector(class_weight_norms, num_classes, "class_weight_norms")
   radii = _check_class_vector(radii, num_classes, "radii")
-  keep = where.keep if isinstance(where, _checks.Rows) else where
-  radius = _checks.mask_inputs(radii[labels], keep)  # [...]: r_y
+  radius = radii[labels]  # [...]: r_y (masked and out-of-range labels were set to 0)
   is_target = labels[..., None] == jnp.arange(num_classes)
   shift = radius[..., None] * norms  # [..., V]: r_y ‖u_i‖
   adjusted = logits + jnp.where(is_target, -shift, shift)
