@@ -492,3 +492,18 @@ def test_check_label_range_names_positions_and_refuses_tracers():
     jax.jit(lambda y: emoloss.check_label_range(y, 5))(labels % 5)
   with pytest.raises(TypeError, match="cast labels to an integer dtype"):
     emoloss.check_label_range(labels.astype(np.float32), 5)
+
+
+def test_onepass_loss_label_rule_and_inert_padding():
+  """The reduced one-pass loss follows the same label rule: an unmasked out-of-range label makes
+  it NaN; masked rows (NaN hidden states, pad labels) change neither value nor gradient."""
+  logits, labels = random_problem(False, seed=7)
+  head = jnp.eye(V)
+  loss = jax.jit(lambda h, y, w: emoloss.onepass_loss(h, head, y, where=w))
+  where = jnp.arange(N) != 3
+  clean = loss(logits, labels, where)
+  garbage = loss(logits.at[3].set(jnp.nan), labels.at[3].set(-100), where)
+  np.testing.assert_array_equal(garbage, clean)
+  ce = optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
+  np.testing.assert_allclose(clean, jnp.sum(jnp.where(where, ce, 0.0)) / (N - 1), rtol=1e-5)
+  assert np.isnan(loss(logits, labels.at[3].set(V), None))

@@ -366,14 +366,21 @@ def onepass_loss(
   _check_options(per_token, reduction, token_chunk_size, vocab_block_size)
   hidden, head, labels, where = chunked._check_inputs(hidden, head, labels, cost_embeddings,
                                                       where, token_chunk_size or 1)
-  hidden, labels, cost_embeddings, _ = chunked._prepare(hidden, head, labels, cost_embeddings,
-                                                        where)
+  hidden, labels, cost_embeddings, rows = chunked._prepare(hidden, head, labels,
+                                                           cost_embeddings, where)
   weights = _weights(where, labels.shape, reduction)
   chunk = token_chunk_size or default_token_chunk_size(head.shape[0])
   config = _Config(per_token=per_token, token_chunk_size=int(chunk),
                    vocab_block_size=vocab_block_size)
-  return _onepass(config, hidden.reshape(-1, hidden.shape[-1]), head, labels.reshape(-1),
+  loss = _onepass(config, hidden.reshape(-1, hidden.shape[-1]), head, labels.reshape(-1),
                   weights.reshape(-1), cost_embeddings)
+  return _label_rule(loss, rows)
+
+
+def _label_rule(loss: jax.Array, rows) -> jax.Array:
+  """The label rule of :func:`emoloss.check_label_range` for a reduced loss: NaN when any
+  unmasked label lies outside ``[0, V)`` (selected on the output, where XLA keeps it)."""
+  return jnp.where(jnp.any(rows.invalid), jnp.nan, loss)
 
 
 def sharded_onepass_loss(
@@ -453,14 +460,14 @@ def sharded_onepass_loss(
   if head.shape[0] % model_size:
     raise ValueError(f"the vocabulary size V = {head.shape[0]} must be divisible by the size "
                      f"{model_size} of model_axis {model_axis!r}.")
-  hidden, labels, cost_embeddings, _ = chunked._prepare(hidden, head, labels, cost_embeddings,
-                                                        where)
+  hidden, labels, cost_embeddings, rows = chunked._prepare(hidden, head, labels,
+                                                           cost_embeddings, where)
   weights = _weights(where, labels.shape, reduction)
   chunk = token_chunk_size or default_token_chunk_size(head.shape[0] // model_size)
   config = _Config(per_token=per_token, token_chunk_size=int(chunk),
                    vocab_block_size=vocab_block_size, mesh=mesh, data_axis=data_axis,
                    model_axis=model_axis)
-  return _onepass(config, hidden, head, labels, weights, cost_embeddings)
+  return _label_rule(_onepass(config, hidden, head, labels, weights, cost_embeddings), rows)
 
 
 def emo_ce_per_token(mode: int = 1, max_ratio: float | None = 3.0) -> PerToken:
