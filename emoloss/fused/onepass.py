@@ -30,6 +30,7 @@ from jax.sharding import Mesh
 
 from emoloss.fused import chunked
 from emoloss.fused.chunked import AxisName, _pmax, _psum, _vocab_offset
+from emoloss.losses import emo as emo_module
 
 ArrayLike = jax.typing.ArrayLike
 PerToken = Callable[[jax.Array, jax.Array | None, jax.Array], jax.Array]
@@ -503,28 +504,14 @@ def emo_ce_per_token(mode: int = 1, max_ratio: float | None = 3.0) -> PerToken:
     Ren et al., "EMO: Earth Mover Distance Optimization for Auto-Regressive Language
     Modeling", ICLR 2024 (arXiv 2310.04691); code DRSY/EMO (PyPI ``EMOLoss``).
   """
-  if mode not in (1, 2):
-    raise ValueError(f"`mode` must be 1 or 2 (got {mode!r}).")
-  if max_ratio is not None and not max_ratio >= 0:
-    raise ValueError(f"`max_ratio` must be >= 0 or None (got {max_ratio!r}).")
+  emo_module._check_mode(mode)
+  emo_module._check_max_ratio(max_ratio)
   return functools.partial(_emo_ce_mix, mode=mode, max_ratio=max_ratio)
 
 
-def _safe_ratio(numerator, denominator):
-  """``sg(numerator / denominator)`` with 0 where the denominator is 0."""
-  positive = denominator > 0
-  ratio = jnp.where(positive, numerator / jnp.where(positive, denominator, 1.0), 0.0)
-  return jax.lax.stop_gradient(ratio)
-
-
 def _emo_ce_mix(nll, emo, lse, *, mode, max_ratio):
+  """The per-token mix of :func:`emoloss.losses.emo_ce_combination` (same numerics)."""
   del lse
   if emo is None:
     raise ValueError("the EMO + CE mix needs `cost_embeddings`.")
-  ce, emo = jnp.maximum(nll, 0.0), jnp.maximum(emo, 0.0)
-  if mode == 1:
-    ratio = _safe_ratio(ce, emo)
-    if max_ratio is not None:
-      ratio = jnp.clip(ratio, 0.0, max_ratio)
-    return 0.5 * (ratio * emo + ce)
-  return _safe_ratio(emo, ce) * ce + emo
+  return emo_module.emo_ce_combination(nll, emo, mode=mode, max_ratio=max_ratio)
