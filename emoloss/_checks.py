@@ -170,6 +170,15 @@ def check_label_range(labels: ArrayLike, num_classes: int, name: str = "labels")
   Raises:
     TypeError: for floating labels, or when called on a tracer (under ``jit``/``grad``).
     ValueError: naming the first offending positions and values.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import emoloss
+    >>> emoloss.check_label_range(jnp.array([0, 2, 1]), num_classes=3)
+    >>> emoloss.check_label_range(jnp.array([0, 3]), num_classes=3)  # raises
+    Traceback (most recent call last):
+    ...
+    ValueError: `labels` must lie in [0, 3)...
   """
   if isinstance(labels, jax.core.Tracer):
     raise TypeError(

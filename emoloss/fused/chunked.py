@@ -283,6 +283,7 @@ def _specs(config: _Config):
 def _placed(config: _Config, args, specs):
   """Reshards ``args`` to ``specs`` on the mesh (needed before ``shard_map`` when mesh axes are
   ``Explicit``, the default of ``jax.make_mesh``; a no-op when they already match)."""
+  assert config.mesh is not None  # only the sharded path places its arguments
   if not any(kind == AxisType.Explicit for kind in config.mesh.axis_types):
     return args  # Auto axes: shard_map reshards its inputs itself.
 
@@ -403,9 +404,10 @@ def _prepare(hidden, head, labels, cost_embeddings, where):
 def _finish(nll, emo, lse, rows: _checks.Rows, batch_shape) -> FusedOutput:
   """Masks and reshapes the outputs; ``nll`` and ``emo`` are clamped at 0, which they are
   mathematically (in float32 ``lse - z_y`` can round to -2e-6 for a confident token)."""
-  mask = lambda x: None if x is None else _checks.mask_loss(x, rows).reshape(batch_shape)
-  clamp = lambda x: None if x is None else jnp.maximum(x, 0.0)
-  return FusedOutput(nll=mask(clamp(nll)), emo=mask(clamp(emo)), lse=mask(lse))
+  mask = lambda x: _checks.mask_loss(x, rows).reshape(batch_shape)
+  clamp = lambda x: jnp.maximum(x, 0.0)
+  return FusedOutput(nll=mask(clamp(nll)), emo=None if emo is None else mask(clamp(emo)),
+                     lse=mask(lse))
 
 
 def fused_ce_emo(
@@ -452,6 +454,21 @@ def fused_ce_emo(
   Returns:
     :class:`FusedOutput` ``(nll, emo, lse)`` of float32 ``[...]`` arrays; ``emo`` is ``None``
     without ``cost_embeddings``.
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import emoloss
+    >>> k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    >>> hidden = jax.random.normal(k1, (4, 8))
+    >>> head = jax.random.normal(k2, (32, 8))
+    >>> labels = jax.random.randint(k3, (4,), 0, 32)
+    >>> out = emoloss.fused_ce_emo(hidden, head, labels, cost_embeddings=head, chunk_size=8)
+    >>> ce = optax.losses.softmax_cross_entropy_with_integer_labels(hidden @ head.T, labels)
+    >>> emo = emoloss.emo_loss(hidden @ head.T, labels, head)
+    >>> print(jnp.allclose(out.nll, ce, atol=1e-4), jnp.allclose(out.emo, emo, atol=1e-5))
+    True True
 
   References:
     Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models", ICLR 2025
@@ -519,6 +536,22 @@ def sharded_fused_ce_emo(
   Returns:
     :class:`FusedOutput` of float32 ``[N]`` arrays sharded over ``data_axis``.
 
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import emoloss
+    >>> from jax.sharding import AxisType
+    >>> # One device here; the same code runs on a mesh of many.
+    >>> mesh = jax.make_mesh((1, 1), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    >>> k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    >>> hidden = jax.random.normal(k1, (4, 8))
+    >>> head = jax.random.normal(k2, (32, 8))
+    >>> labels = jax.random.randint(k3, (4,), 0, 32)
+    >>> run = jax.jit(lambda h, w, y: emoloss.sharded_fused_ce_emo(h, w, y, mesh=mesh, chunk_size=8))
+    >>> out = run(hidden, head, labels)
+    >>> print(jnp.allclose(out.nll, emoloss.fused_ce_emo(hidden, head, labels).nll, atol=1e-5))
+    True
+
   References:
     Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models" (arXiv 2411.09009);
     Shoeybi et al., "Megatron-LM" (arXiv 1909.08053), vocabulary-parallel cross-entropy; Ren et
@@ -581,6 +614,19 @@ def fused_emo_ce_loss(
   Returns:
     ``[...]`` float32 per-token loss.
 
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import emoloss
+    >>> k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    >>> hidden = jax.random.normal(k1, (4, 8))
+    >>> head = jax.random.normal(k2, (32, 8))
+    >>> labels = jax.random.randint(k3, (4,), 0, 32)
+    >>> fused = emoloss.fused_emo_ce_loss(hidden, head, labels, head, chunk_size=8)
+    >>> dense = emoloss.emo_ce_loss(hidden @ head.T, labels, head)
+    >>> print(fused.shape, jnp.allclose(fused, dense, atol=1e-4))
+    (4,) True
+
   References:
     Ren et al., "EMO: Earth Mover Distance Optimization for Auto-Regressive Language
     Modeling", ICLR 2024 (arXiv 2310.04691).
@@ -588,8 +634,9 @@ def fused_emo_ce_loss(
   if cost_embeddings is None:
     raise ValueError("`cost_embeddings` is required for the EMO + CE loss.")
   out = fused_ce_emo(hidden, head, labels, cost_embeddings, where=where, chunk_size=chunk_size)
+  assert out.emo is not None  # computed whenever cost_embeddings are given
   loss = emo_ce_combination(out.nll, out.emo, mode=mode, max_ratio=max_ratio)
   # The label rule, applied again on the output (the mix's clamps may drop a NaN).
-  _, invalid = _checks.sanitise_labels(jnp.asarray(labels), _checks.check_where(
-      where, np.shape(labels)), np.shape(head)[0])
-  return _checks.mask_loss(loss, _checks.Rows(keep=where, invalid=invalid))
+  keep = _checks.check_where(where, np.shape(labels))
+  _, invalid = _checks.sanitise_labels(jnp.asarray(labels), keep, np.shape(head)[0])
+  return _checks.mask_loss(loss, _checks.Rows(keep=keep, invalid=invalid))

@@ -41,6 +41,19 @@ def fused_mixce_loss(
   Returns:
     ``[...]`` float32 per-token loss.
 
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import emoloss
+    >>> k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    >>> hidden = jax.random.normal(k1, (4, 8))
+    >>> head = jax.random.normal(k2, (32, 8))
+    >>> labels = jax.random.randint(k3, (4,), 0, 32)
+    >>> fused = emoloss.fused_mixce_loss(hidden, head, labels, eta=0.5, chunk_size=8)
+    >>> dense = emoloss.mixce_loss(hidden @ head.T, labels, eta=0.5)
+    >>> print(fused.shape, jnp.allclose(fused, dense, atol=1e-4))
+    (4,) True
+
   References:
     Zhang et al., "MixCE: Training Autoregressive Language Models by Mixing Forward and Reverse
     Cross-Entropies", ACL 2023 (arXiv 2305.16958).

@@ -30,6 +30,14 @@ def smoothed_accuracy_loss(
   Returns:
     ``[...]`` float32 per-example loss in ``[0, 1]``.
 
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import emoloss
+    >>> jnp.set_printoptions(precision=4)
+    >>> logits = jnp.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    >>> print(emoloss.smoothed_accuracy_loss(logits, jnp.array([0, 2])))
+    [0.1562 0.7881]
+
   References:
     Karpukhin et al., "EXACT: How to Train Your Accuracy", 2022 (arXiv 2205.09615), on
     accuracy surrogates.
@@ -56,6 +64,14 @@ def binary_smoothed_accuracy_loss(
 
   Returns:
     ``[...]`` float32 per-example loss in ``[0, 1]``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import emoloss
+    >>> jnp.set_printoptions(precision=4)
+    >>> logits = jnp.array([2.0, -1.0, 0.0])
+    >>> print(emoloss.binary_smoothed_accuracy_loss(logits, jnp.array([1, 1, 0])))
+    [0.1192 0.7311 0.5   ]
 
   References:
     Karpukhin et al., "EXACT: How to Train Your Accuracy", 2022 (arXiv 2205.09615).

@@ -22,6 +22,14 @@ def normalize_embeddings(embeddings: ArrayLike, eps: float = 1e-12) -> jax.Array
   """Rows of ``embeddings [V, k]`` divided by their L2 norm (float32, under stop-gradient).
 
   A zero row stays zero (its cosine cost to everything is 1).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import emoloss
+    >>> jnp.set_printoptions(precision=4)
+    >>> print(emoloss.normalize_embeddings(jnp.array([[3.0, 4.0], [0.0, 2.0]])))
+    [[0.6 0.8]
+     [0.  1. ]]
   """
   embeddings = jnp.asarray(embeddings, jnp.float32)
   norms = jnp.linalg.norm(embeddings, axis=-1, keepdims=True)
@@ -69,6 +77,15 @@ def emo_loss(
 
   Returns:
     ``[...]`` float32 per-example EMO.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import emoloss
+    >>> jnp.set_printoptions(precision=4)
+    >>> embeddings = jnp.array([[1.0, 0.0], [0.8, 0.6], [-1.0, 0.0]])  # classes 0 and 1 are close
+    >>> logits = jnp.array([[0.0, 3.0, 0.0], [0.0, 0.0, 3.0]])        # mass on class 1, then class 2
+    >>> print(emoloss.emo_loss(logits, jnp.array([0, 0]), embeddings))
+    [0.2724 1.8279]
 
   References:
     Ren et al., "EMO: Earth Mover Distance Optimization for Auto-Regressive Language
@@ -139,6 +156,16 @@ def emo_ce_combination(
   Returns:
     ``[...]`` float32 per-token combined loss.
 
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import emoloss
+    >>> jnp.set_printoptions(precision=4)
+    >>> ce, emo = jnp.array([2.0, 0.5]), jnp.array([0.4, 0.1])
+    >>> print(emoloss.emo_ce_combination(ce, emo, mode=1))
+    [1.6 0.4]
+    >>> print(emoloss.emo_ce_combination(ce, emo, mode=2))
+    [0.8 0.2]
+
   References:
     Ren et al., "EMO: Earth Mover Distance Optimization for Auto-Regressive Language
     Modeling", ICLR 2024 (arXiv 2310.04691); code DRSY/EMO (``language_modeling/gpt2.py``) and
@@ -193,6 +220,15 @@ def emo_ce_loss(
 
   Returns:
     ``[...]`` float32 per-token loss.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import emoloss
+    >>> jnp.set_printoptions(precision=4)
+    >>> embeddings = jnp.array([[1.0, 0.0], [0.8, 0.6], [-1.0, 0.0]])
+    >>> logits = jnp.array([[0.0, 3.0, 0.0], [0.0, 0.0, 3.0]])
+    >>> print(emoloss.emo_ce_loss(logits, jnp.array([0, 0]), embeddings))
+    [1.9561 3.0949]
 
   References:
     Ren et al., "EMO: Earth Mover Distance Optimization for Auto-Regressive Language

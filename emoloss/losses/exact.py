@@ -239,6 +239,17 @@ def exact_loss(
   Returns:
     ``[...]`` float32 per-example loss: ``1 - P(y)`` in ``[0, 1]``, or ``-log P(y) >= 0``.
 
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import emoloss
+    >>> jnp.set_printoptions(precision=4)
+    >>> logits = jnp.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    >>> labels = jnp.array([0, 2])
+    >>> print(emoloss.exact_loss(logits, labels, sigma=1.0))
+    [0.0885 0.8169]
+    >>> print(emoloss.exact_loss(logits, labels, sigma=1.0, log_prob=True))
+    [0.0926 1.6975]
+
   References:
     Karpukhin et al., "EXACT: How to Train Your Accuracy", 2022 (arXiv 2205.09615).
     Liu & Pierce, "A Note on Gauss–Hermite Quadrature", Biometrika 81(3), 1994 (adaptive

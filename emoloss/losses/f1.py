@@ -44,6 +44,15 @@ def smooth_f1_score(
 
   Returns:
     ``logits.shape[1:]`` float32 smooth F1 per label column (a scalar for a binary task).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import emoloss
+    >>> jnp.set_printoptions(precision=4)
+    >>> logits = jnp.array([[4.0], [-4.0], [4.0], [-4.0]])  # [batch, labels]
+    >>> labels = jnp.array([[1], [0], [0], [1]])
+    >>> print(emoloss.smooth_f1_score(logits, labels))
+    [0.5]
   """
   _, labels, rows, probs = _batch_probs(logits, labels, where)
   return _f1_from_probs(labels, probs, rows)
@@ -66,6 +75,15 @@ def smooth_f1_loss(
   Returns:
     ``logits.shape[1:]`` float32 loss per label column (a scalar for a binary task); 0 for a
     column whose examples are all masked, and for an empty batch.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import emoloss
+    >>> jnp.set_printoptions(precision=4)
+    >>> logits = jnp.array([[4.0], [-4.0], [4.0], [-4.0]])
+    >>> labels = jnp.array([[1], [0], [0], [1]])
+    >>> print(emoloss.smooth_f1_loss(logits, labels))
+    [0.5]
 
   References:
     Milletari et al., "V-Net", 3DV 2016 (Dice loss); SPEC.md, "F1-weighted binary
@@ -104,6 +122,18 @@ def f1_weighted_binary_cross_entropy(
 
   Returns:
     ``[N, ...]`` float32 per-example loss.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import emoloss
+    >>> jnp.set_printoptions(precision=4)
+    >>> logits = jnp.array([[1.0], [-2.0], [0.5], [-1.0]])
+    >>> labels = jnp.array([[1], [0], [0], [1]])
+    >>> print(emoloss.f1_weighted_binary_cross_entropy(logits, labels))
+    [[0.2295]
+     [0.0339]
+     [0.2603]
+     [0.9623]]
 
   References:
     SPEC.md, "F1-weighted binary cross-entropy"; the design principle of Karpukhin et al.,

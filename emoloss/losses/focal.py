@@ -60,6 +60,17 @@ def softmax_focal_loss(
   Returns:
     ``[...]`` float32 per-example loss.
 
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import emoloss
+    >>> jnp.set_printoptions(precision=4)
+    >>> logits = jnp.array([[3.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    >>> labels = jnp.array([0, 0])
+    >>> print(emoloss.softmax_focal_loss(logits, labels, gamma=0.0))  # = cross-entropy
+    [0.0949 1.0986]
+    >>> print(emoloss.softmax_focal_loss(logits, labels, gamma=2.0))
+    [0.0008 0.4883]
+
   References:
     Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017 (arXiv 1708.02002).
   """

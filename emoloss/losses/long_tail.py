@@ -50,6 +50,13 @@ def log_prior_adjustment(class_prior: ArrayLike, tau: float = 1.0) -> jax.Array:
   Returns:
     ``[V]`` float32 offsets added to logits in training (or subtracted after it).
 
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import emoloss
+    >>> jnp.set_printoptions(precision=4)
+    >>> print(emoloss.log_prior_adjustment(jnp.array([90.0, 9.0, 1.0])))
+    [-0.1054 -2.4079 -4.6052]
+
   References:
     Menon et al., "Long-tail learning via logit adjustment", ICLR 2021 (arXiv 2007.07314).
   """
@@ -89,6 +96,15 @@ def logit_adjusted_cross_entropy(
   Returns:
     ``[...]`` float32 per-example loss.
 
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import emoloss
+    >>> jnp.set_printoptions(precision=4)
+    >>> counts = jnp.array([90.0, 9.0, 1.0])
+    >>> logits = jnp.array([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
+    >>> print(emoloss.logit_adjusted_cross_entropy(logits, jnp.array([0, 2]), counts))
+    [0.1054 4.6052]
+
   References:
     Menon et al., "Long-tail learning via logit adjustment", ICLR 2021 (arXiv 2007.07314).
   """
@@ -114,6 +130,15 @@ def posthoc_logit_adjustment(
 
   Returns:
     ``[..., V]`` float32 adjusted scores.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import emoloss
+    >>> jnp.set_printoptions(precision=4)
+    >>> counts = jnp.array([90.0, 9.0, 1.0])
+    >>> logits = jnp.array([[2.0, 1.0, -1.0]])
+    >>> print(logits.argmax(-1), emoloss.posthoc_logit_adjustment(logits, counts).argmax(-1))
+    [0] [2]
 
   References:
     Menon et al., "Long-tail learning via logit adjustment", ICLR 2021 (arXiv 2007.07314).
@@ -149,6 +174,17 @@ def margin_cross_entropy(
 
   Returns:
     ``[...]`` float32 per-example loss.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import emoloss
+    >>> jnp.set_printoptions(precision=4)
+    >>> logits = jnp.array([[2.0, 0.0], [0.0, 2.0]])
+    >>> labels = jnp.array([0, 1])
+    >>> print(emoloss.margin_cross_entropy(logits, labels, jnp.array([0.0, 0.0])))
+    [0.1269 0.1269]
+    >>> print(emoloss.margin_cross_entropy(logits, labels, jnp.array([0.0, 1.0])))
+    [0.1269 0.3133]
 
   References:
     Menon et al., "Long-tail learning via logit adjustment", ICLR 2021 (arXiv 2007.07314);
@@ -203,6 +239,18 @@ def norm_aware_margin_cross_entropy(
 
   Returns:
     ``[...]`` float32 per-example loss.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import emoloss
+    >>> jnp.set_printoptions(precision=4)
+    >>> logits = jnp.array([[2.0, 0.0], [0.0, 2.0]])
+    >>> labels = jnp.array([0, 1])
+    >>> norms = jnp.array([1.0, 0.5])  # jnp.linalg.norm(class_weights, axis=-1)
+    >>> print(emoloss.norm_aware_margin_cross_entropy(logits, labels, norms, jnp.zeros(2)))  # = CE
+    [0.1269 0.1269]
+    >>> print(emoloss.norm_aware_margin_cross_entropy(logits, labels, norms, jnp.array([0.0, 1.0])))
+    [0.1269 0.4741]
 
   References:
     Menon et al., "Long-tail learning via logit adjustment", ICLR 2021 (arXiv 2007.07314), the

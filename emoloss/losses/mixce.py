@@ -11,7 +11,15 @@ ArrayLike = jax.typing.ArrayLike
 
 
 def mixce_weight(log_prob: ArrayLike, eta: float = 0.5) -> jax.Array:
-  r"""MixCE's token weight ``η + (1 - η) p_y`` from ``log p_y``, under ``stop_gradient``."""
+  r"""MixCE's token weight ``η + (1 - η) p_y`` from ``log p_y``, under ``stop_gradient``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import emoloss
+    >>> jnp.set_printoptions(precision=4)
+    >>> print(emoloss.mixce_weight(jnp.log(jnp.array([0.9, 0.1])), eta=0.5))  # η + (1 - η) p_y
+    [0.95 0.55]
+  """
   log_prob = jnp.asarray(log_prob, jnp.float32)
   return jax.lax.stop_gradient(eta + (1.0 - eta) * jnp.exp(log_prob))
 
@@ -48,6 +56,17 @@ def mixce_loss(
 
   Returns:
     ``[...]`` float32 per-token loss.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import emoloss
+    >>> jnp.set_printoptions(precision=4)
+    >>> logits = jnp.array([[3.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
+    >>> labels = jnp.array([0, 0])
+    >>> print(emoloss.mixce_loss(logits, labels, eta=1.0))  # η = 1: cross-entropy
+    [0.0949 3.0949]
+    >>> print(emoloss.mixce_loss(logits, labels, eta=0.5))
+    [0.0906 1.6175]
 
   References:
     Zhang et al., "MixCE: Training Autoregressive Language Models by Mixing Forward and Reverse

@@ -24,6 +24,16 @@ def tailr_weight(log_prob: ArrayLike, gamma: float, min_weight: float = 0.0) -> 
 
   Returns:
     ``[...]`` float32 weights in ``[min_weight, 1]``, without gradient.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import emoloss
+    >>> jnp.set_printoptions(precision=4)
+    >>> log_p = jnp.log(jnp.array([0.9, 0.1]))
+    >>> print(emoloss.tailr_weight(log_p, gamma=0.0))  # cross-entropy: weight 1
+    [1. 1.]
+    >>> print(emoloss.tailr_weight(log_p, gamma=0.8))
+    [0.9184 0.122 ]
   """
   _check_hyperparameters(gamma, min_weight)
   log_prob = jnp.asarray(log_prob, jnp.float32)
@@ -88,6 +98,17 @@ def tailr_loss(
 
   Returns:
     ``[...]`` float32 per-token loss.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import emoloss
+    >>> jnp.set_printoptions(precision=4)
+    >>> logits = jnp.array([[3.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
+    >>> labels = jnp.array([0, 0])  # the second example is unlikely under the model
+    >>> print(emoloss.tailr_loss(logits, labels, gamma=0.0))  # = cross-entropy
+    [0.0949 3.0949]
+    >>> print(emoloss.tailr_loss(logits, labels, gamma=0.8))
+    [0.0879 0.1732]
 
   References:
     Ji et al., "Tailoring Language Generation Models under Total Variation Distance", ICLR 2023

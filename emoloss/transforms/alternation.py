@@ -90,6 +90,22 @@ def scale_by_ascent_descent(
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with state :class:`AscentDescentState`.
 
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import emoloss
+    >>> jnp.set_printoptions(precision=4)
+    >>> tx = optax.chain(optax.sgd(0.1), emoloss.scale_by_ascent_descent(0.5))
+    >>> params = {"w": jnp.array([1.0])}
+    >>> state = tx.init(params)
+    >>> for _ in range(3):
+    ...   updates, state = tx.update({"w": jnp.array([1.0])}, state, params)
+    ...   print(updates["w"])
+    ...
+    [-0.1]
+    [0.05]
+    [-0.1]
+
   References:
     Ishida et al., "Do We Need Zero Training Loss After Achieving Zero Training Error?",
     ICML 2020; Wang et al., "Backstitch: Counteracting Finite-sample Bias via Negative Steps",
@@ -172,6 +188,22 @@ def alternate_ascent_descent(
     An ``optax.GradientTransformationExtraArgs`` (a chain; state is a tuple holding
     :class:`AscentDescentState` and the optimiser's state).
 
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import emoloss
+    >>> jnp.set_printoptions(precision=4)
+    >>> tx = emoloss.alternate_ascent_descent(optax.sgd(0.1), ascent_ratio=0.5)
+    >>> params = {"w": jnp.array([1.0])}
+    >>> state = tx.init(params)
+    >>> for _ in range(3):
+    ...   updates, state = tx.update({"w": jnp.array([1.0])}, state, params)
+    ...   print(updates["w"])
+    ...
+    [-0.1]
+    [0.05]
+    [-0.1]
+
   References:
     Wang et al., "Backstitch: Counteracting Finite-sample Bias via Negative Steps",
     Interspeech 2017; Ishida et al., ICML 2020 (flooding).
@@ -208,6 +240,21 @@ def backstitch(learning_rate: optax.ScalarOrSchedule, alpha: float = 0.3) -> opt
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
 
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import emoloss
+    >>> jnp.set_printoptions(precision=4)
+    >>> tx = emoloss.backstitch(learning_rate=0.1, alpha=0.3)
+    >>> params = {"w": jnp.array([1.0])}
+    >>> state = tx.init(params)
+    >>> for _ in range(2):  # the ascent step, then the descent step on the same batch
+    ...   updates, state = tx.update({"w": jnp.array([1.0])}, state, params)
+    ...   print(updates["w"])
+    ...
+    [0.03]
+    [-0.13]
+
   References:
     Wang et al., "Backstitch: Counteracting Finite-sample Bias via Negative Steps",
     Interspeech 2017.
@@ -237,6 +284,12 @@ def alternation_penalty(descent_lr: float, ascent_lr: float) -> tuple[float, flo
 
   Returns:
     ``(learning_rate, coeff)`` for :func:`gradient_norm_penalty`.
+
+  Examples:
+    >>> import emoloss
+    >>> lr, coeff = emoloss.alternation_penalty(descent_lr=0.1, ascent_lr=0.05)
+    >>> print(round(lr, 4), round(coeff, 4))
+    0.05 0.05
 
   References:
     Wang et al., Interspeech 2017 (backstitch).
@@ -271,6 +324,15 @@ def gradient_norm_penalty(
   Returns:
     A function with the signature of ``loss_fn`` returning the scalar penalised loss, float32
     (float64 if the loss is float64), and ``aux``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import emoloss
+    >>> jnp.set_printoptions(precision=4)
+    >>> loss_fn = lambda w: jnp.sum(w**2)
+    >>> penalised = emoloss.gradient_norm_penalty(loss_fn, coeff=0.1)
+    >>> print(penalised(jnp.array([1.0, 2.0])))  # 5 + 0.1 * |2w|^2 = 5 + 0.1 * 20
+    7.0
 
   References:
     Wang et al., Interspeech 2017 (backstitch); Barrett & Dherin, "Implicit Gradient

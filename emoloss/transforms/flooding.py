@@ -128,6 +128,22 @@ def flood(flood_level: float) -> optax.GradientTransformationExtraArgs:
     ``optax.ConditionallyTransformState(inner_state=FloodState(ascent_steps), step)``, where
     ``step`` counts all updates and ``ascent_steps`` those that were negated.
 
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import emoloss
+    >>> jnp.set_printoptions(precision=4)
+    >>> tx = optax.chain(emoloss.flood(flood_level=0.5), optax.sgd(0.1))
+    >>> params = {"w": jnp.array([1.0])}
+    >>> state = tx.init(params)
+    >>> grads = {"w": jnp.array([2.0])}
+    >>> updates, state = tx.update(grads, state, params, value=jnp.array(1.0))  # above b: descent
+    >>> print(updates["w"])
+    [-0.2]
+    >>> updates, state = tx.update(grads, state, params, value=jnp.array(0.2))  # below b: ascent
+    >>> print(updates["w"])
+    [0.2]
+
   References:
     Ishida et al., "Do We Need Zero Training Loss After Achieving Zero Training Error?",
     ICML 2020 (arXiv 2002.08709); ``b`` searched in {0, 0.01, ..., 0.50}.
@@ -167,6 +183,17 @@ def flooded(
 
   Raises:
     ValueError: (when called) if ``loss_fn`` does not return a scalar.
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import emoloss
+    >>> jnp.set_printoptions(precision=4)
+    >>> loss_fn = lambda w: jnp.sum(w**2)
+    >>> flooded_fn = emoloss.flooded(loss_fn, flood_level=1.0)
+    >>> w = jnp.array([0.5])
+    >>> print(flooded_fn(w), jax.grad(flooded_fn)(w))
+    1.75 [-1.]
 
   References:
     Ishida et al., "Do We Need Zero Training Loss After Achieving Zero Training Error?",
@@ -209,6 +236,14 @@ def iflood_loss(
   Returns:
     The float32 scalar iFlood loss.
 
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import emoloss
+    >>> jnp.set_printoptions(precision=4)
+    >>> losses = jnp.array([0.1, 0.5, 2.0])
+    >>> print(emoloss.iflood_loss(losses, flood_level=0.3))
+    1.0
+
   References:
     Xie et al., "iFlood: A Stable and Effective Regularizer", ICLR 2022.
   """
@@ -239,6 +274,15 @@ def iflooded(per_example_loss_fn: Callable[..., ArrayLike], flood_level: float) 
 
   Returns:
     A function with the signature of ``per_example_loss_fn`` returning the float32 scalar loss.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import emoloss
+    >>> jnp.set_printoptions(precision=4)
+    >>> per_example = lambda w, x: (x * w) ** 2
+    >>> loss_fn = emoloss.iflooded(per_example, flood_level=0.3)
+    >>> print(loss_fn(1.0, jnp.array([0.1, 1.0])))
+    0.795
 
   References:
     Xie et al., "iFlood: A Stable and Effective Regularizer", ICLR 2022.

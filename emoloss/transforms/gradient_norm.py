@@ -21,7 +21,7 @@ class RunningGradientNormState(NamedTuple):
       floor is applied).
   """
 
-  count: jax.Array
+  count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as optax's states do
   running_norm: jax.Array
 
 
@@ -55,6 +55,21 @@ def normalize_by_running_gradient_norm(
   Returns:
     An ``optax.GradientTransformation`` with state :class:`RunningGradientNormState` (two scalar
     arrays; donatable, checkpointable). ``params`` are not needed.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import emoloss
+    >>> jnp.set_printoptions(precision=4)
+    >>> tx = emoloss.normalize_by_running_gradient_norm(momentum=0.9)
+    >>> params = {"w": jnp.zeros(2)}
+    >>> state = tx.init(params)
+    >>> for scale in (1.0, 10.0):
+    ...   updates, state = tx.update({"w": jnp.array([3.0, 4.0]) * scale}, state, params)
+    ...   print(updates["w"])  # first step: norm 1; then divided by the running mean norm
+    ...
+    [0.6 0.8]
+    [3.1579 4.2105]
 
   References:
     Karpukhin et al., "EXACT: How to Train Your Accuracy", 2022 (arXiv 2205.09615), gradient

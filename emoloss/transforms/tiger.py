@@ -71,6 +71,18 @@ def tiger(
     An ``optax.GradientTransformation`` (needs ``params`` in ``update`` when ``weight_decay`` is
     not the number 0, or with ``rms_scaling`` or ``shrink_ratio``).
 
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import emoloss
+    >>> jnp.set_printoptions(precision=4)
+    >>> tx = emoloss.tiger(learning_rate=0.1, weight_decay=0.0)
+    >>> params = {"w": jnp.array([1.0, -2.0])}
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"w": jnp.array([0.3, -0.01])}, state, params)
+    >>> print(updates["w"])  # -lr * sign(momentum)
+    [-0.1  0.1]
+
   References:
     Su, "Tiger: A Tight-fisted Optimizer", 2023, https://github.com/bojone/tiger;
     Chen et al., "Symbolic Discovery of Optimization Algorithms" (Lion), NeurIPS 2023.
@@ -167,6 +179,14 @@ def tiger_parameter_labels(params: Any) -> Any:
 
   Returns:
     A pytree of strings with the structure of ``params``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import emoloss
+    >>> params = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.zeros(2)},
+    ...           "norm": {"scale": jnp.ones(2), "bias": jnp.zeros(2)}}
+    >>> print(emoloss.tiger_parameter_labels(params))
+    {'dense': {'bias': 'bias', 'kernel': 'default'}, 'norm': {'bias': 'bias', 'scale': 'norm_scale'}}
   """
 
   def label(path, leaf):
@@ -222,6 +242,20 @@ def grouped_tiger(
   Returns:
     An ``optax.GradientTransformation`` (needs ``params`` in ``update``).
 
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import emoloss
+    >>> params = {"dense": {"kernel": jnp.full((2, 2), 0.5), "bias": jnp.zeros(2)}}
+    >>> tx = emoloss.grouped_tiger(learning_rate=0.1, weight_decay=0.0)
+    >>> state = tx.init(params)
+    >>> grads = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}}
+    >>> updates, state = tx.update(grads, state, params)
+    >>> print(updates["dense"]["bias"])    # biases: 0.5 * lr, no RMS scaling
+    [-0.05 -0.05]
+    >>> print(updates["dense"]["kernel"])  # the rest: lr times the parameters' RMS (0.5)
+    [[-0.05 -0.05]
+     [-0.05 -0.05]]
+
   References:
     Su, "Tiger: A Tight-fisted Optimizer", 2023, https://github.com/bojone/tiger (``tiger.py``).
   """
@@ -229,7 +263,7 @@ def grouped_tiger(
     half_rate = lambda count: 0.5 * learning_rate(count)
   else:
     half_rate = 0.5 * learning_rate
-  common = {"beta": beta, "mu_dtype": mu_dtype, "shrink_ratio": shrink_ratio}
+  common: dict[str, Any] = {"beta": beta, "mu_dtype": mu_dtype, "shrink_ratio": shrink_ratio}
   groups = {
       "default": tiger(learning_rate, weight_decay=weight_decay, rms_scaling=rms_scaling,
                        min_rms=min_rms, **common),
