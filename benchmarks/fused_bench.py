@@ -1,23 +1,32 @@
-"""Benchmark: naive vs fused (chunked) cross-entropy and CE + EMO from hidden states.
+"""Benchmark: naive vs fused (chunked, recompute) vs one-pass CE and CE + EMO from hidden states.
 
 For each size ``(N, V, d, k)`` it compiles ``jax.value_and_grad`` (with respect to the hidden
 states and the LM head) of the token-mean loss for:
 
 * ``naive CE``: ``optax.losses.softmax_cross_entropy_with_integer_labels(h @ W.T, y)``,
 * ``naive CE+EMO``: ``emoloss.emo_ce_loss(h @ W.T, y, E)`` (published mode-1 mix),
-* ``fused CE``: ``emoloss.fused_ce_emo(h, W, y).nll``,
+* ``fused CE``: ``emoloss.fused_ce_emo(h, W, y).nll`` (vocabulary chunks, recompute schedule),
 * ``fused CE+EMO``: ``emoloss.fused_emo_ce_loss(h, W, y, E)``,
+* ``one-pass CE``: ``emoloss.onepass_loss(h, W, y)`` (token chunks, gradient in the forward pass),
+* ``one-pass CE+EMO``: ``emoloss.onepass_loss(h, W, y, E, per_token=emo_ce_per_token(1))``,
 * ``jax-cce CE``: ``jax_cce.linear_cross_entropy(h, W, y)`` (PyPI peer, when installed),
 
 and reports XLA's compiled memory analysis (temporary buffers, and argument + output + temp) and,
-for the timed sizes, the median wall time of a call as a ratio to naive CE measured in the same
-process, in interleaved rounds (so that a loaded, shared CPU slows all methods alike). Sizes given
-with ``--memory-only`` are compiled but never run (the naive path would need > 16 GiB there).
+for the timed sizes, the median and minimum wall time of a call as a ratio to naive CE measured in
+the same process, in interleaved rounds (so that a loaded, shared machine slows all methods
+alike), with the achieved GFLOP/s of each method's matmuls against a plain ``jnp.dot`` of the
+logits' shape timed in the same rounds (the machine's practical matmul limit). Sizes given with
+``--memory-sizes`` are compiled but never run (the naive path would need > 16 GiB there).
+``--scaling`` instead times the one-pass path (and the naive one where its compiled memory fits
+``--max-naive-gib``) over a grid growing N, V and d one at a time.
 
-Writes ``benchmarks/results/fused_<platform>.json`` and ``.md``.
+Writes ``benchmarks/results/fused_<platform>[_<dtype>].json`` and ``.md`` (``fused_scaling_...``
+with ``--scaling``).
 
   python benchmarks/fused_bench.py            # default grid (a few minutes on 2 CPU cores)
   python benchmarks/fused_bench.py --quick    # tiny grid, seconds
+  python benchmarks/fused_bench.py --scaling  # N, V, d scaling of the one-pass path
+  python benchmarks/fused_bench.py --backend gpu --dtype bfloat16   # on a GPU machine
 """
 
 from __future__ import annotations
@@ -40,7 +49,16 @@ from tqdm import tqdm
 import emoloss
 
 RESULTS = Path(__file__).resolve().parent / "results"
-METHODS = ("naive CE", "naive CE+EMO", "fused CE", "fused CE+EMO", "jax-cce CE")
+METHODS = ("naive CE", "naive CE+EMO", "fused CE", "fused CE+EMO", "one-pass CE",
+           "one-pass CE+EMO", "jax-cce CE")
+SCALING_METHODS = ("naive CE", "naive CE+EMO", "one-pass CE", "one-pass CE+EMO")
+# Matmul multiply-adds of each method's schedule, as (coefficient of N V d, of N V k): the logits,
+# ∂h and ∂W are N V d each; the recompute schedules redo the logits (and the cosine row); the
+# naive EMO forms p Ê (N V k) and its transpose; the one-pass EMO forms the cosine row once.
+MATMUL_WORK = {
+    "naive CE": (3, 0), "naive CE+EMO": (3, 2), "fused CE": (4, 0), "fused CE+EMO": (4, 2),
+    "one-pass CE": (3, 0), "one-pass CE+EMO": (3, 1), "jax-cce CE": (4, 0),
+}
 MiB = 2.0 ** 20
 
 
@@ -53,7 +71,7 @@ def _jax_cce():
   return linear_cross_entropy, None
 
 
-def loss_functions(chunk_size: int) -> dict:
+def loss_functions(chunk_size: int, token_chunk_size: int | None = None) -> dict:
   """Scalar token-mean losses ``f(hidden, head, labels, cost_embeddings)`` per method."""
   def naive_ce(h, w, y, e):
     logits = jnp.dot(h, w.T, preferred_element_type=jnp.float32)
@@ -69,8 +87,17 @@ def loss_functions(chunk_size: int) -> dict:
   def fused_ce_emo(h, w, y, e):
     return jnp.mean(emoloss.fused_emo_ce_loss(h, w, y, e, chunk_size=chunk_size))
 
+  def onepass_ce(h, w, y, e):
+    return emoloss.onepass_loss(h, w, y, token_chunk_size=token_chunk_size)
+
+  mix = emoloss.emo_ce_per_token(1)
+
+  def onepass_ce_emo(h, w, y, e):
+    return emoloss.onepass_loss(h, w, y, e, per_token=mix, token_chunk_size=token_chunk_size)
+
   functions = {"naive CE": naive_ce, "naive CE+EMO": naive_ce_emo, "fused CE": fused_ce,
-               "fused CE+EMO": fused_ce_emo}
+               "fused CE+EMO": fused_ce_emo, "one-pass CE": onepass_ce,
+               "one-pass CE+EMO": onepass_ce_emo}
   cce, _ = _jax_cce()
   if cce is not None:
     functions["jax-cce CE"] = lambda h, w, y, e: cce(h, w, y, chunk_size=chunk_size)
@@ -91,22 +118,33 @@ def concrete_inputs(n, v, d, k, dtype, seed=0):
   return hidden, head, labels, cost
 
 
-def compile_method(fn, args):
-  """Compiled ``value_and_grad`` w.r.t. hidden and head, and its memory analysis (bytes)."""
-  compiled = jax.jit(jax.value_and_grad(fn, argnums=(0, 1))).lower(*args).compile()
+def _memory(compiled) -> dict:
   stats = compiled.memory_analysis()
-  memory = {
+  return {
       "temp_bytes": int(stats.temp_size_in_bytes),
       "argument_bytes": int(stats.argument_size_in_bytes),
       "output_bytes": int(stats.output_size_in_bytes),
       "peak_bytes": int(stats.argument_size_in_bytes + stats.output_size_in_bytes
                         + stats.temp_size_in_bytes - stats.alias_size_in_bytes),
   }
-  return compiled, memory
+
+
+def compile_method(fn, args):
+  """Compiled ``value_and_grad`` w.r.t. hidden and head, and its memory analysis (bytes)."""
+  compiled = jax.jit(jax.value_and_grad(fn, argnums=(0, 1))).lower(*args).compile()
+  return compiled, _memory(compiled)
+
+
+def compile_matmul(args):
+  """The logits matmul ``h Wᵀ`` alone (float32 accumulation): the machine's matmul speed on the
+  shape that dominates every method."""
+  matmul = lambda h, w, y, e: jnp.dot(h, w.T, preferred_element_type=jnp.float32)
+  return jax.jit(matmul).lower(*args).compile()
 
 
 def time_methods(compiled: dict, args, repeats: int) -> dict:
-  """Median seconds per call, methods interleaved round by round (after one warm-up call)."""
+  """Seconds per call of each method over ``repeats`` rounds, the methods interleaved round by
+  round (after one warm-up call each)."""
   for fn in compiled.values():
     jax.block_until_ready(fn(*args))
   times = {name: [] for name in compiled}
@@ -115,7 +153,12 @@ def time_methods(compiled: dict, args, repeats: int) -> dict:
       start = time.perf_counter()
       jax.block_until_ready(fn(*args))
       times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(values) for name, values in times.items()}
+  return times
+
+
+def matmul_flops(name: str, n: int, v: int, d: int, k: int) -> float:
+  per_d, per_k = MATMUL_WORK[name]
+  return 2.0 * n * v * (per_d * d + per_k * k)
 
 
 def machine_description() -> str:
@@ -132,75 +175,114 @@ def machine_description() -> str:
   return f"{model}, {os.cpu_count()} cores (CPU)"
 
 
+def _summarise(row: dict, times: dict, sizes) -> None:
+  """Adds median/min seconds, ratios to naive CE and GFLOP/s to ``row['methods']``."""
+  n, v, d, k = sizes
+  matmul = min(times.pop("matmul h Wᵀ"))
+  row["matmul_gflops"] = 2.0 * n * v * d / matmul / 1e9
+  base = times.get("naive CE")
+  for name, values in times.items():
+    m = row["methods"][name]
+    m["seconds_median"] = statistics.median(values)
+    m["seconds_min"] = min(values)
+    m["gflops"] = matmul_flops(name, n, v, d, k) / m["seconds_min"] / 1e9
+    m["fraction_of_matmul"] = m["gflops"] / row["matmul_gflops"]
+    if base is not None:
+      m["time_vs_naive_ce"] = m["seconds_median"] / statistics.median(base)
+      m["min_time_vs_naive_ce"] = m["seconds_min"] / min(base)
+
+
 def run(args) -> dict:
   dtype = jnp.dtype(args.dtype)
-  functions = loss_functions(args.chunk_size)
+  functions = loss_functions(args.chunk_size, args.token_chunk_size)
+  names = [name for name in (SCALING_METHODS if args.scaling else METHODS) if name in functions]
   _, cce_error = _jax_cce()
+  load_before = os.getloadavg()
   rows = []
   grid = [(size, True) for size in args.sizes] + [(size, False) for size in args.memory_sizes]
   for (n, v, d, k), timed in tqdm(grid, desc="sizes"):
-    row = {"N": n, "V": v, "d": d, "k": k, "timed": timed, "methods": {}}
+    row = {"N": n, "V": v, "d": d, "k": k, "timed": timed, "methods": {},
+           "token_chunk_size": args.token_chunk_size or emoloss.default_token_chunk_size(v)}
     inputs = abstract_inputs(n, v, d, k, dtype)
     compiled = {}
-    for name in tqdm(functions, desc=f"compile N={n} V={v}", leave=False):
+    for name in tqdm(names, desc=f"compile N={n} V={v} d={d}", leave=False):
       try:
         compiled[name], memory = compile_method(functions[name], inputs)
         row["methods"][name] = dict(memory)
       except Exception as error:  # noqa: BLE001 (a peer failing is a result, not a crash)
         row["methods"][name] = {"error": f"{type(error).__name__}: {str(error)[:200]}"}
+      too_big = row["methods"][name].get("temp_bytes", 0) > args.max_naive_gib * 2 ** 30
+      if name in compiled and name.startswith("naive") and too_big:
+        del compiled[name]  # compiled only: it would not fit this machine's memory
     if timed:
-      concrete = concrete_inputs(n, v, d, k, dtype)
-      seconds = time_methods(compiled, concrete, args.repeats)
-      for name, value in seconds.items():
-        row["methods"][name]["seconds"] = value
-        row["methods"][name]["time_vs_naive_ce"] = value / seconds["naive CE"]
+      compiled["matmul h Wᵀ"] = compile_matmul(inputs)
+      times = time_methods(compiled, concrete_inputs(n, v, d, k, dtype), args.repeats)
+      _summarise(row, times, (n, v, d, k))
     rows.append(row)
+  device = jax.devices()[0]
   return {
       "machine": machine_description(),
-      "platform": jax.devices()[0].platform,
+      "platform": device.platform,
+      "device": device.device_kind,
       "jax": jax.__version__,
       "dtype": str(dtype),
       "chunk_size": args.chunk_size,
+      "token_chunk_size": args.token_chunk_size or "default (emoloss.default_token_chunk_size)",
       "repeats": args.repeats,
       "jax_cce": cce_error or "installed",
+      "load_average": {"before": [round(x, 2) for x in load_before],
+                       "after": [round(x, 2) for x in os.getloadavg()]},
+      "scaling": bool(args.scaling),
       "rows": rows,
   }
 
 
+def _cell(m: dict, key: str, fmt: str) -> str:
+  return format(m[key], fmt) if key in m else "—"
+
+
 def markdown(result: dict) -> str:
+  load = result["load_average"]
   lines = [
-      (f"Machine: {result['machine']}; jax {result['jax']}; {result['dtype']}; vocabulary chunk "
-      f"{result['chunk_size']}; value-and-grad w.r.t. hidden states and head of the token-mean "
-      f"loss. Time: median of {result['repeats']} interleaved calls as a ratio to naive CE "
-      "(optax) in the same process (— : compiled only). Memory: XLA compiled memory analysis, "
-      "temporary buffers (and arguments + outputs + temporaries)."),
+      (f"Machine: {result['machine']}; jax {result['jax']}; {result['dtype']}; fused vocabulary "
+       f"chunk {result['chunk_size']}; one-pass token chunk {result['token_chunk_size']}; "
+       "value-and-grad w.r.t. hidden states and head of the token-mean loss. Time: median (and "
+       f"minimum) of {result['repeats']} interleaved calls as a ratio to naive CE (optax) in the "
+       "same process (— : compiled only). GFLOP/s: the method's matmul FLOPs (its schedule, "
+       "e.g. 6 N V d for naive CE, 8 N V d for the recompute paths) over its minimum time; "
+       "'% matmul': against a plain h Wᵀ dot timed in the same rounds. Memory: XLA compiled "
+       "memory analysis, temporary buffers (and arguments + outputs + temporaries). Load average "
+       f"(1, 5, 15 min) before {load['before']}, after {load['after']}."),
       "",
-      ("| N | V | d | k | method | time / naive CE | time / naive same loss | temp MiB "
-       "| temp / naive same loss | peak MiB |"),
-      "|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+      ("| N | V | d | k | method | time / naive CE | (min) | time / naive same loss | GFLOP/s "
+       "| % matmul | temp MiB | temp / naive same loss | peak MiB |"),
+      "|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
   ]
+  names = SCALING_METHODS if result.get("scaling") else METHODS
   for row in result["rows"]:
     methods = row["methods"]
-    for name in METHODS:
+    size = f"| {row['N']} | {row['V']} | {row['d']} | {row['k']} |"
+    if "matmul_gflops" in row:
+      lines.append(f"{size} matmul h Wᵀ | | | | {row['matmul_gflops']:.1f} | 100% | | | |")
+    for name in names:
       if name not in methods:
         if name == "jax-cce CE":
-          lines.append(f"| {row['N']} | {row['V']} | {row['d']} | {row['k']} | {name} | "
-                       f"{result['jax_cce']} | | | | |")
+          lines.append(f"{size} {name} | {result['jax_cce']} | | | | | | | |")
         continue
       m = methods[name]
       if "error" in m:
-        lines.append(f"| {row['N']} | {row['V']} | {row['d']} | {row['k']} | {name} | "
-                     f"fails: {m['error'][:80]} | | | | |")
+        lines.append(f"{size} {name} | fails: {m['error'][:80]} | | | | | | | |")
         continue
-      reference = "naive CE+EMO" if "EMO" in name else "naive CE"
-      ratio = m["temp_bytes"] / max(methods[reference].get("temp_bytes", 0), 1)
-      time_ratio = time_same = "—"
-      if "time_vs_naive_ce" in m:
-        time_ratio = f"{m['time_vs_naive_ce']:.2f}"
-        time_same = f"{m['time_vs_naive_ce'] / methods[reference]['time_vs_naive_ce']:.2f}"
+      reference = methods["naive CE+EMO" if "EMO" in name else "naive CE"]
+      ratio = m["temp_bytes"] / max(reference.get("temp_bytes", 0), 1)
+      same = "—"
+      if "time_vs_naive_ce" in m and "time_vs_naive_ce" in reference:
+        same = f"{m['time_vs_naive_ce'] / reference['time_vs_naive_ce']:.2f}"
+      fraction = f"{100 * m['fraction_of_matmul']:.0f}%" if "fraction_of_matmul" in m else "—"
       lines.append(
-          f"| {row['N']} | {row['V']} | {row['d']} | {row['k']} | {name} | {time_ratio} | "
-          f"{time_same} | {m['temp_bytes'] / MiB:.1f} | {100 * ratio:.1f}% | "
+          f"{size} {name} | {_cell(m, 'time_vs_naive_ce', '.2f')} | "
+          f"{_cell(m, 'min_time_vs_naive_ce', '.2f')} | {same} | {_cell(m, 'gflops', '.1f')} | "
+          f"{fraction} | {m['temp_bytes'] / MiB:.1f} | {100 * ratio:.1f}% | "
           f"{m['peak_bytes'] / MiB:.1f} |")
   return "\n".join(lines) + "\n"
 
@@ -212,6 +294,29 @@ def parse_size(text: str) -> tuple[int, int, int, int]:
   return parts
 
 
+def scaling_grid(base=(1024, 32768, 64, 64)) -> list[tuple[int, int, int, int]]:
+  """N, V and d (= k) grown one at a time from ``base``."""
+  n, v, d, _ = base
+  grid = [(x, v, d, d) for x in (1024, 4096, 16384)]
+  grid += [(n, x, d, d) for x in (131072, 262144)]
+  grid += [(n, v, x, x) for x in (128, 256)]
+  return grid
+
+
+def select_backend(backend: str | None) -> None:
+  """Makes ``backend`` (cpu, gpu, tpu) JAX's default, or fails clearly if JAX already started
+  on another one."""
+  if backend is None:
+    return
+  try:
+    jax.config.update("jax_platforms", backend)
+  except Exception:  # noqa: BLE001, S110 (already initialised: checked just below)
+    pass
+  if jax.default_backend() != backend:
+    raise SystemExit(f"--backend {backend}: JAX runs on {jax.default_backend()} "
+                     f"(devices {jax.devices()}); set JAX_PLATFORMS={backend}.")
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--sizes", type=parse_size, nargs="*",
@@ -220,19 +325,37 @@ def main(argv=None):
   parser.add_argument("--memory-sizes", type=parse_size, nargs="*",
                       default=[(8192, 131072, 1024, 1024)],
                       help="sizes compiled for the memory columns only, never run")
-  parser.add_argument("--chunk-size", type=int, default=1024)
+  parser.add_argument("--chunk-size", type=int, default=1024,
+                      help="vocabulary chunk of the fused (recompute) paths and jax-cce")
+  parser.add_argument("--token-chunk-size", type=int, default=None,
+                      help="token chunk of the one-pass path (default: the library's, from V)")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  parser.add_argument("--backend", default=None, choices=["cpu", "gpu", "tpu"],
+                      help="JAX backend to run on (default: JAX's default)")
+  parser.add_argument("--scaling", action="store_true",
+                      help="time naive and one-pass CE, CE+EMO as N, V and d grow")
+  parser.add_argument("--max-naive-gib", type=float, default=3.0,
+                      help="naive methods needing more temporary memory are compiled only")
   parser.add_argument("--quick", action="store_true",
                       help="tiny grid (CI smoke run): 256x2000x64x64, memory 1024x16384x256x256")
   parser.add_argument("--output", type=Path, default=None,
-                      help="output stem (default benchmarks/results/fused_<platform>)")
+                      help="output stem (default benchmarks/results/fused[_scaling]_<platform>"
+                           "[_bfloat16])")
   args = parser.parse_args(argv)
+  select_backend(args.backend)
+  if args.scaling:
+    args.sizes, args.memory_sizes = scaling_grid(), []
   if args.quick:
     args.sizes, args.memory_sizes, args.repeats = [(256, 2000, 64, 64)], [(1024, 16384, 256, 256)], 2
     args.chunk_size = min(args.chunk_size, 512)
+    args.token_chunk_size = args.token_chunk_size or 128
+    if args.scaling:
+      args.sizes, args.memory_sizes = [(128, 1000, 32, 32), (256, 2000, 32, 32)], []
   result = run(args)
-  stem = args.output or RESULTS / f"fused_{result['platform']}"
+  kind = "fused_scaling" if args.scaling else "fused"
+  suffix = "" if args.dtype == "float32" else f"_{args.dtype}"
+  stem = args.output or RESULTS / f"{kind}_{result['platform']}{suffix}"
   stem.parent.mkdir(parents=True, exist_ok=True)
   stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
   stem.with_suffix(".md").write_text(markdown(result))

@@ -7,6 +7,8 @@ Shapes and dtypes are static under ``jax.jit``, so every check here runs at trac
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -107,8 +109,25 @@ def mask_inputs(x: Array, where: Array | None, fill=0) -> Array:
   return jnp.where(mask, x, jnp.asarray(fill, x.dtype))
 
 
-def mask_loss(loss: Array, where: Array | None) -> Array:
-  """Zeroes the per-example loss of masked examples."""
+class Rows(NamedTuple):
+  """Row status returned by :func:`prepare_classification` in place of ``where``.
+
+  Attributes:
+    keep: the user's boolean mask (``None``: every row counts).
+    invalid: rows whose unmasked integer label is outside ``[0, V)``: their loss is NaN.
+  """
+  keep: Array | None
+  invalid: Array
+
+
+def mask_loss(loss: Array, where: Array | Rows | None) -> Array:
+  """Zeroes the per-example loss of masked examples; with a :class:`Rows`, also sets the loss
+  of rows with an out-of-range label to NaN (the label rule). The NaN is selected here, on the
+  output: XLA may drop a ``select(c, NaN, x)`` fed into later arithmetic (seen on CPU: ``exp`` then
+  ``sum`` of it lost the NaN), so inputs are sanitised instead and the NaN is put last."""
+  if isinstance(where, Rows):
+    loss = jnp.where(where.invalid, jnp.nan, loss)
+    where = where.keep
   if where is None:
     return loss
   return jnp.where(where, loss, 0.0)
@@ -180,38 +199,34 @@ def prepare_classification(
     where: ArrayLike | None,
     *,
     allow_soft: bool = True,
-) -> tuple[Array, Array, bool, Array | None]:
+) -> tuple[Array, Array, bool, Rows | Array | None]:
   """Checks ``(logits [..., V], labels, where [...])`` and sanitises the rows.
 
-  Returns ``(logits_f32, labels, is_integer, where)``. Masked rows get zero logits and label 0
-  (soft labels: zeros), so nothing computed from them can be NaN whatever they held (their loss
-  is zeroed afterwards by :func:`mask_loss`). An unmasked integer label outside ``[0, V)`` turns
-  its row of logits into NaN, so that example's loss is NaN (the documented label rule, see
-  :func:`check_label_range`) and the gather stays in range.
+  Returns ``(logits_f32, labels, is_integer, rows)``. Masked rows get zero logits and label 0
+  (soft labels: zeros), so nothing computed from them can be NaN whatever they held. Integer
+  labels outside ``[0, V)`` become 0 too, and ``rows`` (a :class:`Rows`, to be passed to
+  :func:`mask_loss` like a mask) records them so that their loss comes out NaN (the label rule
+  of :func:`check_label_range`) while the gathers stay in range.
   """
   logits = check_logits(logits)
   labels, integer = check_labels(labels, logits, allow_soft=allow_soft)
   where = check_where(where, logits.shape[:-1])
   logits = mask_inputs(logits, where)
-  if integer:
-    logits, labels = poison_invalid_labels(logits, labels, where)
-  else:
-    labels = mask_inputs(labels, where)
-  return logits, labels, integer, where
+  if not integer:
+    return logits, mask_inputs(labels, where), False, where
+  labels, invalid = sanitise_labels(labels, where, logits.shape[-1])
+  return logits, labels, True, Rows(keep=where, invalid=invalid)
 
 
-def poison_invalid_labels(
-    values: Array, labels: Array, where: Array | None, num_classes: int | None = None
+def sanitise_labels(
+    labels: Array, where: Array | None, num_classes: int
 ) -> tuple[Array, Array]:
-  """Label rule: ``values [*batch, ...]`` become NaN on rows whose unmasked integer label is
-  outside ``[0, num_classes)`` (default ``values.shape[-1]``); such labels and masked ones
-  become 0, so gathers stay in range."""
-  num_classes = values.shape[-1] if num_classes is None else num_classes
+  """Returns ``(labels, invalid)``: labels outside ``[0, num_classes)`` and masked labels
+  replaced by 0 (so gathers stay in range), and the unmasked rows whose label was outside."""
   valid = (labels >= 0) & (labels < num_classes)
-  keep = valid if where is None else valid | ~where
+  invalid = ~valid if where is None else ~valid & where
   usable = valid if where is None else valid & where
-  rows = keep.reshape(keep.shape + (1,) * (values.ndim - keep.ndim))
-  return jnp.where(rows, values, jnp.nan), jnp.where(usable, labels, 0)
+  return jnp.where(usable, labels, 0), invalid
 
 
 def softmax_cross_entropy(logits: Array, labels: Array, integer: bool) -> Array:
@@ -238,12 +253,13 @@ def zero_where_unlabelled(values: Array, labels: Array) -> Array:
 
 def prepare_binary(
     logits: ArrayLike, labels: ArrayLike, where: ArrayLike | None, *, soft: bool = False
-) -> tuple[Array, Array, Array | None]:
+) -> tuple[Array, Array, Rows]:
   """Checks binary ``logits [...]`` against ``labels`` of the same shape and ``where [...]``.
 
   Labels are ``{0, 1}`` integers, booleans or floats (``[0, 1]`` floats only when ``soft``).
-  Concrete labels outside that set raise ``ValueError``; under ``jit`` such an unmasked label
-  gives a NaN loss for its entry. Returns float32 logits and labels with masked entries zeroed.
+  Concrete labels outside that set raise ``ValueError``; under ``jit`` such an unmasked label is
+  replaced by 0 and its entry's loss is NaN (through the returned :class:`Rows`, to be passed to
+  :func:`mask_loss`). Returns float32 logits and labels with masked entries zeroed.
   """
   logits = check_logits(logits, min_rank=0)
   if _shape(labels) != logits.shape:
@@ -255,12 +271,13 @@ def prepare_binary(
   where = check_where(where, logits.shape)
   labels = jnp.asarray(labels).astype(jnp.float32)
   valid = (labels >= 0) & (labels <= 1) if soft else (labels == 0) | (labels == 1)
+  invalid = ~valid if where is None else ~valid & where
   if not any(isinstance(x, jax.core.Tracer) for x in (labels, where)):
-    invalid = ~np.asarray(valid if where is None else valid | ~where)
-    if np.any(invalid):
+    bad = np.asarray(invalid)
+    if np.any(bad):
       allowed = "in [0, 1]" if soft else "0 or 1 (or booleans)"
       raise ValueError(
-          f"binary `labels` must be {allowed}; found {float(np.asarray(labels)[invalid][0])} "
-          f"({int(invalid.sum())} of {invalid.size} entries).")
-  logits = jnp.where(valid, logits, jnp.nan)
-  return mask_inputs(logits, where), mask_inputs(jnp.where(valid, labels, 0.0), where), where
+          f"binary `labels` must be {allowed}; found {float(np.asarray(labels)[bad][0])} "
+          f"({int(bad.sum())} of {bad.size} entries).")
+  labels = mask_inputs(jnp.where(valid, labels, 0.0), where)
+  return mask_inputs(logits, where), labels, Rows(keep=where, invalid=invalid)

@@ -24,9 +24,12 @@ def test_quick_benchmark_writes_results_and_fused_memory_is_small(tmp_path):
   compiled_only = [row for row in result["rows"] if not row["timed"]]
   assert timed and compiled_only
   for row in timed:  # every method ran; the baseline is the unit of the time column
-    for name in ("naive CE", "naive CE+EMO", "fused CE", "fused CE+EMO"):
+    for name in ("naive CE", "naive CE+EMO", "fused CE", "fused CE+EMO", "one-pass CE",
+                 "one-pass CE+EMO"):
       assert row["methods"][name]["time_vs_naive_ce"] > 0, (name, row)
+      assert 0 < row["methods"][name]["gflops"] < float("inf"), (name, row)
     assert row["methods"]["naive CE"]["time_vs_naive_ce"] == 1.0
+    assert row["matmul_gflops"] > 0
   for row in result["rows"]:
     memory = {name: m["temp_bytes"] for name, m in row["methods"].items() if "temp_bytes" in m}
     logits_bytes = row["N"] * row["V"] * 4
@@ -36,3 +39,18 @@ def test_quick_benchmark_writes_results_and_fused_memory_is_small(tmp_path):
     assert memory["fused CE+EMO"] < 0.25 * memory["naive CE+EMO"], row
   big = compiled_only[-1]["methods"]
   assert big["fused CE+EMO"]["temp_bytes"] <= 0.05 * big["naive CE+EMO"]["temp_bytes"]
+  # One-pass: a few [token chunk, V] blocks and the [V, d] ∂W accumulator, below the logits.
+  for name in ("one-pass CE", "one-pass CE+EMO"):
+    reference = big["naive CE+EMO" if "EMO" in name else "naive CE"]["temp_bytes"]
+    assert big[name]["temp_bytes"] < 0.5 * reference, name
+
+
+def test_quick_scaling_run(tmp_path):
+  stem = tmp_path / "scaling"
+  _load_script().main(["--quick", "--scaling", "--output", str(stem)])
+  result = json.loads(stem.with_suffix(".json").read_text())
+  assert result["scaling"] and len(result["rows"]) == 2
+  for row in result["rows"]:
+    assert set(row["methods"]) == {"naive CE", "naive CE+EMO", "one-pass CE", "one-pass CE+EMO"}
+    assert all(m["seconds_min"] > 0 for m in row["methods"].values())
+  assert "| one-pass CE+EMO |" in stem.with_suffix(".md").read_text()

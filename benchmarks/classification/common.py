@@ -13,10 +13,7 @@ import argparse
 import dataclasses
 import itertools
 import json
-import os
 import pathlib
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+
+from benchmarks.machine import machine_description
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -67,39 +66,9 @@ def output_dir(args: argparse.Namespace) -> pathlib.Path:
   return path
 
 
-def cpu_model() -> str:
-  """The CPU model name (``lscpu``, else ``/proc/cpuinfo``, else ``platform.processor()``)."""
-  try:
-    text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5, check=False).stdout
-    for line in text.splitlines():
-      if line.lower().startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except (OSError, subprocess.SubprocessError):
-    pass
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.lower().startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
-
-
 def machine_info() -> dict[str, Any]:
-  """Where and with what a result was produced."""
-  import flax
-
-  return {
-      "cpu": cpu_model(),
-      "cpu_count": os.cpu_count(),
-      "jax_backend": jax.default_backend(),
-      "devices": [str(d) for d in jax.devices()],
-      "python": platform.python_version(),
-      "jax": jax.__version__,
-      "optax": optax.__version__,
-      "flax": flax.__version__,
-      "platform": platform.platform(),
-  }
+  """Where and with what a result was produced (:func:`benchmarks.machine.machine_description`)."""
+  return machine_description()
 
 
 def _to_jsonable(value: Any) -> Any:

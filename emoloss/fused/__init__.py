@@ -12,10 +12,24 @@ from emoloss.fused.chunked import (
     fused_emo_ce_loss,
     sharded_fused_ce_emo,
 )
+from emoloss.fused.losses import fused_mixce_loss
+from emoloss.fused.onepass import (
+    ce_per_token,
+    default_token_chunk_size,
+    emo_ce_per_token,
+    onepass_loss,
+    sharded_onepass_loss,
+)
 
 __all__ = [
     "FusedOutput",
+    "ce_per_token",
+    "default_token_chunk_size",
+    "emo_ce_per_token",
     "fused_ce_emo",
     "fused_emo_ce_loss",
+    "fused_mixce_loss",
+    "onepass_loss",
     "sharded_fused_ce_emo",
+    "sharded_onepass_loss",
 ]

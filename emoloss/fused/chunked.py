@@ -389,21 +389,21 @@ def _check_inputs(hidden, head, labels, cost_embeddings, where, chunk_size):
 
 
 def _prepare(hidden, head, labels, cost_embeddings, where):
-  """Masked tokens get zero hidden states and label 0 (nothing NaN can come from them); an
-  unmasked label outside ``[0, V)`` gets a NaN hidden state (its outputs are NaN: the label rule
-  of :func:`emoloss.check_label_range`) and label 0. The cost embeddings are held constant (they
-  are normalised chunk by chunk inside the kernel)."""
+  """Masked tokens get zero hidden states and label 0 (nothing NaN can come from them); so do
+  unmasked labels outside ``[0, V)``, whose outputs :func:`_finish` sets to NaN (the label rule
+  of :func:`emoloss.check_label_range`). The cost embeddings are held constant (they are
+  normalised chunk by chunk inside the kernel). Returns ``(hidden, labels, cost, rows)``."""
   hidden = _checks.mask_inputs(hidden, where)
-  hidden, labels = _checks.poison_invalid_labels(hidden, labels, where, head.shape[0])
+  labels, invalid = _checks.sanitise_labels(labels, where, head.shape[0])
   if cost_embeddings is not None:
     cost_embeddings = jax.lax.stop_gradient(jnp.asarray(cost_embeddings))
-  return hidden, labels, cost_embeddings
+  return hidden, labels, cost_embeddings, _checks.Rows(keep=where, invalid=invalid)
 
 
-def _finish(nll, emo, lse, where, batch_shape) -> FusedOutput:
+def _finish(nll, emo, lse, rows: _checks.Rows, batch_shape) -> FusedOutput:
   """Masks and reshapes the outputs; ``nll`` and ``emo`` are clamped at 0, which they are
   mathematically (in float32 ``lse - z_y`` can round to -2e-6 for a confident token)."""
-  mask = lambda x: None if x is None else _checks.mask_loss(x, where).reshape(batch_shape)
+  mask = lambda x: None if x is None else _checks.mask_loss(x, rows).reshape(batch_shape)
   clamp = lambda x: None if x is None else jnp.maximum(x, 0.0)
   return FusedOutput(nll=mask(clamp(nll)), emo=mask(clamp(emo)), lse=mask(lse))
 
@@ -462,12 +462,12 @@ def fused_ce_emo(
   hidden, head, labels, where = _check_inputs(hidden, head, labels, cost_embeddings, where,
                                               chunk_size)
   batch_shape = labels.shape
-  hidden, labels, cost_embeddings = _prepare(hidden, head, labels, cost_embeddings, where)
+  hidden, labels, cost_embeddings, rows = _prepare(hidden, head, labels, cost_embeddings, where)
   flat_hidden = hidden.reshape(-1, hidden.shape[-1])
   config = _Config(chunk_size=int(chunk_size))
   nll, emo, lse = _fused(config, flat_hidden, head, labels.reshape(-1), cost_embeddings)
-  flat_where = None if where is None else where.reshape(-1)
-  return _finish(nll, emo, lse, flat_where, batch_shape)
+  flat_rows = jax.tree.map(lambda x: x.reshape(-1), rows)
+  return _finish(nll, emo, lse, flat_rows, batch_shape)
 
 
 def _axis_size(mesh: Mesh, axis: AxisName) -> int:
@@ -537,11 +537,11 @@ def sharded_fused_ce_emo(
   if head.shape[0] % model_size:
     raise ValueError(f"the vocabulary size V = {head.shape[0]} must be divisible by the size "
                      f"{model_size} of model_axis {model_axis!r}.")
-  hidden, labels, cost_embeddings = _prepare(hidden, head, labels, cost_embeddings, where)
+  hidden, labels, cost_embeddings, rows = _prepare(hidden, head, labels, cost_embeddings, where)
   config = _Config(chunk_size=int(chunk_size), mesh=mesh, data_axis=data_axis,
                    model_axis=model_axis)
   nll, emo, lse = _fused(config, hidden, head, labels, cost_embeddings)
-  return _finish(nll, emo, lse, where, labels.shape)
+  return _finish(nll, emo, lse, rows, labels.shape)
 
 
 def fused_emo_ce_loss(
@@ -589,4 +589,7 @@ def fused_emo_ce_loss(
     raise ValueError("`cost_embeddings` is required for the EMO + CE loss.")
   out = fused_ce_emo(hidden, head, labels, cost_embeddings, where=where, chunk_size=chunk_size)
   loss = emo_ce_combination(out.nll, out.emo, mode=mode, max_ratio=max_ratio)
-  return loss if where is None else jnp.where(where, loss, 0.0)
+  # The label rule, applied again on the output (the mix's clamps may drop a NaN).
+  _, invalid = _checks.sanitise_labels(jnp.asarray(labels), _checks.check_where(
+      where, np.shape(labels)), np.shape(head)[0])
+  return _checks.mask_loss(loss, _checks.Rows(keep=where, invalid=invalid))

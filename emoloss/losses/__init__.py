@@ -18,6 +18,7 @@ from emoloss.losses.long_tail import (
     norm_aware_margin_cross_entropy,
     posthoc_logit_adjustment,
 )
+from emoloss.losses.mixce import mixce_loss, mixce_weight
 from emoloss.losses.tailr import tailr_loss, tailr_weight
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
     "log_prior_adjustment",
     "logit_adjusted_cross_entropy",
     "margin_cross_entropy",
+    "mixce_loss",
+    "mixce_weight",
     "norm_aware_margin_cross_entropy",
     "normalize_embeddings",
     "posthoc_logit_adjustment",

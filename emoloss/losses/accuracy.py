@@ -60,6 +60,6 @@ def binary_smoothed_accuracy_loss(
   References:
     Karpukhin et al., "EXACT: How to Train Your Accuracy", 2022 (arXiv 2205.09615).
   """
-  logits, labels, where = _checks.prepare_binary(logits, labels, where, soft=True)
+  logits, labels, rows = _checks.prepare_binary(logits, labels, where, soft=True)
   prob = jax.nn.sigmoid(logits)
-  return _checks.mask_loss(1.0 - (labels * prob + (1.0 - labels) * (1.0 - prob)), where)
+  return _checks.mask_loss(1.0 - (labels * prob + (1.0 - labels) * (1.0 - prob)), rows)

@@ -154,7 +154,9 @@ def emo_ce_combination(
   if mode == 1:
     limit = UNCAPPED_RATIO_LIMIT if max_ratio is None else max_ratio
     return 0.5 * (_stopped_ratio(ce, emo, limit) * emo + ce)
-  return _stopped_ratio(emo, ce, UNCAPPED_RATIO_LIMIT) * ce + emo
+  # CE = inf (a -inf target logit): sg(EMO/CE) · CE tends to EMO, not 0 · inf.
+  weighted_ce = jnp.where(jnp.isinf(ce), emo, _stopped_ratio(emo, ce, UNCAPPED_RATIO_LIMIT) * ce)
+  return weighted_ce + emo
 
 
 def emo_ce_loss(

@@ -281,6 +281,7 @@ def _exact_loss(
   """
   sigma = _checks.mask_inputs(sigma, where, fill=1)
   logits = _checks.mask_inputs(logits, where)
+  labels, invalid = _checks.sanitise_labels(labels, where, logits.shape[-1])
   target_logit = jnp.take_along_axis(logits, labels[..., None], axis=-1)
   others = jnp.arange(logits.shape[-1]) != labels[..., None]
   # P(y) = 0 exactly when the target logit is -inf or a competitor's is +inf (a vocabulary mask
@@ -301,4 +302,4 @@ def _exact_loss(
     log_target_prob = jnp.minimum(_log_target_prob(deltas, others, num_nodes), 0.0)
   log_target_prob = jnp.where(lost, -jnp.inf, log_target_prob)
   loss = -log_target_prob if log_prob else -jnp.expm1(log_target_prob)
-  return _checks.mask_loss(loss, where)
+  return _checks.mask_loss(loss, _checks.Rows(keep=where, invalid=invalid))

@@ -20,17 +20,41 @@ def _check_class_vector(vector: ArrayLike, num_classes: int, name: str) -> jax.A
         f"`{name}` must have shape (num_classes,) = ({num_classes},) to match the logits' last "
         f"axis (got {np.shape(vector)})."
     )
-  if not isinstance(vector, jax.core.Tracer) and np.any(np.asarray(vector) < 0):
-    raise ValueError(f"`{name}` must be non-negative (got {np.asarray(vector)}).")
+  if not isinstance(vector, jax.core.Tracer) and not np.all(np.asarray(vector) >= 0):
+    raise ValueError(f"`{name}` must be non-negative and not NaN (got {np.asarray(vector)}).")
   return jnp.asarray(vector, jnp.float32)
+
+
+def _check_prior(class_prior: ArrayLike) -> None:
+  """A concrete prior must be a finite, non-negative vector with a positive sum."""
+  if np.ndim(class_prior) != 1:
+    raise ValueError(
+        f"`class_prior` must be a vector [V] of label frequencies or counts (got shape "
+        f"{np.shape(class_prior)}).")
+  if isinstance(class_prior, jax.core.Tracer):
+    return
+  prior = np.asarray(class_prior, np.float64)
+  if not (np.all(np.isfinite(prior)) and np.all(prior >= 0) and prior.sum() > 0):
+    raise ValueError(
+        f"`class_prior` must be finite and non-negative with a positive sum (got {prior}); a "
+        "class that never occurs may have 0.")
 
 
 def log_prior_adjustment(class_prior: ArrayLike, tau: float = 1.0) -> jax.Array:
   r"""``log(π^τ + 1e-12)`` for a class prior ``π`` (normalised to sum to 1; counts are fine).
 
+  Args:
+    class_prior: ``[V]`` finite, non-negative label frequencies or counts with a positive sum.
+    tau: temperature ``τ >= 0`` (scalar).
+
   Returns:
     ``[V]`` float32 offsets added to logits in training (or subtracted after it).
+
+  References:
+    Menon et al., "Long-tail learning via logit adjustment", ICLR 2021 (arXiv 2007.07314).
   """
+  _check_prior(class_prior)
+  _checks.check_scalar_range(tau, "tau", low=0.0)
   prior = jnp.asarray(class_prior, jnp.float32)
   prior = prior / jnp.sum(prior)
   return jnp.log(prior**tau + PRIOR_EPSILON)
@@ -190,7 +214,7 @@ def norm_aware_margin_cross_entropy(
   num_classes = logits.shape[-1]
   norms = _check_class_vector(class_weight_norms, num_classes, "class_weight_norms")
   radii = _check_class_vector(radii, num_classes, "radii")
-  radius = _checks.mask_inputs(radii[labels], where)  # [...]: r_y
+  radius = radii[labels]  # [...]: r_y (masked and out-of-range labels were set to 0)
   is_target = labels[..., None] == jnp.arange(num_classes)
   shift = radius[..., None] * norms  # [..., V]: r_y ‖u_i‖
   adjusted = logits + jnp.where(is_target, -shift, shift)

@@ -1,0 +1,85 @@
+"""The fine-tuning objectives compared, each with the recipe it comes from.
+
+Every objective is a per-token function of the token's negative log-likelihood ``nll`` and (for
+EMO) its EMO cost ``emo`` under the frozen cost embedding (a copy of the pretrained LM head):
+
+* ``ce`` -- cross-entropy (maximum likelihood), the baseline.
+* ``emo`` -- EMO + CE as the paper's language-modelling runs: DRSY/EMO
+  ``language_modeling/gpt2.py``, mode ``emo``: ``½ (CE + sg(CE / EMO) · EMO)``, **uncapped**.
+* ``emo_cap3`` -- the same mix with the ratio capped at 3, as the packaged ``EMOLoss`` and the
+  LLaMA fine-tuning script (mode 1 of ``emoloss.emo_ce_combination``). Both EMO variants use
+  :func:`emo_ce_mix`, so they differ only by the cap.
+* ``tailr_open`` -- TaiLr with the open-ended generation recipe, density-ratio threshold
+  ``γ = 1e-7`` and minimum weight 0.2: thu-coai/TaiLr ``examples/bart/long/train_tailr.sh``
+  (WritingPrompts).
+* ``tailr`` -- TaiLr with ``γ = 0.8``, minimum weight 0.2: thu-coai/TaiLr
+  ``examples/bart/summarization/train_tailr.sh`` (Gigaword), the default of ports.
+* ``mixce`` -- MixCE, ``(η + (1 - η) sg(p_y)) · CE`` with ``η = 0.5``: DRSY/EMO ``gpt2.py``
+  mode ``mixce``, ``mixing_ratio`` default 0.5 in its ``run_lm.py``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+import emoloss
+
+
+class Objective(NamedTuple):
+  """One objective: a name, a label for tables, its family and hyper-parameters, its source."""
+  name: str
+  label: str
+  family: str                      # ce | emo | tailr | mixce
+  source: str
+  max_ratio: float | None = None   # emo: cap of sg(CE / EMO); None = uncapped
+  gamma: float = 0.0               # tailr: density-ratio threshold
+  min_weight: float = 0.0          # tailr: lower clip of the weight
+  eta: float = 1.0                 # mixce: mixing ratio (1 = CE)
+
+
+OBJECTIVES = (
+    Objective("ce", "CE", "ce", "maximum likelihood (the baseline)"),
+    Objective("emo", "EMO+CE (uncapped)", "emo",
+              "DRSY/EMO language_modeling/gpt2.py, mode emo", max_ratio=None),
+    Objective("emo_cap3", "EMO+CE (cap 3)", "emo",
+              "EMOLoss package / LLaMA script: ratio capped at 3 (emoloss mode 1)",
+              max_ratio=3.0),
+    Objective("tailr_open", "TaiLr γ=1e-7", "tailr",
+              "thu-coai/TaiLr examples/bart/long/train_tailr.sh (open-ended generation)",
+              gamma=1e-7, min_weight=0.2),
+    Objective("tailr", "TaiLr γ=0.8", "tailr",
+              "thu-coai/TaiLr examples/bart/summarization/train_tailr.sh", gamma=0.8,
+              min_weight=0.2),
+    Objective("mixce", "MixCE η=0.5", "mixce",
+              "DRSY/EMO language_modeling/gpt2.py mode mixce; run_lm.py mixing_ratio 0.5",
+              eta=0.5),
+)
+BY_NAME = {o.name: o for o in OBJECTIVES}
+
+
+def emo_ce_mix(nll: jax.Array, emo: jax.Array, max_ratio: float | None) -> jax.Array:
+  """``½ (CE + clip(sg(CE / EMO), 0, max_ratio) · EMO)`` per token (``max_ratio=None``: no
+  cap). The ratio is 0 where EMO is 0 (then CE is 0 too up to rounding)."""
+  positive = emo > 0
+  ratio = jnp.where(positive, nll / jnp.where(positive, emo, 1.0), 0.0)
+  ratio = jnp.maximum(ratio, 0.0)
+  if max_ratio is not None:
+    ratio = jnp.minimum(ratio, max_ratio)
+  return 0.5 * (nll + jax.lax.stop_gradient(ratio) * emo)
+
+
+def token_loss(objective: Objective, nll: jax.Array, emo: jax.Array | None) -> jax.Array:
+  """The per-token training loss of ``objective`` from per-token ``nll`` (differentiable) and,
+  for the EMO family, ``emo`` (the EMO cost, differentiable)."""
+  if objective.family == "ce":
+    return nll
+  if objective.family == "emo":
+    return emo_ce_mix(nll, emo, objective.max_ratio)
+  if objective.family == "tailr":
+    return emoloss.tailr_weight(-nll, objective.gamma, objective.min_weight) * nll
+  if objective.family == "mixce":
+    return emoloss.mixce_weight(-nll, objective.eta) * nll
+  raise ValueError(f"unknown objective family {objective.family!r}")

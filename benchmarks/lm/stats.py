@@ -1,0 +1,124 @@
+"""Paired comparisons over seeds with t-intervals, sign counts and verdicts (generic).
+
+The protocol of ``/work/shared/EXPERIMENTS.md`` (section 2): the unit is one paired run (same
+seed for every method); for each method the per-seed difference to the baseline, its mean, a
+95% t-interval ``mean ± t_{0.975, n-1} · sd / √n``, the number of seeds that improve, and a
+verdict against a margin declared before the run:
+
+* superiority claim (``"better"``): **holds** if the whole interval lies beyond ``+margin`` in
+  the claimed direction; **does not hold** if it lies beyond ``-margin`` the other way or
+  entirely inside ``[-margin, +margin]``; otherwise **inconclusive at this size**;
+* non-inferiority claim (``"not worse"``): **holds** if the interval lies above ``-margin``;
+  **does not hold** if it lies entirely below ``-margin``; otherwise inconclusive.
+
+"Above" is in the claimed direction: differences are multiplied by ``+1`` when higher is better
+and ``-1`` when lower is better before the comparison. Nothing here knows about language
+models; any experiment with paired seeds can use :func:`paired_comparison`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+HOLDS = "holds"
+DOES_NOT_HOLD = "does not hold"
+INCONCLUSIVE = "inconclusive at this size"
+
+
+@dataclasses.dataclass(frozen=True)
+class Margin:
+  """A pre-declared equivalence margin of one metric.
+
+  Attributes:
+    metric: the metric's name.
+    margin: differences smaller than this (in the metric's units) count as no difference.
+    higher_is_better: the direction of improvement.
+  """
+  metric: str
+  margin: float
+  higher_is_better: bool
+
+
+def t_quantile(n: int, level: float = 0.95) -> float:
+  """Two-sided Student-t quantile ``t_{(1+level)/2, n-1}`` (2.776 for ``n = 5``)."""
+  from scipy import stats  # pylint: disable=import-outside-toplevel
+  return float(stats.t.ppf(0.5 + level / 2, n - 1))
+
+
+def t_interval(differences: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+  """``(mean, low, high)`` of the ``level`` t-interval of the mean of ``differences``
+  (``low = high = mean`` for a single value: no interval without a spread)."""
+  values = np.asarray(differences, np.float64)
+  mean = float(values.mean())
+  if values.size < 2:
+    return mean, mean, mean
+  half = t_quantile(values.size, level) * float(values.std(ddof=1)) / math.sqrt(values.size)
+  return mean, mean - half, mean + half
+
+
+def verdict(low: float, high: float, margin: float, claim: str = "better") -> str:
+  """The verdict of an interval ``[low, high]`` of improvements (positive = the claimed
+  direction) against ``margin`` for a ``"better"`` or ``"not worse"`` claim."""
+  if claim == "better":
+    if low > margin:
+      return HOLDS
+    if high < -margin or (low >= -margin and high <= margin):
+      return DOES_NOT_HOLD
+    return INCONCLUSIVE
+  if claim == "not worse":
+    if low > -margin:
+      return HOLDS
+    if high < -margin:
+      return DOES_NOT_HOLD
+    return INCONCLUSIVE
+  raise ValueError(f"`claim` must be 'better' or 'not worse' (got {claim!r}).")
+
+
+def paired_comparison(method: Sequence[float], baseline: Sequence[float], margin: Margin,
+                      claim: str = "better", level: float = 0.95) -> dict:
+  """Paired difference ``method - baseline`` over seeds, summarised for a report.
+
+  Args:
+    method: the metric of the method, one value per seed.
+    baseline: the metric of the baseline, same seeds in the same order.
+    margin: the metric's pre-declared margin and direction.
+    claim: ``"better"`` (superiority) or ``"not worse"`` (non-inferiority).
+    level: the interval's coverage.
+
+  Returns:
+    A dict with ``n``, ``mean`` / ``low`` / ``high`` (the difference and its interval, in the
+    metric's units and sign), ``improved`` (seeds whose difference is in the better direction),
+    ``margin``, ``claim`` and ``verdict``.
+  """
+  method = np.asarray(method, np.float64)
+  baseline = np.asarray(baseline, np.float64)
+  if method.shape != baseline.shape or method.ndim != 1:
+    raise ValueError(f"`method` and `baseline` must be 1-D and paired (got {method.shape} and "
+                     f"{baseline.shape}).")
+  differences = method - baseline
+  mean, low, high = t_interval(differences, level)
+  sign = 1.0 if margin.higher_is_better else -1.0
+  improvement = sorted((sign * low, sign * high))
+  return {
+      "metric": margin.metric,
+      "n": int(differences.size),
+      "mean": mean,
+      "low": low,
+      "high": high,
+      "improved": int(np.sum(sign * differences > 0)),
+      "margin": margin.margin,
+      "higher_is_better": margin.higher_is_better,
+      "claim": claim,
+      "verdict": verdict(improvement[0], improvement[1], margin.margin, claim),
+  }
+
+
+def format_difference(summary: dict, digits: int = 3) -> str:
+  """``"+0.012 [-0.004, +0.028] (4/5)"``: the mean difference, its interval and sign count."""
+  f = f"{{:+.{digits}f}}"
+  return (f"{f.format(summary['mean'])} [{f.format(summary['low'])}, "
+          f"{f.format(summary['high'])}] ({summary['improved']}/{summary['n']})")

@@ -1,0 +1,51 @@
+"""Per-token losses built on the fused kernel's outputs (no ``[N, V]`` logits)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from emoloss import _checks
+from emoloss.fused.chunked import DEFAULT_CHUNK_SIZE, fused_ce_emo
+from emoloss.losses.mixce import mixce_weight
+
+ArrayLike = jax.typing.ArrayLike
+
+
+def fused_mixce_loss(
+    hidden: ArrayLike,
+    head: ArrayLike,
+    labels: ArrayLike,
+    *,
+    eta: float = 0.5,
+    where: ArrayLike | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> jax.Array:
+  r"""Per-token MixCE loss from hidden states (fused :func:`emoloss.mixce_loss`).
+
+  .. math::
+    L = \big(\eta + (1 - \eta)\,\mathrm{sg}(e^{-\mathrm{nll}})\big)\,\mathrm{nll},
+    \qquad \mathrm{nll} = \mathrm{lse}(h W^\top) - (h W^\top)_y
+
+  with ``nll`` from :func:`emoloss.fused_ce_emo` (chunked over the vocabulary; the logits are
+  never materialised). Reduce with a masked mean over tokens.
+
+  Args:
+    hidden: ``[..., d]`` hidden states.
+    head: ``[V, d]`` LM head.
+    labels: ``[...]`` integer target ids (not shifted here).
+    eta: mixing ratio ``η ∈ [0, 1]`` (1 is cross-entropy).
+    where: optional boolean mask ``[...]``; masked tokens give exactly 0.
+    chunk_size: vocabulary rows per chunk.
+
+  Returns:
+    ``[...]`` float32 per-token loss.
+
+  References:
+    Zhang et al., "MixCE: Training Autoregressive Language Models by Mixing Forward and Reverse
+    Cross-Entropies", ACL 2023 (arXiv 2305.16958).
+  """
+  _checks.check_scalar_range(eta, "eta", 0.0, 1.0)
+  nll = fused_ce_emo(hidden, head, labels, where=where, chunk_size=chunk_size).nll
+  loss = mixce_weight(-nll, eta) * nll
+  return loss if where is None else jnp.where(where, loss, 0.0)

@@ -1,0 +1,466 @@
+"""One-pass value and gradient of a reduced loss straight from hidden states (no recompute).
+
+For a loss that is a masked mean or sum over tokens of a per-token function
+``f(nll, emo, lse)`` (cross-entropy, the EMO + CE mix, z-loss, per-token stop-gradient weights),
+the cotangent of each token's statistics is known as soon as the token's statistics are: it is
+``w_n ∂f/∂(nll, emo, lse)`` with the reduction weight ``w_n`` (``1 / count`` for a masked mean,
+``1`` for a sum, ``0`` for masked tokens). So the tokens are processed in chunks of ``n`` rows,
+each chunk's logits ``[n, V]`` are computed once over the whole vocabulary, and the same pass
+turns them into the chunk's loss, its ``∂h`` rows and its contribution to ``∂W`` (Liger's fused
+linear cross-entropy schedule): ``3 N V d`` FLOPs for CE and ``3 N V d + 2 N V k`` for CE + EMO,
+the lower bound, instead of the ``4 N V d (+ 2 N V k)`` of the recompute schedule of
+:func:`emoloss.fused_ce_emo`. With ``p = softmax(z)``, ``c'_v = ê_v · ê_y`` and the per-token
+cotangents ``(g_nll, g_emo, g_lse)``:
+
+  ``∂/∂z_v = g_nll (p_v - [v = y]) + g_lse p_v + g_emo p_v ((p Ê)·ê_y - c'_v)``.
+
+The custom VJP's forward pass computes the scalar loss and saves ``(∂h, ∂W)``; its backward pass
+only scales them by the incoming scalar cotangent.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from emoloss.fused import chunked
+from emoloss.fused.chunked import AxisName, _pmax, _psum, _vocab_offset
+
+ArrayLike = jax.typing.ArrayLike
+PerToken = Callable[[jax.Array, jax.Array | None, jax.Array], jax.Array]
+
+# Tokens per chunk: each chunk holds a few [n, V] float32 buffers (logits, gradient, and the
+# cosine row for EMO), so the default keeps n * V near DEFAULT_CHUNK_ELEMENTS and n within
+# [MIN_TOKEN_CHUNK, MAX_TOKEN_CHUNK] (see README for the CPU measurement behind it).
+DEFAULT_CHUNK_ELEMENTS = 2 ** 23
+MIN_TOKEN_CHUNK = 64
+MAX_TOKEN_CHUNK = 512
+# ∂W is accumulated in blocks of this many vocabulary rows: XLA's CPU dot cannot add into its
+# output, so a whole-vocabulary ``acc + g_chunkᵀ h`` would hold a second [V, d] float32 buffer.
+VOCAB_BLOCK = 4096
+REDUCTIONS = ("mean", "sum")
+
+
+def ce_per_token(nll, emo, lse):
+  """Per-token function of plain cross-entropy: ``f(nll, emo, lse) = nll``."""
+  del emo, lse
+  return nll
+
+
+class _Config(NamedTuple):
+  """Static (hashable) settings of one one-pass call."""
+  per_token: PerToken
+  token_chunk_size: int
+  vocab_block_size: int = VOCAB_BLOCK
+  mesh: Mesh | None = None
+  data_axis: AxisName = None
+  model_axis: AxisName = None
+
+
+def default_token_chunk_size(vocab_size: int) -> int:
+  """Tokens per chunk for a vocabulary of ``vocab_size`` (see ``DEFAULT_CHUNK_ELEMENTS``)."""
+  return int(min(MAX_TOKEN_CHUNK, max(MIN_TOKEN_CHUNK, DEFAULT_CHUNK_ELEMENTS // vocab_size)))
+
+
+def _token_chunks(num_tokens: int, chunk_size: int) -> tuple[int, int]:
+  """``(num_chunks, rows)``: equal chunks of ``rows <= chunk_size`` covering ``num_tokens`` with
+  fewer than ``num_chunks`` padding rows."""
+  num_chunks = max(1, -(-num_tokens // chunk_size))
+  return num_chunks, -(-num_tokens // num_chunks)
+
+
+def _chunked_rows(x, num_chunks, rows):
+  """``x [N, ...]`` zero-padded to ``num_chunks * rows`` rows, as ``[num_chunks, rows, ...]``."""
+  pad = num_chunks * rows - x.shape[0]
+  x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+  return x.reshape((num_chunks, rows) + x.shape[1:])
+
+
+def _inverse_norms(cost_embeddings):
+  """``1 / ||e_v||`` as float32 ``[V]`` (0 for a zero row, whose cosines are then 0)."""
+  norms = jnp.linalg.norm(cost_embeddings.astype(jnp.float32), axis=-1)
+  return jnp.where(norms > 0, 1.0 / jnp.maximum(norms, 1e-30), 0.0)
+
+
+def _dot_rows(a, b):
+  """``a bᵀ`` in float32 for ``a [n, d]``, ``b [V, d]`` (contracting the rows, no transpose)."""
+  return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def _add_head_grad(grad_head, grad_logits, h, block):
+  """``grad_head + grad_logitsᵀ h`` (float32 ``[V, d]``), updated in place ``block`` rows at a
+  time (equal blocks, the last moved back with its overlap zeroed, as in the fused path)."""
+  vocab = grad_head.shape[0]
+  contract = (((0,), (0,)), ((), ()))
+  if block >= vocab:
+    return grad_head + jax.lax.dot_general(grad_logits, h, contract,
+                                           preferred_element_type=jnp.float32)
+  starts, fresh = chunked._chunk_starts(vocab, block)
+  overlaps = vocab % block != 0
+
+  def step(acc, xs):
+    start, first = xs
+    g = jax.lax.dynamic_slice_in_dim(grad_logits, start, block, axis=1)
+    if overlaps:
+      g = jnp.where(chunked._fresh_columns(start, first, block)[None, :], g, 0)
+    rows = jax.lax.dot_general(g, h, contract, preferred_element_type=jnp.float32)
+    current = jax.lax.dynamic_slice_in_dim(acc, start, block, axis=0)
+    return jax.lax.dynamic_update_slice_in_dim(acc, current + rows, start, axis=0), None
+
+  grad_head, _ = jax.lax.scan(step, grad_head, (starts, fresh))
+  return grad_head
+
+
+def _local_onepass(hidden, head, labels, weights, cost_embeddings, config: _Config,
+                   vocab_axis: AxisName, token_axis: AxisName):
+  """Per-device loss (summed over ``token_axis``), ``∂h`` (summed over ``vocab_axis``) and ``∂W``
+  (summed over ``token_axis``) of ``Σ_n w_n f(nll_n, emo_n, lse_n)``, one token chunk at a time.
+  """
+  num_tokens, dim = hidden.shape
+  dtype = jnp.result_type(hidden.dtype, head.dtype)
+  hidden = hidden.astype(dtype)
+  head_c = head.astype(dtype)
+  local_vocab = head.shape[0]
+  offset = _vocab_offset(local_vocab, vocab_axis)
+  columns = offset + jnp.arange(local_vocab, dtype=jnp.int32)
+  with_emo = cost_embeddings is not None
+  if with_emo:
+    inv_norms = _inverse_norms(cost_embeddings)
+    unit_cost = cost_embeddings  # normalised on the fly: cosines = (ê_y · e_v) / ||e_v||
+  num_chunks, rows = _token_chunks(num_tokens, config.token_chunk_size)
+  xs = tuple(_chunked_rows(x, num_chunks, rows) for x in (hidden, labels, weights))
+
+  def body(carry, chunk):
+    total, grad_head = carry
+    h, y, w = chunk
+    logits = _dot_rows(h, head_c)  # [n, V_local]
+    target = columns[None, :] == y[:, None]
+    row_max = _pmax(jnp.max(logits, axis=-1), vocab_axis)
+    exps = jnp.exp(logits - row_max[:, None])
+    sum_exp = _psum(jnp.sum(exps, axis=-1), vocab_axis)
+    lse = row_max + jnp.log(sum_exp)
+    nll = lse - _psum(jnp.sum(jnp.where(target, logits, 0.0), axis=-1), vocab_axis)
+    emo = None
+    if with_emo:
+      target_unit = chunked._target_unit(cost_embeddings, y, offset, vocab_axis)
+      cosines = _dot_rows(target_unit.astype(unit_cost.dtype), unit_cost) * inv_norms[None, :]
+      expected_cos = _psum(jnp.sum(exps * cosines, axis=-1), vocab_axis) / sum_exp
+      emo = 1.0 - expected_cos
+    values, pullback = jax.vjp(config.per_token, nll, emo, lse)
+    used = w != 0
+    g_nll, g_emo, g_lse = (None if g is None else jnp.where(used, g, 0.0).astype(jnp.float32)
+                           for g in pullback(w.astype(values.dtype)))
+    total = total + jnp.sum(jnp.where(used, w * values.astype(jnp.float32), 0.0))
+    probs = exps / sum_exp[:, None]
+    g_prob = g_nll + g_lse
+    if with_emo:
+      g_prob = g_prob + g_emo * expected_cos
+      grad_logits = probs * (g_prob[:, None] - g_emo[:, None] * cosines)
+    else:
+      grad_logits = probs * g_prob[:, None]
+    grad_logits = (grad_logits - jnp.where(target, g_nll[:, None], 0.0)).astype(dtype)
+    grad_h = jnp.dot(grad_logits, head_c, preferred_element_type=jnp.float32)
+    grad_head = _add_head_grad(grad_head, grad_logits, h, config.vocab_block_size)
+    return (total, grad_head), grad_h
+
+  init = (jnp.zeros((), jnp.float32), jnp.zeros((local_vocab, dim), jnp.float32))
+  (total, grad_head), grad_hidden = jax.lax.scan(body, init, xs)
+  grad_hidden = grad_hidden.reshape(num_chunks * rows, dim)[:num_tokens]
+  grad_hidden = _psum(grad_hidden, vocab_axis)
+  grad_head = _psum(grad_head, token_axis)
+  return _psum(total, token_axis), grad_hidden, grad_head
+
+
+# ----------------------------------------------------------------------------------------------
+# The custom VJP: the forward pass computes the loss and the gradients; the backward pass scales.
+
+
+def _specs(config: _Config):
+  return chunked._specs(config)  # (tokens, token rows, vocabulary rows)
+
+
+def _onepass_all(config: _Config, hidden, head, labels, weights, cost_embeddings):
+  if config.mesh is None:
+    return _local_onepass(hidden, head, labels, weights, cost_embeddings, config, None, None)
+  tokens, token_rows, vocab_rows = _specs(config)
+  with_emo = cost_embeddings is not None
+  in_specs = (token_rows, vocab_rows, tokens, tokens, vocab_rows if with_emo else None)
+  fn = jax.shard_map(
+      functools.partial(_local_onepass, config=config, vocab_axis=config.model_axis,
+                        token_axis=config.data_axis),
+      mesh=config.mesh, in_specs=in_specs,
+      out_specs=(jax.sharding.PartitionSpec(), token_rows, vocab_rows),
+      # No autodiff runs through this shard_map, and the outputs are made replicated over the
+      # axes they do not vary along by the explicit psums in _local_onepass.
+      check_vma=False,
+  )
+  args = (hidden, head, labels, weights, cost_embeddings)
+  return fn(*chunked._placed(config, args, in_specs))
+
+
+def _value_only(config: _Config, hidden, head, labels, weights, cost_embeddings):
+  """The loss alone (no gradient wanted): the vocabulary-chunked forward pass of
+  :func:`emoloss.fused_ce_emo` (``N V d`` FLOPs, ``O(N (d + k))`` memory), then the per-token
+  function and the weighted sum in plain JAX."""
+  fused_config = chunked._Config(chunk_size=chunked.DEFAULT_CHUNK_SIZE, mesh=config.mesh,
+                                 data_axis=config.data_axis, model_axis=config.model_axis)
+  nll, emo, lse, _ = chunked._forward_all(fused_config, hidden, head, labels, cost_embeddings)
+  values = config.per_token(nll, emo, lse).astype(jnp.float32)
+  return jnp.sum(jnp.where(weights != 0, weights * values, 0.0))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _onepass(config: _Config, hidden, head, labels, weights, cost_embeddings):
+  return _value_only(config, hidden, head, labels, weights, cost_embeddings)
+
+
+def _onepass_fwd(config: _Config, hidden, head, labels, weights, cost_embeddings):
+  total, grad_hidden, grad_head = _onepass_all(config, hidden, head, labels, weights,
+                                               cost_embeddings)
+  return total, (grad_hidden.astype(hidden.dtype), grad_head.astype(head.dtype))
+
+
+def _onepass_bwd(config: _Config, residuals, cotangent):
+  del config
+  scale = lambda g: (cotangent.astype(jnp.float32) * g.astype(jnp.float32)).astype(g.dtype)
+  grad_hidden, grad_head = residuals
+  return scale(grad_hidden), scale(grad_head), None, None, None
+
+
+_onepass.defvjp(_onepass_fwd, _onepass_bwd)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API.
+
+
+def _check_options(per_token, reduction, token_chunk_size, vocab_block_size):
+  if not callable(per_token):
+    raise TypeError(f"`per_token` must be a function f(nll, emo, lse) (got {per_token!r}).")
+  if reduction not in REDUCTIONS:
+    raise ValueError(f"`reduction` must be one of {REDUCTIONS} (got {reduction!r}).")
+  if token_chunk_size is not None and (
+      isinstance(token_chunk_size, bool) or not isinstance(token_chunk_size, int)
+      or token_chunk_size < 1):
+    raise ValueError(f"`token_chunk_size` must be a positive Python int or None (got "
+                     f"{token_chunk_size!r}).")
+  if isinstance(vocab_block_size, bool) or not isinstance(vocab_block_size, int) \
+      or vocab_block_size < 1:
+    raise ValueError(f"`vocab_block_size` must be a positive Python int (got "
+                     f"{vocab_block_size!r}).")
+
+
+def _weights(where, shape, reduction):
+  """Per-token reduction weights: ``where / max(count, 1)`` for a mean, ``where`` for a sum."""
+  mask = jnp.ones(shape, jnp.float32) if where is None else where.astype(jnp.float32)
+  if reduction == "sum":
+    return mask
+  return mask / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def onepass_loss(
+    hidden: ArrayLike,
+    head: ArrayLike,
+    labels: ArrayLike,
+    cost_embeddings: ArrayLike | None = None,
+    *,
+    per_token: PerToken = ce_per_token,
+    reduction: str = "mean",
+    where: ArrayLike | None = None,
+    token_chunk_size: int | None = None,
+    vocab_block_size: int = VOCAB_BLOCK,
+) -> jax.Array:
+  r"""Scalar ``mean`` or ``sum`` over tokens of ``f(nll, emo, lse)`` of ``z = h Wᵀ``, its value
+  and gradient computed in one pass over token chunks (nothing recomputed).
+
+  .. math::
+    L = \sum_n w_n\, f(\mathrm{nll}_n, \mathrm{EMO}_n, \mathrm{lse}_n), \quad
+    w_n = \frac{[n \text{ unmasked}]}{\max(\#\text{unmasked}, 1)} \text{ (mean) or }
+    [n \text{ unmasked}] \text{ (sum)}
+
+  with ``lse = logsumexp(z)``, ``nll = lse - z_y`` and ``EMO = 1 - (softmax(z) Ê) · ê_y`` as in
+  :func:`emoloss.fused_ce_emo`. Because the reduction is linear with fixed weights, each token's
+  cotangent ``w_n ∂f/∂(nll, emo, lse)`` is known as soon as its statistics are, so the forward
+  pass of the custom VJP computes, for each chunk of ``token_chunk_size`` tokens, the chunk's
+  ``[n, V]`` logits once, its loss, its rows of ``∂h`` and its contribution to ``∂W``; the
+  backward pass only scales them. Cost: ``3 N V d`` FLOPs for CE (``+ 2 N V k`` with EMO), the
+  minimum, against ``4 N V d`` for :func:`emoloss.fused_ce_emo`'s recompute schedule. Memory:
+  ``O(n V + N (d + k))`` temporaries besides the gradients themselves (an ``[V, d]`` float32
+  accumulator for ``∂W``), against ``O(N (d + k) + N · chunk)`` for ``fused_ce_emo``.
+
+  Trade-off against :func:`emoloss.fused_ce_emo`: that function returns per-token outputs and
+  accepts any cotangent for them (any downstream use, at ``4/3`` the FLOPs of CE); this one
+  returns a single scalar of a fixed, elementwise ``per_token`` and reduction, and computes the
+  gradient eagerly: when only the value is needed (no ``grad``) it runs the vocabulary-chunked
+  forward pass alone; under ``grad``/``value_and_grad`` it does the whole work in the forward
+  pass. Use it for the training loss; use ``fused_ce_emo`` for per-token outputs (metrics,
+  non-linear reductions, higher-order derivatives, which this custom VJP does not support).
+
+  ``per_token`` must act elementwise on ``[n]`` vectors (token ``i`` of the output depends only
+  on token ``i`` of the inputs) and may use ``jax.lax.stop_gradient`` (per-token weights such as
+  the EMO/CE ratio of :func:`emo_ce_per_token` or TaiLr's ``p_y``-based weight via
+  ``exp(-nll)``); ``emo`` is ``None`` without ``cost_embeddings``. Matmuls run in the promoted
+  dtype of ``hidden`` and ``head`` with float32 accumulation; statistics, the loss and the ``∂W``
+  accumulator are float32. Labels are not shifted (pass ``hidden[:, :-1]``, ``tokens[:, 1:]`` for
+  a causal LM) and must lie in ``[0, V)``.
+
+  Args:
+    hidden: ``[..., d]`` final hidden states (float32 or bfloat16).
+    head: ``[V, d]`` LM head, ``z = hidden @ head.T``.
+    labels: ``[...]`` integer target ids.
+    cost_embeddings: optional ``[V, k]`` frozen EMO cost embeddings (no gradient).
+    per_token: elementwise ``f(nll, emo, lse) -> [n]`` loss per token (default: ``nll``).
+    reduction: ``"mean"`` over unmasked tokens (0 when all are masked) or ``"sum"``.
+    where: optional boolean mask ``[...]``; masked tokens contribute nothing and get zero
+      gradient whatever their content.
+    token_chunk_size: tokens per chunk (static); default :func:`default_token_chunk_size` of
+      ``V``. Temporary memory grows as ``token_chunk_size * V``.
+    vocab_block_size: rows of the ``∂W`` accumulator updated in place per step (static); a
+      temporary ``[vocab_block_size, d]`` float32 block.
+
+  Returns:
+    float32 scalar loss.
+
+  References:
+    Hsu et al., "Liger Kernel: Efficient Triton Kernels for LLM Training" (arXiv 2410.10989),
+    fused linear cross-entropy; Wijmans et al., "Cut Your Losses in Large-Vocabulary Language
+    Models" (arXiv 2411.09009); Ren et al., "EMO" (arXiv 2310.04691).
+  """
+  _check_options(per_token, reduction, token_chunk_size, vocab_block_size)
+  hidden, head, labels, where = chunked._check_inputs(hidden, head, labels, cost_embeddings,
+                                                      where, token_chunk_size or 1)
+  hidden, labels, cost_embeddings = chunked._prepare(hidden, labels, cost_embeddings, where)
+  weights = _weights(where, labels.shape, reduction)
+  chunk = token_chunk_size or default_token_chunk_size(head.shape[0])
+  config = _Config(per_token=per_token, token_chunk_size=int(chunk),
+                   vocab_block_size=vocab_block_size)
+  return _onepass(config, hidden.reshape(-1, hidden.shape[-1]), head, labels.reshape(-1),
+                  weights.reshape(-1), cost_embeddings)
+
+
+def sharded_onepass_loss(
+    hidden: ArrayLike,
+    head: ArrayLike,
+    labels: ArrayLike,
+    cost_embeddings: ArrayLike | None = None,
+    *,
+    mesh: Mesh,
+    data_axis: AxisName = "data",
+    model_axis: AxisName = "model",
+    per_token: PerToken = ce_per_token,
+    reduction: str = "mean",
+    where: ArrayLike | None = None,
+    token_chunk_size: int | None = None,
+    vocab_block_size: int = VOCAB_BLOCK,
+) -> jax.Array:
+  r""":func:`onepass_loss` with tokens split over ``data_axis`` and the vocabulary (rows of
+  ``head`` and ``cost_embeddings``) over ``model_axis`` of ``mesh``.
+
+  Each device runs the one-pass kernel on its ``[N / D, d]`` tokens and ``[V / M, d]`` head rows.
+  Per token chunk, the row maximum is combined over ``model_axis`` with a ``pmax`` and the sum of
+  exponentials, target logit and ``p Ê`` partial (``[n]`` vectors, and the ``[n, k]`` target
+  cost rows) with ``psum``; every device then knows the chunk's statistics and cotangents and
+  computes its own ``∂z`` block. At the end ``∂h`` is summed over ``model_axis``, ``∂W`` and the
+  loss over ``data_axis`` (one ``psum`` each). Neither the head nor any logits are gathered.
+  Call under ``jax.jit``; inputs are resharded on entry when needed (as
+  :func:`emoloss.sharded_fused_ce_emo`).
+
+  Args:
+    hidden: ``[N, d]`` hidden states; ``N`` divisible by the size of ``data_axis``.
+    head: ``[V, d]`` LM head; ``V`` divisible by the size of ``model_axis``.
+    labels: ``[N]`` integer target ids (global vocabulary ids).
+    cost_embeddings: optional ``[V, k]`` frozen EMO cost embeddings.
+    mesh: the device mesh.
+    data_axis: mesh axis name(s) splitting the tokens, or ``None``.
+    model_axis: mesh axis name(s) splitting the vocabulary, or ``None``.
+    per_token: elementwise ``f(nll, emo, lse)`` (see :func:`onepass_loss`).
+    reduction: ``"mean"`` over unmasked tokens or ``"sum"``.
+    where: optional boolean mask ``[N]``.
+    token_chunk_size: tokens per chunk on each device (default from the local vocabulary).
+    vocab_block_size: rows of the local ``∂W`` accumulator updated per step.
+
+  Returns:
+    float32 scalar loss (replicated).
+
+  References:
+    Hsu et al., "Liger Kernel" (arXiv 2410.10989); Shoeybi et al., "Megatron-LM"
+    (arXiv 1909.08053), vocabulary-parallel cross-entropy.
+  """
+  _check_options(per_token, reduction, token_chunk_size, vocab_block_size)
+  hidden, head, labels, where = chunked._check_inputs(hidden, head, labels, cost_embeddings,
+                                                      where, token_chunk_size or 1)
+  if hidden.ndim != 2:
+    raise ValueError(f"`hidden` must have shape [N, d] here (got {hidden.shape}).")
+  if not isinstance(mesh, Mesh):
+    raise TypeError(f"`mesh` must be a jax.sharding.Mesh (got {type(mesh).__name__}).")
+  data_size = chunked._axis_size(mesh, data_axis)
+  model_size = chunked._axis_size(mesh, model_axis)
+  if hidden.shape[0] % data_size:
+    raise ValueError(f"the number of tokens N = {hidden.shape[0]} must be divisible by the size "
+                     f"{data_size} of data_axis {data_axis!r}.")
+  if head.shape[0] % model_size:
+    raise ValueError(f"the vocabulary size V = {head.shape[0]} must be divisible by the size "
+                     f"{model_size} of model_axis {model_axis!r}.")
+  hidden, labels, cost_embeddings = chunked._prepare(hidden, labels, cost_embeddings, where)
+  weights = _weights(where, labels.shape, reduction)
+  chunk = token_chunk_size or default_token_chunk_size(head.shape[0] // model_size)
+  config = _Config(per_token=per_token, token_chunk_size=int(chunk),
+                   vocab_block_size=vocab_block_size, mesh=mesh, data_axis=data_axis,
+                   model_axis=model_axis)
+  return _onepass(config, hidden, head, labels, weights, cost_embeddings)
+
+
+def emo_ce_per_token(mode: int = 1, max_ratio: float | None = 3.0) -> PerToken:
+  r"""The published per-token EMO + CE mix as a ``per_token`` function for
+  :func:`onepass_loss` (NaN-safe for confident tokens).
+
+  * ``mode=1`` ("more weight on MLE"): ``½ (min(sg(CE / EMO), max_ratio) · EMO + CE)``
+  * ``mode=2`` ("more weight on EMO"): ``sg(EMO / CE) · CE + EMO``
+
+  The stop-gradient ratio is computed with ``jnp.where``/``jnp.maximum`` instead of a ``+ 1e-10``
+  guard (which XLA folds away): when the denominator is 0 (a token predicted with ``p_y`` rounding
+  to 1 gives ``EMO = CE = 0``) the ratio is 0 instead of ``0 / 0``; CE and EMO are clamped at 0
+  (rounding can make them slightly negative). The cap ``max_ratio`` (mode 1) is that of the
+  packaged loss; ``None`` leaves the ratio uncapped, as in the paper's language-modelling runs.
+
+  Args:
+    mode: 1 or 2.
+    max_ratio: cap of the mode-1 ratio, or ``None``.
+
+  Returns:
+    ``f(nll, emo, lse) -> [n]``.
+
+  References:
+    Ren et al., "EMO: Earth Mover Distance Optimization for Auto-Regressive Language
+    Modeling", ICLR 2024 (arXiv 2310.04691); code DRSY/EMO (PyPI ``EMOLoss``).
+  """
+  if mode not in (1, 2):
+    raise ValueError(f"`mode` must be 1 or 2 (got {mode!r}).")
+  if max_ratio is not None and not max_ratio >= 0:
+    raise ValueError(f"`max_ratio` must be >= 0 or None (got {max_ratio!r}).")
+  return functools.partial(_emo_ce_mix, mode=mode, max_ratio=max_ratio)
+
+
+def _safe_ratio(numerator, denominator):
+  """``sg(numerator / denominator)`` with 0 where the denominator is 0."""
+  positive = denominator > 0
+  ratio = jnp.where(positive, numerator / jnp.where(positive, denominator, 1.0), 0.0)
+  return jax.lax.stop_gradient(ratio)
+
+
+def _emo_ce_mix(nll, emo, lse, *, mode, max_ratio):
+  del lse
+  if emo is None:
+    raise ValueError("the EMO + CE mix needs `cost_embeddings`.")
+  ce, emo = jnp.maximum(nll, 0.0), jnp.maximum(emo, 0.0)
+  if mode == 1:
+    ratio = _safe_ratio(ce, emo)
+    if max_ratio is not None:
+      ratio = jnp.clip(ratio, 0.0, max_ratio)
+    return 0.5 * (ratio * emo + ce)
+  return _safe_ratio(emo, ce) * ce + emo

@@ -1,0 +1,102 @@
+"""Sharded one-pass loss against one device, on 8 simulated CPU devices.
+
+Run by tests/fused/test_onepass.py in a subprocess with
+XLA_FLAGS=--xla_force_host_platform_device_count=8 (the flag must be set before JAX starts).
+Prints "ALL OK" when every check passes; raises otherwise.
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import emoloss
+
+COLLECTIVE = re.compile(
+    r"=\s*(.*?)\s(all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)"
+    r"(?:-start)?\(")
+
+
+def z_loss(nll, emo, lse):
+  del emo
+  return nll + 0.1 * lse ** 2
+
+
+def problem(n, v, d, k, seed=0):
+  keys = jax.random.split(jax.random.PRNGKey(seed), 4)
+  return (jax.random.normal(keys[0], (n, d)), jax.random.normal(keys[1], (v, d)),
+          jax.random.randint(keys[2], (n,), 0, v), jax.random.normal(keys[3], (v, k)))
+
+
+def check(mesh, data_axis, model_axis, n, v, d, k, chunk, per_token, with_emo, masked,
+          reduction, block=4096):
+  hidden, head, labels, cost = problem(n, v, d, k)
+  cost = cost if with_emo else None
+  where = (jnp.arange(n) % 5 != 2) if masked else None
+  options = {"per_token": per_token, "where": where, "reduction": reduction,
+             "token_chunk_size": chunk, "vocab_block_size": block}
+  single = jax.jit(jax.value_and_grad(
+      lambda h, w: emoloss.onepass_loss(h, w, labels, cost, **options), argnums=(0, 1)))
+  sharded = jax.jit(jax.value_and_grad(
+      lambda h, w: emoloss.sharded_onepass_loss(h, w, labels, cost, mesh=mesh,
+                                                data_axis=data_axis, model_axis=model_axis,
+                                                **options), argnums=(0, 1)))
+  args = (jax.device_put(hidden, NamedSharding(mesh, P(data_axis, None))),
+          jax.device_put(head, NamedSharding(mesh, P(model_axis, None))))
+  expected, got = single(hidden, head), sharded(*args)
+  for name, a, b in zip(("loss", "d hidden", "d head"), jax.tree.leaves(got),
+                        jax.tree.leaves(expected)):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    error, scale = np.max(np.abs(a - b)), np.max(np.abs(b))
+    assert error <= 1e-5 * scale, f"{name}: {error} > 1e-5 * {scale} on {mesh}"
+  head_sharding = NamedSharding(mesh, P(model_axis, None))  # ∂W stays sharded like W
+  assert got[1][1].sharding.is_equivalent_to(head_sharding, 2), got[1][1].sharding
+  # No all-gather/all-to-all; every all-reduce moves at most one device's token rows of hidden
+  # or cost size (∂h over the model axis, target cost rows, per-token statistics) or one
+  # device's head shard (∂W over the data axis): less than the head or a logits block.
+  text = sharded.lower(*args).compile().as_text()
+  ops = COLLECTIVE.findall(text)
+  kinds = {kind for _, kind in ops}
+  assert kinds <= {"all-reduce"}, kinds
+  local_tokens = n // (1 if data_axis is None else mesh.shape[data_axis])
+  local_vocab = v // (1 if model_axis is None else mesh.shape[model_axis])
+  limit = max(local_tokens * max(d, k), local_vocab * d)
+  if model_axis is None:  # a replicated head: ∂W [V, d] is all-reduced over the data axis
+    limit = v * d
+  else:
+    assert limit < min(v * d, local_tokens * v)  # the check below can tell a gather apart
+  for shapes, _ in ops:
+    for dims in re.findall(r"\w+\[([\d,]*)\]", shapes):
+      size = int(np.prod([int(x) for x in dims.split(",") if x])) if dims else 1
+      assert size <= limit, (shapes, limit)
+  print("ok", {"mesh": dict(mesh.shape), "emo": with_emo, "masked": masked, "chunk": chunk,
+              "reduction": reduction})
+
+
+def main():
+  assert jax.device_count() == 8, jax.devices()
+  explicit = jax.make_mesh((2, 4), ("data", "model"),
+                           axis_types=(AxisType.Explicit, AxisType.Explicit))
+  auto = Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "model"))
+  vocab_only = Mesh(np.array(jax.devices()), ("model",))
+  data_only = Mesh(np.array(jax.devices()), ("data",))
+  # 16 tokens per device in chunks of at most 5 (4 chunks of 4): uneven chunking; 22 vocabulary
+  # rows per device, ∂W updated in blocks of 8 (the last one overlapping).
+  check(explicit, "data", "model", n=32, v=88, d=8, k=4, chunk=5,
+        per_token=emoloss.emo_ce_per_token(1), with_emo=True, masked=True, reduction="mean",
+        block=8)
+  check(auto, "data", "model", n=32, v=88, d=8, k=4, chunk=8, per_token=z_loss,
+        with_emo=False, masked=False, reduction="sum")
+  check(vocab_only, None, "model", n=16, v=96, d=8, k=4, chunk=6,
+        per_token=emoloss.emo_ce_per_token(2), with_emo=True, masked=True, reduction="mean")
+  check(data_only, "data", None, n=64, v=40, d=8, k=4, chunk=3,
+        per_token=emoloss.emo_ce_per_token(1, max_ratio=None), with_emo=True, masked=True,
+        reduction="mean")
+  print("ALL OK")
+
+
+if __name__ == "__main__":
+  main()

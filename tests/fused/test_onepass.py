@@ -1,0 +1,336 @@
+"""Tests of emoloss.fused.onepass: the one-pass reduced loss against the naive path."""
+
+import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.extend
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import emoloss
+from emoloss.losses import emo_ce_combination, emo_loss
+
+RTOL = 1e-5  # float32: relative to the largest reference entry of each array
+
+
+def make_problem(n=13, v=37, d=8, k=5, seed=0, scale=1.0):
+  keys = jax.random.split(jax.random.PRNGKey(seed), 4)
+  hidden = scale * jax.random.normal(keys[0], (n, d), jnp.float32)
+  head = jax.random.normal(keys[1], (v, d), jnp.float32)
+  labels = jax.random.randint(keys[2], (n,), 0, v)
+  cost = jax.random.normal(keys[3], (v, k), jnp.float32)
+  return hidden, head, labels, cost
+
+
+# Per-token functions f(nll, emo, lse) and independently written dense references of the same
+# loss on materialised logits (emoloss.losses / optax, or the formula written out).
+def z_loss(nll, emo, lse):
+  del emo
+  return nll + 0.1 * lse ** 2
+
+
+def tailr_like(nll, emo, lse):
+  """A stop-gradient per-token weight from p_y = exp(-nll) (TaiLr-style)."""
+  del emo, lse
+  p_y = jax.lax.stop_gradient(jnp.exp(-nll))
+  return p_y / (0.5 + 0.5 * p_y) * nll
+
+
+def mode1_uncapped_reference(ce, emo):
+  return 0.5 * (jax.lax.stop_gradient(ce / emo) * emo + ce)
+
+
+PER_TOKEN = {
+    "ce": (emoloss.ce_per_token, lambda ce, emo, lse: ce, False),
+    "z-loss": (z_loss, lambda ce, emo, lse: ce + 0.1 * lse ** 2, False),
+    "tailr-like": (tailr_like, lambda ce, emo, lse: tailr_like(ce, None, None), False),
+    "emo-ce mode 1": (emoloss.emo_ce_per_token(1),
+                      lambda ce, emo, lse: emo_ce_combination(ce, emo, mode=1), True),
+    "emo-ce mode 1 uncapped": (emoloss.emo_ce_per_token(1, max_ratio=None),
+                               lambda ce, emo, lse: mode1_uncapped_reference(ce, emo), True),
+    "emo-ce mode 2": (emoloss.emo_ce_per_token(2),
+                      lambda ce, emo, lse: emo_ce_combination(ce, emo, mode=2), True),
+}
+
+
+def naive_loss(hidden, head, labels, cost, reference, where=None, reduction="mean"):
+  """The naive path: logits materialised, per-token statistics from optax / emo_loss."""
+  logits = jnp.dot(hidden.astype(jnp.float32), head.astype(jnp.float32).T)
+  ce = optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
+  lse = jax.nn.logsumexp(logits, axis=-1)
+  emo = None if cost is None else emo_loss(logits, labels, cost)
+  values = reference(ce, emo, lse)
+  mask = jnp.ones(labels.shape) if where is None else where.astype(jnp.float32)
+  total = jnp.sum(jnp.where(mask > 0, values, 0.0))
+  return total if reduction == "sum" else total / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def value_and_grads(fn, hidden, head, jit=True):
+  """Value and gradients w.r.t. hidden and head, under ``jax.jit`` unless ``jit=False``."""
+  fn = jax.value_and_grad(fn, argnums=(0, 1))
+  return (jax.jit(fn) if jit else fn)(hidden, head)
+
+
+def assert_close(actual, expected, rtol=RTOL, name=""):
+  actual = np.asarray(actual, np.float64)
+  expected = np.asarray(expected, np.float64)
+  scale = max(float(np.max(np.abs(expected))), 1e-30)
+  error = float(np.max(np.abs(actual - expected)))
+  assert error <= rtol * scale, f"{name}: max error {error:.3g} > {rtol:g} x {scale:.3g}"
+
+
+def assert_match(got, expected, rtol=RTOL):
+  for name, a, b in zip(("loss", "d hidden", "d head"), jax.tree.leaves(got),
+                        jax.tree.leaves(expected)):
+    assert a.dtype == b.dtype, (name, a.dtype, b.dtype)
+    assert_close(a, b, rtol, name)
+
+
+@pytest.mark.parametrize("name", list(PER_TOKEN))
+@pytest.mark.parametrize("masked", [False, True])
+def test_values_and_grads_match_naive(name, masked):
+  per_token, reference, with_emo = PER_TOKEN[name]
+  hidden, head, labels, cost = make_problem()
+  cost = cost if with_emo else None
+  where = (jnp.arange(hidden.shape[0]) % 3 != 1) if masked else None
+  onepass = functools.partial(emoloss.onepass_loss, labels=labels, cost_embeddings=cost,
+                              per_token=per_token, where=where, token_chunk_size=4)
+  naive = functools.partial(naive_loss, labels=labels, cost=cost, reference=reference,
+                            where=where)
+  expected = value_and_grads(naive, hidden, head)
+  assert_match(value_and_grads(onepass, hidden, head), expected)
+  assert_close(jax.jit(onepass)(hidden, head), expected[0], name="value only")
+
+
+def test_eager_matches_naive():
+  per_token, reference, _ = PER_TOKEN["emo-ce mode 1"]
+  hidden, head, labels, cost = make_problem(n=6, v=11)
+  where = jnp.arange(6) != 2
+  got = value_and_grads(lambda h, w: emoloss.onepass_loss(
+      h, w, labels, cost, per_token=per_token, where=where, token_chunk_size=4), hidden, head,
+      jit=False)
+  expected = value_and_grads(lambda h, w: naive_loss(h, w, labels, cost, reference, where),
+                             hidden, head, jit=False)
+  assert_match(got, expected)
+
+
+@pytest.mark.parametrize("num_tokens, vocab, chunk, block, reduction", [
+    (13, 37, 4, 8, "sum"), (16, 40, 8, 10, "mean"), (5, 37, 64, 4096, "sum"),
+    (7, 37, 1, 37, "mean")])
+def test_chunkings_and_reductions(num_tokens, vocab, chunk, block, reduction):
+  """Token chunks that do or do not divide N (padding), ∂W blocks that do or do not divide V
+  (the last block moved back over an overlap), or one block for the whole vocabulary."""
+  per_token, reference, _ = PER_TOKEN["emo-ce mode 1"]
+  hidden, head, labels, cost = make_problem(n=num_tokens, v=vocab, seed=1)
+  where = jnp.arange(num_tokens) % 4 != 3
+  got = value_and_grads(
+      lambda h, w: emoloss.onepass_loss(h, w, labels, cost, per_token=per_token, where=where,
+                                        reduction=reduction, token_chunk_size=chunk,
+                                        vocab_block_size=block),
+      hidden, head)
+  expected = value_and_grads(
+      lambda h, w: naive_loss(h, w, labels, cost, reference, where, reduction), hidden, head)
+  assert_match(got, expected)
+
+
+def test_gradient_matches_closed_form_in_float64_numpy():
+  """∂/∂z_v of Σ_n (a nll + b EMO + c lse)/N, written out in NumPy, pulled back through h Wᵀ."""
+  hidden, head, labels, cost = make_problem(n=9, v=23, d=6, k=4, seed=3)
+  a, b, c = 0.7, 1.3, 0.2
+  per_token = lambda nll, emo, lse: a * nll + b * emo + c * lse
+  loss, (d_hidden, d_head) = value_and_grads(
+      lambda h, w: emoloss.onepass_loss(h, w, labels, cost, per_token=per_token,
+                                        token_chunk_size=4), hidden, head)
+  h, w, e = (np.asarray(x, np.float64) for x in (hidden, head, cost))
+  y = np.asarray(labels)
+  logits = h @ w.T
+  probs = np.exp(logits - logits.max(1, keepdims=True))
+  probs /= probs.sum(1, keepdims=True)
+  unit = e / np.linalg.norm(e, axis=1, keepdims=True)
+  cos_y = unit[y] @ unit.T
+  onehot = np.eye(w.shape[0])[y]
+  nll = -np.log(probs[np.arange(len(y)), y])
+  emo = 1.0 - (probs * cos_y).sum(1)
+  lse = np.log(np.exp(logits).sum(1))
+  d_logits = (a * (probs - onehot) + c * probs
+              + b * probs * ((probs * cos_y).sum(1, keepdims=True) - cos_y)) / len(y)
+  assert_close(loss, np.mean(a * nll + b * emo + c * lse), name="loss")
+  assert_close(d_hidden, d_logits @ w, name="d hidden")
+  assert_close(d_head, d_logits.T @ h, name="d head")
+
+
+def test_bfloat16_hidden_and_head():
+  """bf16 matmul inputs, float32 accumulation: the loss equals the float32 naive path on the same
+  (upcast) numbers to float32 accuracy (bf16 x bf16 products are exact in float32); the
+  gradients come back in bfloat16 and agree to bf16 rounding (1e-2 of the largest entry)."""
+  per_token, reference, _ = PER_TOKEN["emo-ce mode 1"]
+  hidden, head, labels, cost = make_problem(n=16, v=50, d=16, k=8, seed=5)
+  hidden16, head16 = hidden.astype(jnp.bfloat16), head.astype(jnp.bfloat16)
+  where = jnp.arange(16) != 3
+  loss, grads = value_and_grads(
+      lambda h, w: emoloss.onepass_loss(h, w, labels, cost, per_token=per_token, where=where,
+                                        token_chunk_size=8), hidden16, head16)
+  ref_loss, ref_grads = value_and_grads(
+      lambda h, w: naive_loss(h, w, labels, cost, reference, where),
+      hidden16.astype(jnp.float32), head16.astype(jnp.float32))
+  assert loss.dtype == jnp.float32
+  assert_close(loss, ref_loss, name="loss")
+  for name, a, b in zip(("d hidden", "d head"), grads, ref_grads):
+    assert a.dtype == jnp.bfloat16, name
+    assert_close(a, b, 1e-2, name)
+
+
+@pytest.mark.parametrize("mode, max_ratio", [(1, 3.0), (1, None), (2, None)])
+def test_confident_tokens_are_finite_under_jit(mode, max_ratio):
+  """Margins of 30-100 between the target logit and the rest: p_y rounds to 1, so CE and EMO
+  are 0 (or round below 0) for those tokens; the mix must not divide 0 by 0."""
+  hidden, head, labels, cost = make_problem(n=8, v=20, d=20, seed=7)
+  head = jnp.eye(20)
+  margins = jnp.linspace(30.0, 100.0, 8)
+  hidden = margins[:, None] * jax.nn.one_hot(labels, 20)  # z_y = margin, every other z_v = 0
+  per_token = emoloss.emo_ce_per_token(mode, max_ratio=max_ratio)
+  loss_fn = lambda h, w: emoloss.onepass_loss(h, w, labels, cost, per_token=per_token,
+                                              token_chunk_size=3)
+  loss, grads = value_and_grads(loss_fn, hidden, head)
+  assert np.isfinite(loss) and all(np.all(np.isfinite(g)) for g in grads)
+  # Independent check: with p_v = exp(-margin) for v ≠ y, CE ≈ (V - 1) exp(-margin) ≈ 0 and
+  # EMO ≈ 0 up to the float32 rounding of 1 - (p Ê)·ê_y (a few 1e-8).
+  assert 0.0 <= float(loss) <= 1e-6
+  assert float(jnp.max(jnp.abs(grads[0]))) <= 1e-6
+
+
+def test_masked_tokens_are_inert_and_fully_masked_is_zero():
+  per_token, _, _ = PER_TOKEN["emo-ce mode 2"]
+  hidden, head, labels, cost = make_problem(v=30)
+  where = jnp.arange(hidden.shape[0]) % 2 == 0
+  garbage = hidden.at[1].set(jnp.nan).at[3].set(jnp.inf)
+  bad_labels = labels.at[1].set(-100).at[3].set(10_000)
+  loss = lambda h, w, y, m: emoloss.onepass_loss(h, w, y, cost, per_token=per_token, where=m,
+                                                 token_chunk_size=4)
+  clean = value_and_grads(lambda h, w: loss(h, w, labels, where), hidden, head)
+  dirty = value_and_grads(lambda h, w: loss(h, w, bad_labels, where), garbage, head)
+  assert_match(dirty, clean)
+  assert np.all(np.asarray(dirty[1][0])[~np.asarray(where)] == 0.0)
+  none = jnp.zeros_like(where)
+  value, (d_hidden, d_head) = value_and_grads(lambda h, w: loss(h, w, bad_labels, none),
+                                              garbage, head)
+  assert float(value) == 0.0
+  assert np.all(np.asarray(d_hidden) == 0.0) and np.all(np.asarray(d_head) == 0.0)
+
+
+def test_leading_batch_dimensions_and_outer_scaling():
+  hidden, head, labels, cost = make_problem(n=12)
+  flat = lambda h, w: 3.0 * emoloss.onepass_loss(h, w, labels, cost, token_chunk_size=5)
+  batched = lambda h, w: 3.0 * emoloss.onepass_loss(
+      h.reshape(3, 4, -1), w, labels.reshape(3, 4), cost, token_chunk_size=5)
+  assert_match(value_and_grads(batched, hidden, head), value_and_grads(flat, hidden, head))
+  expected = value_and_grads(
+      lambda h, w: 3.0 * naive_loss(h, w, labels, cost, PER_TOKEN["ce"][1]), hidden, head)
+  assert_match(value_and_grads(flat, hidden, head), expected)
+
+
+def test_no_gradient_to_cost_embeddings():
+  hidden, head, labels, cost = make_problem()
+  d_cost = jax.grad(lambda e: emoloss.onepass_loss(
+      hidden, head, labels, e, per_token=emoloss.emo_ce_per_token(1)))(cost)
+  np.testing.assert_array_equal(d_cost, np.zeros_like(cost))
+
+
+def _dot_flops(jaxpr, trips=1):
+  """FLOPs of every dot_general in a jaxpr, each multiplied by the trip count of its scans."""
+  total = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval.shape
+      out = eqn.outvars[0].aval.shape
+      total += 2 * trips * int(np.prod(out)) * int(np.prod([lhs[i] for i in lhs_contract]))
+    inner = trips * (eqn.params["length"] if eqn.primitive.name == "scan" else 1)
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      total += _dot_flops(sub, inner)
+  return total
+
+
+@pytest.mark.parametrize("with_emo", [False, True])
+def test_logits_are_computed_once(with_emo):
+  """The value-and-grad program's matmuls do exactly the multiply-adds of the one-pass schedule,
+  3 N V d for the logits, ∂h and ∂W (+ N V k for EMO: each chunk's cosine row ê_y · ê_v is
+  computed once and serves both p Ê · ê_y and the gradient), i.e. no chunk's logits are
+  recomputed (the recompute schedule adds N V d)."""
+  n, v, d, k, chunk = 24, 40, 6, 5, 8
+  hidden, head, labels, cost = make_problem(n=n, v=v, d=d, k=k)
+  cost = cost if with_emo else None
+  per_token = emoloss.emo_ce_per_token(1) if with_emo else emoloss.ce_per_token
+  loss = lambda h, w: emoloss.onepass_loss(h, w, labels, cost, per_token=per_token,
+                                           token_chunk_size=chunk)
+  jaxpr = jax.make_jaxpr(jax.value_and_grad(loss, argnums=(0, 1)))(hidden, head).jaxpr
+  expected = 2 * (3 * n * v * d + (n * v * k if with_emo else 0))
+  assert _dot_flops(jaxpr) == expected
+  recompute = jax.make_jaxpr(jax.value_and_grad(
+      lambda h, w: jnp.mean(emoloss.fused_ce_emo(h, w, labels, cost, chunk_size=8).nll),
+      argnums=(0, 1)))(hidden, head).jaxpr
+  assert _dot_flops(recompute) >= expected + 2 * n * v * d  # the check can tell them apart
+
+
+def test_compiled_memory_is_a_few_token_chunks():
+  """XLA's buffer assignment for value-and-grad at N=4096, V=16384, d=k=64 with 128-token chunks:
+  temporaries within two [n, V] float32 blocks, one [vocab block, d] ∂W block and O(N (d + k))
+  rows (the float32 ∂W accumulator is the output itself), far below the [N, V] logits of the
+  naive path."""
+  n, v, d, k, chunk = 4096, 16384, 64, 64, 128
+  s = jax.ShapeDtypeStruct
+  args = (s((n, d), jnp.float32), s((v, d), jnp.float32), s((n,), jnp.int32),
+          s((v, k), jnp.float32))
+  loss = lambda h, w, y, e: emoloss.onepass_loss(
+      h, w, y, e, per_token=emoloss.emo_ce_per_token(1), token_chunk_size=chunk)
+  compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(*args).compile()
+  temp = compiled.memory_analysis().temp_size_in_bytes
+  bound = 4 * (2 * chunk * v + emoloss.fused.onepass.VOCAB_BLOCK * d + 4 * n * (d + k))
+  assert temp <= bound, (temp, bound)
+  assert temp < 0.1 * (n * v * 4), temp
+
+
+def test_argument_errors():
+  hidden, head, labels, _ = make_problem()
+  with pytest.raises(ValueError, match="reduction"):
+    emoloss.onepass_loss(hidden, head, labels, reduction="max")
+  with pytest.raises(TypeError, match="per_token"):
+    emoloss.onepass_loss(hidden, head, labels, per_token="ce")
+  with pytest.raises(ValueError, match="token_chunk_size"):
+    emoloss.onepass_loss(hidden, head, labels, token_chunk_size=0)
+  with pytest.raises(ValueError, match="token_chunk_size"):
+    emoloss.onepass_loss(hidden, head, labels, token_chunk_size=-3)
+  with pytest.raises(ValueError, match="head"):
+    emoloss.onepass_loss(hidden, head[:, :3], labels)
+  with pytest.raises(ValueError, match="where"):
+    emoloss.onepass_loss(hidden, head, labels, where=jnp.ones(3, bool))
+  with pytest.raises(ValueError, match="vocab_block_size"):
+    emoloss.onepass_loss(hidden, head, labels, vocab_block_size=0)
+  with pytest.raises(ValueError, match="mode"):
+    emoloss.emo_ce_per_token(3)
+  with pytest.raises(ValueError, match="max_ratio"):
+    emoloss.emo_ce_per_token(1, max_ratio=-1.0)
+  with pytest.raises(ValueError, match="cost_embeddings"):
+    emoloss.onepass_loss(hidden, head, labels, per_token=emoloss.emo_ce_per_token(1))
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  with pytest.raises(ValueError, match="model"):
+    emoloss.sharded_onepass_loss(hidden, head, labels, mesh=mesh)
+
+
+def test_sharded_matches_single_device_on_8_cpu_devices():
+  """Runs tests/fused/onepass_sharded_check.py in a subprocess with 8 simulated CPU devices."""
+  script = Path(__file__).with_name("onepass_sharded_check.py")
+  root = str(Path(__file__).resolve().parents[2])  # this checkout's emoloss, not an installed one
+  path = os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu", PYTHONPATH=path)
+  result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  assert "ALL OK" in result.stdout, result.stdout[-3000:]

@@ -1,0 +1,60 @@
+"""Metrics of the LM experiment (benchmarks/lm/metrics.py) against hand computations."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks.lm import metrics
+
+
+def test_rep_and_distinct_n_on_hand_made_texts():
+  texts = ["a b a b a b", "x y z"]
+  # "a b a b a b": bigrams ab ba ab ba ab -> 2 unique of 5; "x y z": 2 of 2.
+  assert metrics.rep_n(texts, 2) == pytest.approx(((1 - 2 / 5) + 0.0) / 2)
+  assert metrics.distinct_n(texts, 2) == pytest.approx(4 / 7)
+  assert metrics.distinct_n(texts, 1) == pytest.approx(5 / 9)
+  assert metrics.rep_n(["one"], 2) == 0.0 and metrics.distinct_n([""], 2) == 0.0
+
+
+def test_zipf_coefficient_recovers_an_exact_power_law():
+  counts = (1000 / np.arange(1, 60) ** 1.3).astype(int)
+  text = " ".join(f"w{i} " * c for i, c in enumerate(counts) if c > 0)
+  assert metrics.zipf_coefficient([text]) == pytest.approx(1.3, abs=0.03)
+
+
+def test_token_statistics_match_numpy():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(3, 5, 7)).astype(np.float32) * 2
+  targets = rng.integers(0, 7, size=(3, 5))
+  mask = rng.random((3, 5)) > 0.3
+  got = metrics.summarize_statistics(metrics.token_statistics(
+      jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(mask)))
+  z = logits[mask].astype(np.float64)
+  y = targets[mask]
+  p = np.exp(z - z.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  nll = -np.log(p[np.arange(len(y)), y])
+  confidence, correct = p.max(-1), (p.argmax(-1) == y).astype(float)
+  bins = np.minimum((confidence * 15).astype(int), 14)
+  ece = sum(abs(confidence[bins == b].sum() - correct[bins == b].sum()) for b in range(15))
+  one_hot = np.eye(7)[y]
+  assert got["tokens"] == mask.sum()
+  assert got["nll"] == pytest.approx(nll.mean(), rel=1e-5)
+  assert got["accuracy"] == pytest.approx(correct.mean())
+  assert got["ece"] == pytest.approx(ece / len(y), rel=1e-5)
+  assert got["brier"] == pytest.approx(((p - one_hot) ** 2).sum(-1).mean(), rel=1e-5)
+  entropy = -(p * np.log(p)).sum(-1).mean()
+  assert got["entropy_gap"] == pytest.approx(entropy - nll.mean(), rel=1e-4)
+
+
+def test_mauve_separates_shifted_features_and_tfidf_featurizer_shape():
+  rng = np.random.default_rng(1)
+  human = rng.normal(size=(200, 8))
+  same = metrics.mauve_score(human[:100], human[100:], seeds=[0])
+  shifted = metrics.mauve_score(human, rng.normal(size=(200, 8)) + 3.0, seeds=[0])
+  assert same > 0.9 and shifted < 0.1
+  featurize = metrics.tfidf_featurizer([f"word{i % 7} other{i % 5} x" for i in range(50)], 4)
+  features = featurize(["word1 other2 x", "nothing known"])
+  assert features.shape == (2, 4)
+  np.testing.assert_allclose(np.linalg.norm(features[0]), 1.0, rtol=1e-6)
+  assert np.all(features[1] == 0.0)  # no known n-gram: the zero vector
