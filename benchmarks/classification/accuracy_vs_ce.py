@@ -28,7 +28,8 @@ trained full-batch with Adam on
 and we report final and best held-out accuracy, final training accuracy, and how fast each gets
 there: the first evaluated step at which held-out accuracy reaches 90% and 95%. For every method,
 the per-seed difference of final held-out accuracy to CE: mean, 95% t-interval, sign count and a
-verdict against a pre-declared margin of ±0.5 points (EXPERIMENTS.md §2).
+verdict against a pre-declared margin of ±0.5 points (``benchmarks.lm.stats``, shared with the LM
+experiment).
 
 The SPEC's design principle predicts that the smoothed accuracy trains worst: its logit gradient
 carries ``p_y (1 - p_y)``, which vanishes for badly wrong examples. The EXACT paper reports
@@ -47,10 +48,11 @@ from typing import Any
 import jax
 import numpy as np
 import optax
-from scipy import stats
 
 import emoloss
 from benchmarks.classification import common
+from benchmarks.lm import stats
+from benchmarks.machine import machine_summary
 
 NAME = "accuracy_vs_ce"
 NUM_CLASSES = 10
@@ -105,26 +107,6 @@ def recipe_objective(num_nodes: int, num_steps: int):
         num_nodes=num_nodes))
 
   return objective
-
-
-def paired_to_baseline(values: np.ndarray, baseline: np.ndarray, direction: int,
-                       margin: float = ACCURACY_MARGIN) -> dict[str, Any]:
-  """Per-seed difference ``values - baseline``: mean, 95% t-interval, sign count (seeds moving
-  in the claimed ``direction``) and the verdict of EXPERIMENTS.md §2 against ``margin``."""
-  differences = np.asarray(values, np.float64) - np.asarray(baseline, np.float64)
-  n = differences.size
-  mean = float(differences.mean())
-  half = float(stats.t.ppf(0.975, n - 1) * differences.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
-  low, high = sorted((direction * (mean - half), direction * (mean + half)))  # claimed direction
-  if low > margin:
-    verdict = "holds"
-  elif high < -margin or (low >= -margin and high <= margin):
-    verdict = "does not hold"
-  else:
-    verdict = "inconclusive at this size"
-  return {"mean": mean, "low": mean - half, "high": mean + half,
-          "in_claimed_direction": int(np.sum(direction * differences > 0)), "n": n,
-          "margin": margin, "verdict": verdict}
 
 
 def losses(num_nodes: int, num_steps: int) -> dict[str, Any]:
@@ -214,11 +196,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   for name, (direction, claim) in CLAIMS.items():
     if name not in methods:
       continue
-    summary = paired_to_baseline(methods[name]["final_test_acc"], methods["CE"]["final_test_acc"],
-                                 direction)
-    comparisons[name] = {"claim": claim, **summary}
+    margin = stats.Margin("final held-out accuracy", ACCURACY_MARGIN,
+                          higher_is_better=direction > 0)
+    summary = stats.paired_comparison(methods[name]["final_test_acc"],
+                                      methods["CE"]["final_test_acc"], margin)
+    comparisons[name] = {"claim_text": claim, **summary}
     interval = f"{summary['mean']:+.4f} [{summary['low']:+.4f}, {summary['high']:+.4f}]"
-    claim_rows.append([name, claim, interval, f"{summary['in_claimed_direction']}/{num_seeds}",
+    claim_rows.append([name, claim, interval, f"{summary['improved']}/{num_seeds}",
                        summary["verdict"]])
   claims_table = common.format_table(
       ["method", "claim (held-out accuracy vs CE)", "mean difference [95% t-interval]",
@@ -251,8 +235,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   markdown.write_text(
       f"# Accuracy surrogates vs CE on digits\n\nCommand: `{results['command']}`; model "
       f"{model_name}, {num_steps} full-batch Adam steps (lr {args.lr}), {num_seeds} paired "
-      f"seeds; machine: {results['machine']['cpu']}, {results['machine']['cpu_count']} cores "
-      f"(shared with other jobs while it ran), jax {results['machine']['jax']}.\n\n{table}\n\n"
+      f"seeds; machine: {machine_summary(results['machine'])}, shared with other jobs while it "
+      f"ran.\n\n{table}\n\n"
       f"Final held-out accuracy minus CE's, paired by seed (95% t-interval; margin "
       f"±{ACCURACY_MARGIN:g}):\n\n{claims_table}\n")
   results["files"]["md"] = markdown

@@ -15,6 +15,8 @@ PRIOR = np.array([40.0, 20.0, 10.0, 5.0, 2.0, 1.0])
 MULTICLASS = {
     "smoothed_accuracy": lambda z, y, w=None: emoloss.smoothed_accuracy_loss(z, y, where=w),
     "focal": lambda z, y, w=None: emoloss.softmax_focal_loss(z, y, gamma=2.0, where=w),
+    "focal_alpha": lambda z, y, w=None: emoloss.softmax_focal_loss(
+        z, y, gamma=2.0, alpha=np.linspace(0.2, 1.5, V), where=w),
     "focal_small_gamma": lambda z, y, w=None: emoloss.softmax_focal_loss(z, y, gamma=0.3,
                                                                          where=w),
     "tailr": lambda z, y, w=None: emoloss.tailr_loss(z, y, where=w),
@@ -31,6 +33,8 @@ MULTICLASS = {
 if hasattr(emoloss, "exact_loss"):
   MULTICLASS["exact"] = lambda z, y, w=None: emoloss.exact_loss(z, y, where=w)
   MULTICLASS["exact_log"] = lambda z, y, w=None: emoloss.exact_loss(z, y, log_prob=True, where=w)
+  MULTICLASS["exact_recipe"] = lambda z, y, w=None: emoloss.exact_loss(
+      z, y, sigma=0.5, margin=0.5, batch_norm=True, where=w)
 
 # Binary losses: logits [N] with labels [N].
 BINARY = {
