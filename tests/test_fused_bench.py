@@ -45,11 +45,14 @@ def test_quick_benchmark_writes_results_and_fused_memory_is_small(tmp_path):
     assert big[name]["temp_bytes"] < 0.5 * reference, name
 
 
-def test_quick_scaling_run(tmp_path):
+def test_quick_scaling_run_with_the_gpu_command_options(tmp_path):
+  """The scaling grid with the options of the GPU command (--backend, --dtype bfloat16)."""
   stem = tmp_path / "scaling"
-  _load_script().main(["--quick", "--scaling", "--output", str(stem)])
+  _load_script().main(["--quick", "--scaling", "--backend", "cpu", "--dtype", "bfloat16",
+                       "--output", str(stem)])
   result = json.loads(stem.with_suffix(".json").read_text())
   assert result["scaling"] and len(result["rows"]) == 2
+  assert result["dtype"] == "bfloat16" and result["platform"] == "cpu" and result["device"]
   for row in result["rows"]:
     assert set(row["methods"]) == {"naive CE", "naive CE+EMO", "one-pass CE", "one-pass CE+EMO"}
     assert all(m["seconds_min"] > 0 for m in row["methods"].values())

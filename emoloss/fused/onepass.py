@@ -7,8 +7,9 @@ the cotangent of each token's statistics is known as soon as the token's statist
 ``1`` for a sum, ``0`` for masked tokens). So the tokens are processed in chunks of ``n`` rows,
 each chunk's logits ``[n, V]`` are computed once over the whole vocabulary, and the same pass
 turns them into the chunk's loss, its ``∂h`` rows and its contribution to ``∂W`` (Liger's fused
-linear cross-entropy schedule): ``3 N V d`` FLOPs for CE and ``3 N V d + 2 N V k`` for CE + EMO,
-the lower bound, instead of the ``4 N V d (+ 2 N V k)`` of the recompute schedule of
+linear cross-entropy schedule): ``3 N V d`` multiply-adds for CE and ``3 N V d + N V k`` for
+CE + EMO (each chunk's cosine row ``ê_y · ê_v`` is formed once and serves both ``(p Ê) · ê_y`` and
+the gradient), instead of the ``4 N V d (+ 2 N V k)`` of the recompute schedule of
 :func:`emoloss.fused_ce_emo`. With ``p = softmax(z)``, ``c'_v = ê_v · ê_y`` and the per-token
 cotangents ``(g_nll, g_emo, g_lse)``:
 
@@ -302,10 +303,13 @@ def onepass_loss(
   cotangent ``w_n ∂f/∂(nll, emo, lse)`` is known as soon as its statistics are, so the forward
   pass of the custom VJP computes, for each chunk of ``token_chunk_size`` tokens, the chunk's
   ``[n, V]`` logits once, its loss, its rows of ``∂h`` and its contribution to ``∂W``; the
-  backward pass only scales them. Cost: ``3 N V d`` FLOPs for CE (``+ 2 N V k`` with EMO), the
-  minimum, against ``4 N V d`` for :func:`emoloss.fused_ce_emo`'s recompute schedule. Memory:
-  ``O(n V + N (d + k))`` temporaries besides the gradients themselves (an ``[V, d]`` float32
-  accumulator for ``∂W``), against ``O(N (d + k) + N · chunk)`` for ``fused_ce_emo``.
+  backward pass only scales them. Cost: ``3 N V d`` multiply-adds for CE (``+ N V k`` with EMO),
+  the minimum, against ``4 N V d (+ 2 N V k)`` for :func:`emoloss.fused_ce_emo`'s recompute
+  schedule. Memory: ``O(n V + N (d + k) + b d)`` temporaries (one or two ``[n, V]`` float32
+  blocks, the ``∂h`` rows and a ``[b, d]`` block of ``∂W`` with ``b = vocab_block_size``; ``∂W``
+  is accumulated in place in float32, which for a float32 head is the gradient output itself and
+  for a bfloat16 head one extra ``[V, d]`` float32 buffer), against ``O(N (d + k) + N · chunk)``
+  for ``fused_ce_emo``.
 
   Trade-off against :func:`emoloss.fused_ce_emo`: that function returns per-token outputs and
   accepts any cotangent for them (any downstream use, at ``4/3`` the FLOPs of CE); this one

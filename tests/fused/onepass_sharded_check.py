@@ -40,10 +40,10 @@ def check(mesh, data_axis, model_axis, n, v, d, k, chunk, per_token, with_emo, m
              "token_chunk_size": chunk, "vocab_block_size": block}
   single = jax.jit(jax.value_and_grad(
       lambda h, w: emoloss.onepass_loss(h, w, labels, cost, **options), argnums=(0, 1)))
-  sharded = jax.jit(jax.value_and_grad(
-      lambda h, w: emoloss.sharded_onepass_loss(h, w, labels, cost, mesh=mesh,
-                                                data_axis=data_axis, model_axis=model_axis,
-                                                **options), argnums=(0, 1)))
+  def loss(h, w):
+    return emoloss.sharded_onepass_loss(h, w, labels, cost, mesh=mesh, data_axis=data_axis,
+                                        model_axis=model_axis, **options)
+  sharded = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
   args = (jax.device_put(hidden, NamedSharding(mesh, P(data_axis, None))),
           jax.device_put(head, NamedSharding(mesh, P(model_axis, None))))
   expected, got = single(hidden, head), sharded(*args)
@@ -52,6 +52,8 @@ def check(mesh, data_axis, model_axis, n, v, d, k, chunk, per_token, with_emo, m
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     error, scale = np.max(np.abs(a - b)), np.max(np.abs(b))
     assert error <= 1e-5 * scale, f"{name}: {error} > 1e-5 * {scale} on {mesh}"
+  value_only = float(jax.jit(loss)(*args))  # no gradient: the vocabulary-chunked forward pass
+  assert abs(value_only - float(expected[0])) <= 1e-5 * abs(float(expected[0])), value_only
   head_sharding = NamedSharding(mesh, P(model_axis, None))  # ∂W stays sharded like W
   assert got[1][1].sharding.is_equivalent_to(head_sharding, 2), got[1][1].sharding
   # No all-gather/all-to-all; every all-reduce moves at most one device's token rows of hidden

@@ -92,8 +92,8 @@ def assert_match(got, expected, rtol=RTOL):
     assert_close(a, b, rtol, name)
 
 
-@pytest.mark.parametrize("name", list(PER_TOKEN))
-@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("name, masked", [(name, True) for name in PER_TOKEN]
+                         + [("ce", False), ("emo-ce mode 1", False)])
 def test_values_and_grads_match_naive(name, masked):
   per_token, reference, with_emo = PER_TOKEN[name]
   hidden, head, labels, cost = make_problem()
