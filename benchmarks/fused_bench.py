@@ -34,9 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -47,6 +45,11 @@ import optax
 from tqdm import tqdm
 
 import emoloss
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+  import sys
+  sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.machine import machine_description, machine_summary
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("naive CE", "naive CE+EMO", "fused CE", "fused CE+EMO", "one-pass CE",
@@ -161,20 +164,6 @@ def matmul_flops(name: str, n: int, v: int, d: int, k: int) -> float:
   return 2.0 * n * v * (per_d * d + per_k * k)
 
 
-def machine_description() -> str:
-  device = jax.devices()[0]
-  if device.platform != "cpu":
-    return f"{device.device_kind} ({device.platform})"
-  model = platform.processor() or "CPU"
-  try:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    model = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines()
-                 if line.startswith("Model name"))
-  except (OSError, subprocess.CalledProcessError, StopIteration):  # pragma: no cover
-    pass  # no lscpu, or no model line: keep platform.processor()
-  return f"{model}, {os.cpu_count()} cores (CPU)"
-
-
 def _summarise(row: dict, times: dict, sizes) -> None:
   """Adds median/min seconds, ratios to naive CE and GFLOP/s to ``row['methods']``."""
   n, v, d, k = sizes
@@ -221,7 +210,7 @@ def run(args) -> dict:
     rows.append(row)
   device = jax.devices()[0]
   return {
-      "machine": machine_description(),
+      "machine": machine_summary(machine_description()),
       "platform": device.platform,
       "device": device.device_kind,
       "jax": jax.__version__,
