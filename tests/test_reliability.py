@@ -507,3 +507,17 @@ def test_onepass_loss_label_rule_and_inert_padding():
   ce = optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
   np.testing.assert_allclose(clean, jnp.sum(jnp.where(where, ce, 0.0)) / (N - 1), rtol=1e-5)
   assert np.isnan(loss(logits, labels.at[3].set(V), None))
+
+
+@pytest.mark.parametrize("margin", [None, 0.5])
+def test_exact_loss_ignores_masked_classes_even_with_a_margin(margin):
+  """A -inf class is removed from the competition: the loss equals that of the vocabulary
+  without it (with a margin too, whose clip would otherwise keep it competing m behind)."""
+  logits, labels = random_problem(False, seed=8)
+  labels = labels % 3
+  masked = logits.at[:, 3:].set(-jnp.inf)
+  for log_prob in (False, True):
+    got = emoloss.exact_loss(masked, labels, margin=margin, log_prob=log_prob, num_nodes=32)
+    want = emoloss.exact_loss(logits[:, :3], labels, margin=margin, log_prob=log_prob,
+                              num_nodes=32)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)

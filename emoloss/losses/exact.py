@@ -298,6 +298,9 @@ def _exact_loss(
   # P(y) = 0 exactly when the target logit is -inf or a competitor's is +inf (a vocabulary mask
   # on the target, an overflow): the loss is its maximum, with zero gradient.
   lost = (target_logit[..., 0] == -jnp.inf) | jnp.any(others & (logits == jnp.inf), axis=-1)
+  # A -inf class (vocabulary mask) is no competitor at all, also under a margin, whose clip
+  # min(inf, m) = m would otherwise let it compete m behind the target.
+  others = others & (logits > -jnp.inf)
   logits = jnp.where(lost[..., None], 0.0, logits)
   target_logit = jnp.where(lost[..., None], 0.0, target_logit)
   differences = target_logit - logits  # [..., V]: z_y - z_i, +inf for a -inf (masked) class
