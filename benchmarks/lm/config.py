@@ -56,7 +56,7 @@ class Config:
 QUICK = {
     "pretrain_chars": 300_000, "pretrain_val_chars": 20_000, "vocab_size": 512,
     "d_model": 32, "num_layers": 1, "num_heads": 2, "batch_size": 8, "pretrain_steps": 150,
-    "pretrain_lr": 3e-3, "finetune_steps": 40, "finetune_lr": 1e-3, "warmup_steps": 10,
-    "eval_every": 20, "seeds": 2, "max_prompts": 48, "sampling_runs": 1, "mauve_seeds": 1,
+    "pretrain_lr": 3e-3, "finetune_steps": 100, "finetune_lr": 1e-3, "warmup_steps": 10,
+    "eval_every": 50, "seeds": 2, "max_prompts": 48, "sampling_runs": 1, "mauve_seeds": 1,
     "tfidf_dim": 16, "chunk_size": 256,
 }

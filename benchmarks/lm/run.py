@@ -168,6 +168,7 @@ def run_experiment(config: Config, out_dir: str, json_path: str, *, overwrite: b
                    progress: bool = True, log=print, command: str = "") -> dict:
   """The whole experiment; returns the results and writes them (JSON, ``.md``, ``.png``)."""
   started = time.perf_counter()
+  load_at_start = _load_average()
   prepare_out_dir(out_dir, config, overwrite)
   from benchmarks.lm import data as data_lib  # pylint: disable=import-outside-toplevel
   from benchmarks.lm import (
@@ -186,8 +187,7 @@ def run_experiment(config: Config, out_dir: str, json_path: str, *, overwrite: b
       "config": json.loads(json.dumps(dataclasses.asdict(config))),
       "data": data.description,
       "machine": machine_description(("mauve-text", "scikit-learn", "tokenizers")),
-      "machine_note": ("the machine's 2 cores were shared with other jobs during the run"
-                       if config.seeds >= 5 else "CI-sized run"),
+      "load_average": {"start": load_at_start, "end": _load_average()},
       "wall_seconds": time.perf_counter() - started,
       "setup": evaluation.setup_description(config, data),
       "seeds": per_seed,
@@ -212,6 +212,14 @@ def run_experiment(config: Config, out_dir: str, json_path: str, *, overwrite: b
   log(f"wall time {results['wall_seconds']:.0f} s; results {os.path.basename(json_path)}, "
       ".md, .png")
   return results
+
+
+def _load_average() -> float | None:
+  """The 1-minute load average (how busy the machine was; ``None`` where unknown)."""
+  try:
+    return os.getloadavg()[0]
+  except (AttributeError, OSError):
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
