@@ -37,6 +37,7 @@ class Config:
   eval_every: int = 30                 # validation NLL (checkpoint choice) every k steps
   seeds: int = 5                       # paired (base, fine-tuning seed) runs
   first_seed: int = 0
+  seed_list: tuple[int, ...] = ()      # explicit seeds (overrides seeds / first_seed)
   prefix_len: int = 16                 # generation: prefix tokens of a held-out window ...
   new_tokens: int = 48                 # ... and sampled continuation tokens
   max_prompts: int = 256               # held-out windows used as prompts (at most)
@@ -47,6 +48,10 @@ class Config:
   objectives: tuple[str, ...] = ()     # () = every objective of objectives.OBJECTIVES
   loss_path: str = "fused"             # fused (emoloss.fused_ce_emo) | plain
   chunk_size: int = 1024               # vocabulary chunk of the fused path
+
+  def seed_values(self) -> tuple[int, ...]:
+    """The paired runs' seeds: ``seed_list`` if given, else ``first_seed ..`` (``seeds``)."""
+    return self.seed_list or tuple(range(self.first_seed, self.first_seed + self.seeds))
 
   def model_config(self, vocab_size: int | None = None) -> ModelConfig:
     return ModelConfig(vocab_size or self.vocab_size, self.seq_len, self.d_model,
