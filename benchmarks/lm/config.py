@@ -37,6 +37,7 @@ class Config:
   eval_every: int = 30                 # validation NLL (checkpoint choice) every k steps
   seeds: int = 5                       # paired (base, fine-tuning seed) runs
   first_seed: int = 0
+  seed_list: tuple[int, ...] = ()      # explicit seeds (overrides seeds / first_seed)
   prefix_len: int = 16                 # generation: prefix tokens of a held-out window ...
   new_tokens: int = 48                 # ... and sampled continuation tokens
   max_prompts: int = 256               # held-out windows used as prompts (at most)
@@ -48,6 +49,10 @@ class Config:
   loss_path: str = "fused"             # fused (emoloss.fused_ce_emo) | plain
   chunk_size: int = 1024               # vocabulary chunk of the fused path
 
+  def seed_values(self) -> tuple[int, ...]:
+    """The paired runs' seeds: ``seed_list`` if given, else ``first_seed ..`` (``seeds``)."""
+    return self.seed_list or tuple(range(self.first_seed, self.first_seed + self.seeds))
+
   def model_config(self, vocab_size: int | None = None) -> ModelConfig:
     return ModelConfig(vocab_size or self.vocab_size, self.seq_len, self.d_model,
                        self.num_layers, self.num_heads)
@@ -56,7 +61,7 @@ class Config:
 QUICK = {
     "pretrain_chars": 300_000, "pretrain_val_chars": 20_000, "vocab_size": 512,
     "d_model": 32, "num_layers": 1, "num_heads": 2, "batch_size": 8, "pretrain_steps": 150,
-    "pretrain_lr": 3e-3, "finetune_steps": 40, "finetune_lr": 1e-3, "warmup_steps": 10,
-    "eval_every": 20, "seeds": 2, "max_prompts": 48, "sampling_runs": 1, "mauve_seeds": 1,
+    "pretrain_lr": 3e-3, "finetune_steps": 100, "finetune_lr": 1e-3, "warmup_steps": 10,
+    "eval_every": 50, "seeds": 2, "max_prompts": 48, "sampling_runs": 1, "mauve_seeds": 1,
     "tfidf_dim": 16, "chunk_size": 256,
 }

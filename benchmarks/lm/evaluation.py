@@ -140,7 +140,7 @@ def run_seeds(config: Config, data: data_lib.Data, out_dir: str, *, progress: bo
             "progress": progress, "log": log}
   zero_cost = jnp.zeros((model_config.vocab_size, model_config.d_model))
   results = []
-  seeds = range(config.first_seed, config.first_seed + config.seeds)
+  seeds = config.seed_values()
   for seed in tqdm(seeds, desc="seeds", disable=not progress, dynamic_ncols=True):
     untrained = model_lib.build_model(model_config, seed)
     base_state, base_record = train.train_run(

@@ -98,7 +98,7 @@ def _mean_sd(values) -> str:
 
 def markdown(results: dict, plot_name: str) -> str:
   """The report: claims with verdicts, absolute metrics, paired differences, setup, machine."""
-  config, comparisons = results["config"], results["comparisons"]
+  comparisons = results["comparisons"]
   per_seed = results["flat"]
   names = [n for n in per_seed[0] if n not in ("untrained",)]
   n = len(per_seed)
@@ -164,10 +164,13 @@ def markdown(results: dict, plot_name: str) -> str:
     lines.append(f"| {key} | " + " | ".join(cells) + " |")
   lines += ["", f"![curves and paired differences]({plot_name})", "", "## Setup", ""]
   lines += [f"- {k}: {v}" for k, v in results["setup"].items()]
+  load = results["load_average"]
+  shared = ""
+  if load["start"] is not None:
+    shared = (f"; 1-minute load average {load['start']:.1f} at the start and {load['end']:.1f} "
+              f"at the end of this invocation on {results['machine']['cpu_cores']} cores")
   lines += [f"- machine: {machine_summary(results['machine'])}",
-            (f"- wall time of this invocation: {results['wall_seconds']:.0f} s; "
-            f"{results['machine_note']}"), ""]
-  del config
+            f"- wall time of this invocation: {results['wall_seconds']:.0f} s{shared}", ""]
   return "\n".join(lines)
 
 
@@ -189,7 +192,8 @@ def plot(path: str, results: dict) -> None:
   ax = axes[0, 0]
   for name, curves in results["mean_curves"].items():
     ax.plot(curves["step"], curves["nll"], marker=".", label=BY_NAME[name].label)
-  ax.set(title="fine-tuning: validation NLL (mean over seeds)", xlabel="step", ylabel="nats")
+  ax.set(xlabel="fine-tuning step", ylabel="nats")
+  ax.set_title("validation NLL (mean over seeds)", fontsize=9)
   ax.legend(fontsize=7)
   names = list(comparisons)
   labels = [BY_NAME[o].label for o in names]
@@ -203,7 +207,8 @@ def plot(path: str, results: dict) -> None:
     ax.axvspan(-margin, margin, color="gray", alpha=0.2)
     ax.axvline(0, color="black", lw=0.8)
     better = "higher" if comparisons[names[0]][key]["higher_is_better"] else "lower"
-    ax.set(title=f"{key} − CE ({better} is better)", yticks=y)
+    ax.set_title(f"{key} − CE ({better} is better)", fontsize=9)
+    ax.set_yticks(y)
     ax.set_yticklabels(labels, fontsize=8)
   fig.suptitle(f"{len(results['seeds'])} paired seeds; bars: 95% t-intervals of the paired "
                "difference to CE; grey: equivalence margin", fontsize=10)

@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "lm_finetune.json; with --quick, inside --out)")
   parser.add_argument("--objectives", default=None,
                       help="comma-separated subset of the objectives (ce is always included)")
+  parser.add_argument("--seed-list", default=None,
+                      help="comma-separated seeds of the paired runs (instead of --seeds, "
+                      "--first-seed)")
   parser.add_argument("--loss-path", choices=("plain", "fused"), default="fused",
                       help="plain: logits then losses; fused: emoloss.fused_ce_emo")
   parser.add_argument("--overwrite", action="store_true",
@@ -100,6 +103,15 @@ def config_from_args(args: argparse.Namespace) -> Config:
                        f"(got {args.objectives!r}).")
   overrides["objectives"] = tuple(o for o in known if o in chosen or o == "ce")
   overrides["loss_path"] = args.loss_path
+  if args.seed_list is not None:
+    try:
+      overrides["seed_list"] = tuple(int(v) for v in args.seed_list.split(",") if v.strip())
+    except ValueError:
+      raise UsageError(f"--seed-list must be comma-separated integers (got "
+                       f"{args.seed_list!r}).") from None
+    if len(set(overrides["seed_list"])) < 2:
+      raise UsageError("--seed-list needs at least two different seeds (paired comparisons).")
+    overrides["seeds"] = len(overrides["seed_list"])
   config = Config(**overrides)
   for field in ("pretrain_chars", "vocab_size", "seq_len", "d_model", "num_layers", "num_heads",
                 "batch_size", "pretrain_steps", "finetune_steps", "eval_every", "seeds",
@@ -128,8 +140,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
   return config
 
 
-_PER_RUN_FIELDS = ("objectives", "loss_path", "chunk_size", "seeds", "sampling_runs",
-                   "mauve_seeds", "max_prompts", "top_p")
+_PER_RUN_FIELDS = ("objectives", "loss_path", "chunk_size", "seeds", "first_seed", "seed_list",
+                   "sampling_runs", "mauve_seeds", "max_prompts", "top_p")
+_EVALUATION_FIELDS = ("sampling_runs", "mauve_seeds", "max_prompts", "top_p")
 
 
 def prepare_out_dir(out_dir: str, config: Config, overwrite: bool) -> None:
@@ -156,7 +169,8 @@ def prepare_out_dir(out_dir: str, config: Config, overwrite: bool) -> None:
       for name in os.listdir(out_dir):
         if name.endswith((".npz", ".json")):
           os.remove(os.path.join(out_dir, name))
-    elif stored != wanted:  # evaluation settings changed: recompute the evaluations
+    elif any(stored.get(k) != wanted[k] for k in _EVALUATION_FIELDS):
+      # The evaluation settings changed: recompute the evaluations (not the training runs).
       for name in os.listdir(out_dir):
         if name.startswith("eval_") and name.endswith(".json"):
           os.remove(os.path.join(out_dir, name))
@@ -168,6 +182,7 @@ def run_experiment(config: Config, out_dir: str, json_path: str, *, overwrite: b
                    progress: bool = True, log=print, command: str = "") -> dict:
   """The whole experiment; returns the results and writes them (JSON, ``.md``, ``.png``)."""
   started = time.perf_counter()
+  load_at_start = _load_average()
   prepare_out_dir(out_dir, config, overwrite)
   from benchmarks.lm import data as data_lib  # pylint: disable=import-outside-toplevel
   from benchmarks.lm import (
@@ -186,8 +201,7 @@ def run_experiment(config: Config, out_dir: str, json_path: str, *, overwrite: b
       "config": json.loads(json.dumps(dataclasses.asdict(config))),
       "data": data.description,
       "machine": machine_description(("mauve-text", "scikit-learn", "tokenizers")),
-      "machine_note": ("the machine's 2 cores were shared with other jobs during the run"
-                       if config.seeds >= 5 else "CI-sized run"),
+      "load_average": {"start": load_at_start, "end": _load_average()},
       "wall_seconds": time.perf_counter() - started,
       "setup": evaluation.setup_description(config, data),
       "seeds": per_seed,
@@ -212,6 +226,14 @@ def run_experiment(config: Config, out_dir: str, json_path: str, *, overwrite: b
   log(f"wall time {results['wall_seconds']:.0f} s; results {os.path.basename(json_path)}, "
       ".md, .png")
   return results
+
+
+def _load_average() -> float | None:
+  """The 1-minute load average (how busy the machine was; ``None`` where unknown)."""
+  try:
+    return os.getloadavg()[0]
+  except (AttributeError, OSError):
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
