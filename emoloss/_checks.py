@@ -7,9 +7,12 @@ Shapes and dtypes are static under ``jax.jit``, so every check here runs at trac
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -65,9 +68,16 @@ def check_labels(
           f"(got labels {_shape(labels)}, logits {logits.shape})."
       )
     return jnp.asarray(labels).astype(jnp.int32), True
+  if _shape(labels) == batch_shape and _shape(labels) != logits.shape:
+    raise TypeError(
+        f"`labels` has the shape of class indices {batch_shape} but a floating dtype "
+        f"({_dtype(labels)}): cast labels to an integer dtype, e.g. `labels.astype(jnp.int32)` "
+        f"(soft labels need the shape of logits {logits.shape})."
+    )
   if not allow_soft:
     raise TypeError(
-        f"`labels` must be integer class indices for this loss (got dtype {_dtype(labels)})."
+        f"`labels` must be integer class indices for this loss (got dtype {_dtype(labels)}); "
+        "cast labels to an integer dtype."
     )
   if _shape(labels) != logits.shape:
     raise ValueError(
@@ -99,8 +109,25 @@ def mask_inputs(x: Array, where: Array | None, fill=0) -> Array:
   return jnp.where(mask, x, jnp.asarray(fill, x.dtype))
 
 
-def mask_loss(loss: Array, where: Array | None) -> Array:
-  """Zeroes the per-example loss of masked examples."""
+class Rows(NamedTuple):
+  """Row status returned by :func:`prepare_classification` in place of ``where``.
+
+  Attributes:
+    keep: the user's boolean mask (``None``: every row counts).
+    invalid: rows whose unmasked integer label is outside ``[0, V)``: their loss is NaN.
+  """
+  keep: Array | None
+  invalid: Array
+
+
+def mask_loss(loss: Array, where: Array | Rows | None) -> Array:
+  """Zeroes the per-example loss of masked examples; with a :class:`Rows`, also sets the loss
+  of rows with an out-of-range label to NaN (the label rule). The NaN is selected here, on the
+  output: XLA may drop a ``select(c, NaN, x)`` fed into later arithmetic (seen on CPU: ``exp`` then
+  ``sum`` of it lost the NaN), so inputs are sanitised instead and the NaN is put last."""
+  if isinstance(where, Rows):
+    loss = jnp.where(where.invalid, jnp.nan, loss)
+    where = where.keep
   if where is None:
     return loss
   return jnp.where(where, loss, 0.0)
@@ -128,23 +155,41 @@ def check_scalar_range(
 def check_label_range(labels: ArrayLike, num_classes: int, name: str = "labels") -> None:
   """Eagerly checks that integer ``labels`` lie in ``[0, num_classes)``.
 
-  Under ``jax.jit`` label values are not known at trace time, so the losses cannot check them:
-  an out-of-range integer label there follows JAX's gather/one-hot semantics (an index past the
-  end is clamped by ``take_along_axis``, a one-hot comparison gives all zeros), i.e. a silently
-  wrong loss. Call this helper on concrete labels (e.g. once per dataset) to catch that early.
+  The label rule of every loss (and of the fused path): an unmasked integer label outside
+  ``[0, V)`` gives a NaN loss for its example (nothing is clamped or wrapped, and no other
+  example is affected); a masked example (``where`` False) is inert whatever its label, so
+  padding ids such as ``V`` or ``-100`` are fine under a mask. Label values are not visible under
+  ``jax.jit``, so the losses cannot raise there; call this helper on concrete labels (e.g. once
+  per dataset, or on each batch before the jitted step) to get an error instead of a NaN.
+
+  Args:
+    labels: concrete integer labels (a NumPy or JAX array, not a tracer).
+    num_classes: ``V``.
+    name: the argument name used in the message.
 
   Raises:
-    ValueError: naming the first offending value.
+    TypeError: for floating labels, or when called on a tracer (under ``jit``/``grad``).
+    ValueError: naming the first offending positions and values.
   """
+  if isinstance(labels, jax.core.Tracer):
+    raise TypeError(
+        f"`check_label_range` needs concrete `{name}`, got a tracer: call it eagerly, outside "
+        "`jax.jit`/`jax.grad` (e.g. on the batch before the jitted training step)."
+    )
   arr = np.asarray(labels)
   if not np.issubdtype(arr.dtype, np.integer):
-    raise TypeError(f"`{name}` must be integer class indices (got dtype {arr.dtype}).")
+    raise TypeError(
+        f"`{name}` must be integer class indices (got dtype {arr.dtype}); cast labels to an "
+        "integer dtype.")
   bad = (arr < 0) | (arr >= num_classes)
   if np.any(bad):
-    first = arr[bad].flat[0]
+    positions = np.argwhere(bad)[:5]
+    shown = ", ".join(
+        f"{name}[{', '.join(str(int(i)) for i in pos)}] = {int(arr[tuple(pos)])}"
+        for pos in positions)
     raise ValueError(
-        f"`{name}` must lie in [0, {num_classes}); found {int(first)} "
-        f"({int(bad.sum())} of {arr.size} out of range)."
+        f"`{name}` must lie in [0, {num_classes}); {int(bad.sum())} of {arr.size} are out of "
+        f"range, first: {shown}. Mask padding positions with `where` or remap them."
     )
 
 
@@ -154,40 +199,85 @@ def prepare_classification(
     where: ArrayLike | None,
     *,
     allow_soft: bool = True,
-) -> tuple[Array, Array, bool, Array | None]:
-  """Checks ``(logits [..., V], labels, where [...])`` and sanitises masked rows.
+) -> tuple[Array, Array, bool, Rows | Array | None]:
+  """Checks ``(logits [..., V], labels, where [...])`` and sanitises the rows.
 
-  Returns ``(logits_f32, labels, is_integer, where)`` where masked rows of the logits are replaced
-  by zeros so that nothing computed from them can be NaN (their loss is zeroed afterwards by
-  :func:`mask_loss`).
+  Returns ``(logits_f32, labels, is_integer, rows)``. Masked rows get zero logits and label 0
+  (soft labels: zeros), so nothing computed from them can be NaN whatever they held. Integer
+  labels outside ``[0, V)`` become 0 too, and ``rows`` (a :class:`Rows`, to be passed to
+  :func:`mask_loss` like a mask) records them so that their loss comes out NaN (the label rule
+  of :func:`check_label_range`) while the gathers stay in range.
   """
   logits = check_logits(logits)
   labels, integer = check_labels(labels, logits, allow_soft=allow_soft)
   where = check_where(where, logits.shape[:-1])
   logits = mask_inputs(logits, where)
   if not integer:
-    labels = mask_inputs(labels, where)
-  return logits, labels, integer, where
+    return logits, mask_inputs(labels, where), False, where
+  labels, invalid = sanitise_labels(labels, where, logits.shape[-1])
+  return logits, labels, True, Rows(keep=where, invalid=invalid)
+
+
+def sanitise_labels(
+    labels: Array, where: Array | None, num_classes: int
+) -> tuple[Array, Array]:
+  """Returns ``(labels, invalid)``: labels outside ``[0, num_classes)`` and masked labels
+  replaced by 0 (so gathers stay in range), and the unmasked rows whose label was outside."""
+  valid = (labels >= 0) & (labels < num_classes)
+  invalid = ~valid if where is None else ~valid & where
+  usable = valid if where is None else valid & where
+  return jnp.where(usable, labels, 0), invalid
+
+
+def softmax_cross_entropy(logits: Array, labels: Array, integer: bool) -> Array:
+  """Softmax cross-entropy for integer or soft labels; a ``-inf`` logit (vocabulary mask) with
+  zero target mass contributes 0 (``optax.losses.safe_softmax_cross_entropy``), not NaN."""
+  if integer:
+    return optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
+  return optax.losses.safe_softmax_cross_entropy(logits, labels)
 
 
 def target_log_prob(log_probs: Array, labels: Array, integer: bool) -> Array:
-  """``log p_y`` for integer labels, ``Σ_i q_i log p_i`` for soft labels ``q``."""
+  """``log p_y`` for integer labels, ``Σ_i q_i log p_i`` for soft labels ``q`` (``0 log 0 = 0``:
+  a ``-inf`` log-probability with zero target mass contributes 0)."""
   if integer:
     return jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
-  return jnp.sum(labels * log_probs, axis=-1)
+  return jnp.sum(labels * zero_where_unlabelled(log_probs, labels), axis=-1)
+
+
+def zero_where_unlabelled(values: Array, labels: Array) -> Array:
+  """``values`` with entries of zero target mass replaced by 0, so that ``labels * values`` has
+  neither a ``0 · inf`` value nor a NaN gradient (the "double where" pattern)."""
+  return jnp.where(labels != 0, values, 0.0)
 
 
 def prepare_binary(
-    logits: ArrayLike, labels: ArrayLike, where: ArrayLike | None
-) -> tuple[Array, Array, Array | None]:
-  """Checks binary ``logits [...]`` against ``labels`` of the same shape (``{0, 1}`` integers or
-  floats) and ``where [...]``; returns float32 logits and labels with masked entries zeroed."""
+    logits: ArrayLike, labels: ArrayLike, where: ArrayLike | None, *, soft: bool = False
+) -> tuple[Array, Array, Rows]:
+  """Checks binary ``logits [...]`` against ``labels`` of the same shape and ``where [...]``.
+
+  Labels are ``{0, 1}`` integers, booleans or floats (``[0, 1]`` floats only when ``soft``).
+  Concrete labels outside that set raise ``ValueError``; under ``jit`` such an unmasked label is
+  replaced by 0 and its entry's loss is NaN (through the returned :class:`Rows`, to be passed to
+  :func:`mask_loss`). Returns float32 logits and labels with masked entries zeroed.
+  """
   logits = check_logits(logits, min_rank=0)
   if _shape(labels) != logits.shape:
     raise ValueError(
         f"binary `labels` must have the shape of logits {logits.shape} (got {_shape(labels)})."
     )
-  is_integer_labels(labels)  # raises TypeError for bool/complex/... dtypes
+  if _dtype(labels) != jnp.bool_:
+    is_integer_labels(labels)  # raises TypeError for complex/... dtypes
   where = check_where(where, logits.shape)
   labels = jnp.asarray(labels).astype(jnp.float32)
-  return mask_inputs(logits, where), mask_inputs(labels, where), where
+  valid = (labels >= 0) & (labels <= 1) if soft else (labels == 0) | (labels == 1)
+  invalid = ~valid if where is None else ~valid & where
+  if not any(isinstance(x, jax.core.Tracer) for x in (labels, where)):
+    bad = np.asarray(invalid)
+    if np.any(bad):
+      allowed = "in [0, 1]" if soft else "0 or 1 (or booleans)"
+      raise ValueError(
+          f"binary `labels` must be {allowed}; found {float(np.asarray(labels)[bad][0])} "
+          f"({int(bad.sum())} of {bad.size} entries).")
+  labels = mask_inputs(jnp.where(valid, labels, 0.0), where)
+  return mask_inputs(logits, where), labels, Rows(keep=where, invalid=invalid)

@@ -314,6 +314,26 @@ class TrainResult:
   seconds: float
 
 
+def reads_params(objective: Callable[[Array, Batch, Any], Array]) -> Callable[..., Array]:
+  """Marks a training objective ``(logits, batch, params) -> scalar`` that also reads one seed's
+  parameters (e.g. the class-weight norms of :func:`output_kernel`) for :func:`train`."""
+  objective.reads_params = True
+  return objective
+
+
+def _with_params_argument(objective: Callable[..., Array]) -> Callable[..., Array]:
+  if getattr(objective, "reads_params", False):
+    return objective
+  return lambda logits, batch, params: objective(logits, batch)
+
+
+def output_kernel(params: Any) -> Array:
+  """The last layer's kernel ``[hidden, V]`` of one seed's :class:`MLP` parameters (column ``i``
+  is class ``i``'s weight vector ``u_i``)."""
+  layers = params["layers"]
+  return jnp.asarray(layers[max(layers.keys())]["kernel"][...])
+
+
 def _tile(tree: Any, times: int) -> Any:
   return jax.tree.map(lambda x: jnp.concatenate([x] * times, axis=0), tree)
 
@@ -341,7 +361,9 @@ def train(
   Args:
     model: graph definition and stacked initial parameters ``[S, ...]``.
     objectives: method name -> ``(logits [N, V], batch) -> scalar`` training objective of one
-      seed's batch.
+      seed's batch, or ``(logits, batch, params) -> scalar`` for one marked with
+      :func:`reads_params`. The batch also holds ``"step"``, the int32 index of the current
+      step (0, 1, ...), for objectives with a schedule.
     optimizer: an Optax transformation shared by all methods; it gets ``value=`` the objective as
       an extra argument (for flooding), which plain transformations ignore.
     train_batch: dict of ``[S, N, ...]`` arrays with at least ``"x"``.
@@ -361,7 +383,7 @@ def train(
   if num_steps % eval_every:
     raise ValueError(f"num_steps={num_steps} must be a multiple of eval_every={eval_every}.")
   names = list(objectives)
-  loss_fns = [objectives[n] for n in names]
+  loss_fns = [_with_params_argument(objectives[n]) for n in names]
   num_methods = len(names)
   num_seeds = jax.tree.leaves(model.params)[0].shape[0]
   optimizer = optax.with_extra_args_support(optimizer)
@@ -370,24 +392,25 @@ def train(
   def objective(params, batch, method):
     logits = model.apply(params, batch["x"])
     if num_methods == 1:
-      return loss_fns[0](logits, batch)
-    return jax.lax.switch(method, loss_fns, logits, batch)
+      return loss_fns[0](logits, batch, params)
+    return jax.lax.switch(method, loss_fns, logits, batch, params)
 
-  def step(carry, _, batch, method):
+  def step(carry, index, batch, method):
     params, opt_state = carry
-    value, grads = jax.value_and_grad(objective)(params, batch, method)
+    value, grads = jax.value_and_grad(objective)(params, {**batch, "step": index}, method)
     updates, opt_state = optimizer.update(grads, opt_state, params, value=value)
     return (optax.apply_updates(params, updates), opt_state), value
 
-  def chunk(params, opt_state, train_b, eval_b, method):
-    """Evaluates ``params``, then takes ``eval_every`` steps."""
+  def chunk(params, opt_state, train_b, eval_b, method, first_step):
+    """Evaluates ``params``, then takes ``eval_every`` steps from ``first_step``."""
     metrics = evaluate(model.apply(params, train_b["x"]), train_b,
                        model.apply(params, eval_b["x"]), eval_b)
     (new_params, opt_state), values = jax.lax.scan(
-        lambda c, u: step(c, u, train_b, method), (params, opt_state), None, length=eval_every)
+        lambda c, i: step(c, i, train_b, method), (params, opt_state),
+        first_step + jnp.arange(eval_every, dtype=jnp.int32))
     return new_params, opt_state, values, metrics
 
-  run_chunk = jax.jit(jax.vmap(chunk))
+  run_chunk = jax.jit(jax.vmap(chunk, in_axes=(0, 0, 0, 0, 0, None)))
   params = _tile(model.params, num_methods)
   train_b, eval_b = _tile(train_batch, num_methods), _tile(eval_batch, num_methods)
   method_index = jnp.repeat(jnp.arange(num_methods), num_seeds)
@@ -401,7 +424,7 @@ def train(
   num_chunks = num_steps // eval_every
   for index in range(num_chunks + 1):
     new_params, opt_state, chunk_values, metrics = run_chunk(
-        params, opt_state, train_b, eval_b, method_index)
+        params, opt_state, train_b, eval_b, method_index, jnp.int32(index * eval_every))
     history.append(metrics)
     if index == num_chunks:  # the last call only evaluates the final parameters
       break

@@ -32,7 +32,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from emoloss import _checks
-from emoloss.losses.emo import emo_ce_combination, normalize_embeddings
+from emoloss.losses.emo import MODE1_MAX_RATIO, emo_ce_combination, normalize_embeddings
 
 ArrayLike = jax.typing.ArrayLike
 AxisName = str | tuple[str, ...] | None
@@ -388,20 +388,24 @@ def _check_inputs(hidden, head, labels, cost_embeddings, where, chunk_size):
   return hidden, head, labels, where
 
 
-def _prepare(hidden, labels, cost_embeddings, where):
-  """Masked tokens get zero hidden states and label 0 (nothing NaN can come from them); the cost
-  embeddings are held constant (they are normalised chunk by chunk inside the kernel)."""
+def _prepare(hidden, head, labels, cost_embeddings, where):
+  """Masked tokens get zero hidden states and label 0 (nothing NaN can come from them); so do
+  unmasked labels outside ``[0, V)``, whose outputs :func:`_finish` sets to NaN (the label rule
+  of :func:`emoloss.check_label_range`). The cost embeddings are held constant (they are
+  normalised chunk by chunk inside the kernel). Returns ``(hidden, labels, cost, rows)``."""
   hidden = _checks.mask_inputs(hidden, where)
-  if where is not None:
-    labels = jnp.where(where, labels, 0)
+  labels, invalid = _checks.sanitise_labels(labels, where, head.shape[0])
   if cost_embeddings is not None:
     cost_embeddings = jax.lax.stop_gradient(jnp.asarray(cost_embeddings))
-  return hidden, labels, cost_embeddings
+  return hidden, labels, cost_embeddings, _checks.Rows(keep=where, invalid=invalid)
 
 
-def _finish(nll, emo, lse, where, batch_shape) -> FusedOutput:
-  mask = lambda x: None if x is None else _checks.mask_loss(x, where).reshape(batch_shape)
-  return FusedOutput(nll=mask(nll), emo=mask(emo), lse=mask(lse))
+def _finish(nll, emo, lse, rows: _checks.Rows, batch_shape) -> FusedOutput:
+  """Masks and reshapes the outputs; ``nll`` and ``emo`` are clamped at 0, which they are
+  mathematically (in float32 ``lse - z_y`` can round to -2e-6 for a confident token)."""
+  mask = lambda x: None if x is None else _checks.mask_loss(x, rows).reshape(batch_shape)
+  clamp = lambda x: None if x is None else jnp.maximum(x, 0.0)
+  return FusedOutput(nll=mask(clamp(nll)), emo=mask(clamp(emo)), lse=mask(lse))
 
 
 def fused_ce_emo(
@@ -432,8 +436,8 @@ def fused_ce_emo(
   outputs in plain JAX. Matmuls run in the promoted dtype of their operands with float32
   accumulation (bfloat16 ``hidden`` and ``head`` give bfloat16 matmuls); all statistics are
   float32. Labels are not shifted: for a causal LM pass ``hidden[:, :-1]`` and ``tokens[:, 1:]``.
-  Labels must lie in ``[0, V)`` (not checked under ``jit``; see
-  :func:`emoloss.check_label_range`).
+  An unmasked label outside ``[0, V)`` gives NaN outputs for its token (the label rule of
+  :func:`emoloss.check_label_range`); masked tokens are inert whatever their label.
 
   Args:
     hidden: ``[..., d]`` final hidden states (float32 or bfloat16).
@@ -458,12 +462,12 @@ def fused_ce_emo(
   hidden, head, labels, where = _check_inputs(hidden, head, labels, cost_embeddings, where,
                                               chunk_size)
   batch_shape = labels.shape
-  hidden, labels, cost_embeddings = _prepare(hidden, labels, cost_embeddings, where)
+  hidden, labels, cost_embeddings, rows = _prepare(hidden, head, labels, cost_embeddings, where)
   flat_hidden = hidden.reshape(-1, hidden.shape[-1])
   config = _Config(chunk_size=int(chunk_size))
   nll, emo, lse = _fused(config, flat_hidden, head, labels.reshape(-1), cost_embeddings)
-  flat_where = None if where is None else where.reshape(-1)
-  return _finish(nll, emo, lse, flat_where, batch_shape)
+  flat_rows = jax.tree.map(lambda x: x.reshape(-1), rows)
+  return _finish(nll, emo, lse, flat_rows, batch_shape)
 
 
 def _axis_size(mesh: Mesh, axis: AxisName) -> int:
@@ -533,11 +537,11 @@ def sharded_fused_ce_emo(
   if head.shape[0] % model_size:
     raise ValueError(f"the vocabulary size V = {head.shape[0]} must be divisible by the size "
                      f"{model_size} of model_axis {model_axis!r}.")
-  hidden, labels, cost_embeddings = _prepare(hidden, labels, cost_embeddings, where)
+  hidden, labels, cost_embeddings, rows = _prepare(hidden, head, labels, cost_embeddings, where)
   config = _Config(chunk_size=int(chunk_size), mesh=mesh, data_axis=data_axis,
                    model_axis=model_axis)
   nll, emo, lse = _fused(config, hidden, head, labels, cost_embeddings)
-  return _finish(nll, emo, lse, where, labels.shape)
+  return _finish(nll, emo, lse, rows, labels.shape)
 
 
 def fused_emo_ce_loss(
@@ -547,19 +551,22 @@ def fused_emo_ce_loss(
     cost_embeddings: ArrayLike,
     *,
     mode: int = 1,
+    max_ratio: float | None = MODE1_MAX_RATIO,
     where: ArrayLike | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> jax.Array:
   r"""Per-token published EMO + CE mix from hidden states (fused :func:`emoloss.emo_ce_loss`).
 
   .. math::
-    \text{mode 1: } L = \tfrac12\big(\min(\mathrm{sg}(\mathrm{CE}/(\mathrm{EMO}+10^{-10})), 3)
+    \text{mode 1: } L = \tfrac12\big(\min(\mathrm{sg}(\mathrm{CE}/\mathrm{EMO}), r_{\max})
       \cdot \mathrm{EMO} + \mathrm{CE}\big), \quad
-    \text{mode 2: } L = \mathrm{sg}(\mathrm{EMO}/(\mathrm{CE}+10^{-10}))\,\mathrm{CE}
-      + \mathrm{EMO}
+    \text{mode 2: } L = \mathrm{sg}(\mathrm{EMO}/\mathrm{CE})\,\mathrm{CE} + \mathrm{EMO}
 
-  with CE and EMO from :func:`fused_ce_emo` and the mix from
-  :func:`emoloss.losses.emo_ce_combination`. Reduce with a masked mean over tokens.
+  with CE and EMO from :func:`fused_ce_emo` and the mix (and its numerics: ratios clipped to
+  ``[0, r_max]``, CE and EMO clamped at 0, no ``0/0``) from
+  :func:`emoloss.losses.emo_ce_combination`. ``max_ratio = 3`` is the packaged loss (EMOLoss);
+  ``None`` (uncapped) the paper's language-modelling runs (DRSY/EMO ``gpt2.py``, mode ``emo``).
+  Reduce with a masked mean over tokens.
 
   Args:
     hidden: ``[..., d]`` hidden states.
@@ -567,6 +574,7 @@ def fused_emo_ce_loss(
     labels: ``[...]`` integer target ids (not shifted here).
     cost_embeddings: ``[V, k]`` frozen cost embeddings (e.g. a copy of the pretrained head).
     mode: 1 ("more weight on MLE", default) or 2 ("more weight on EMO").
+    max_ratio: cap of the mode-1 ratio (default 3.0), ``None`` for uncapped.
     where: optional boolean mask ``[...]``; masked tokens give exactly 0.
     chunk_size: vocabulary rows per chunk.
 
@@ -580,5 +588,8 @@ def fused_emo_ce_loss(
   if cost_embeddings is None:
     raise ValueError("`cost_embeddings` is required for the EMO + CE loss.")
   out = fused_ce_emo(hidden, head, labels, cost_embeddings, where=where, chunk_size=chunk_size)
-  loss = emo_ce_combination(out.nll, out.emo, mode=mode)
-  return loss if where is None else jnp.where(where, loss, 0.0)
+  loss = emo_ce_combination(out.nll, out.emo, mode=mode, max_ratio=max_ratio)
+  # The label rule, applied again on the output (the mix's clamps may drop a NaN).
+  _, invalid = _checks.sanitise_labels(jnp.asarray(labels), _checks.check_where(
+      where, np.shape(labels)), np.shape(head)[0])
+  return _checks.mask_loss(loss, _checks.Rows(keep=where, invalid=invalid))

@@ -15,6 +15,7 @@ from emoloss.losses.long_tail import (
     log_prior_adjustment,
     logit_adjusted_cross_entropy,
     margin_cross_entropy,
+    norm_aware_margin_cross_entropy,
     posthoc_logit_adjustment,
 )
 from emoloss.losses.mixce import mixce_loss, mixce_weight
@@ -32,6 +33,7 @@ __all__ = [
     "margin_cross_entropy",
     "mixce_loss",
     "mixce_weight",
+    "norm_aware_margin_cross_entropy",
     "normalize_embeddings",
     "posthoc_logit_adjustment",
     "smooth_f1_loss",

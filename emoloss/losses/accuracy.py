@@ -50,8 +50,8 @@ def binary_smoothed_accuracy_loss(
 
   Args:
     logits: ``[...]`` one logit per example (any float dtype; computed in float32).
-    labels: ``[...]`` targets in ``{0, 1}`` (integer or float; floats in ``[0, 1]`` act as soft
-      targets).
+    labels: ``[...]`` targets in ``{0, 1}`` (integer, boolean or float; floats in ``[0, 1]``
+      act as soft targets; others raise ``ValueError`` eagerly and give NaN under ``jit``).
     where: optional boolean mask ``[...]``; masked examples give exactly 0.
 
   Returns:
@@ -60,6 +60,6 @@ def binary_smoothed_accuracy_loss(
   References:
     Karpukhin et al., "EXACT: How to Train Your Accuracy", 2022 (arXiv 2205.09615).
   """
-  logits, labels, where = _checks.prepare_binary(logits, labels, where)
+  logits, labels, rows = _checks.prepare_binary(logits, labels, where, soft=True)
   prob = jax.nn.sigmoid(logits)
-  return _checks.mask_loss(1.0 - (labels * prob + (1.0 - labels) * (1.0 - prob)), where)
+  return _checks.mask_loss(1.0 - (labels * prob + (1.0 - labels) * (1.0 - prob)), rows)

@@ -5,15 +5,17 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from emoloss import _checks
 
 ArrayLike = jax.typing.ArrayLike
 
-# Guards of the published ratios CE/EMO and EMO/CE (EMOLoss / DRSY/EMO).
-RATIO_EPSILON = 1e-10
+# The cap of the mode-1 ratio CE/EMO in the packaged loss (EMOLoss) and the LLaMA script.
 MODE1_MAX_RATIO = 3.0
+# Bound of an "uncapped" ratio: keeps ratio * EMO and its gradient finite in float32 when a
+# rounding-level EMO (≥ 1.2e-38 once non-zero) divides a CE of order 1 (the published code's
+# `+ 1e-10` bounds it at about 1e11). Reached only at rounding level, never by real ratios.
+UNCAPPED_RATIO_LIMIT = 1e30
 
 
 def normalize_embeddings(embeddings: ArrayLike, eps: float = 1e-12) -> jax.Array:
@@ -77,45 +79,84 @@ def emo_loss(
   unit = normalize_embeddings(embeddings)
   expected_embedding = jax.nn.softmax(logits, axis=-1) @ unit  # [..., k]
   target_embedding = jnp.take(unit, labels, axis=0) if integer else labels @ unit
-  loss = 1.0 - jnp.sum(expected_embedding * target_embedding, axis=-1)
+  # 1 - cos can round below 0 (-1.2e-7 with duplicate cost rows); the maths says it is >= 0.
+  loss = jnp.maximum(1.0 - jnp.sum(expected_embedding * target_embedding, axis=-1), 0.0)
   return _checks.mask_loss(loss, where)
 
 
-def emo_ce_combination(ce: ArrayLike, emo: ArrayLike, *, mode: int = 1) -> jax.Array:
+def _check_mode(mode) -> None:
+  if isinstance(mode, bool) or mode not in (1, 2):
+    raise ValueError(f"`mode` must be the int 1 or 2 (got {mode!r}).")
+
+
+def _check_max_ratio(max_ratio) -> None:
+  if max_ratio is not None:
+    _checks.check_scalar_range(max_ratio, "max_ratio", low=0.0, low_inclusive=False)
+
+
+def _stopped_ratio(numerator: jax.Array, denominator: jax.Array, limit) -> jax.Array:
+  """``sg(numerator / denominator)`` clipped to ``[0, limit]`` for ``numerator, denominator >= 0``;
+  0 where the denominator is 0 (whatever the numerator: a ``0/0`` is never formed, so there is no
+  guard constant for XLA to fold away)."""
+  positive = denominator > 0
+  ratio = jnp.where(positive, numerator / jnp.where(positive, denominator, 1.0), 0.0)
+  return jax.lax.stop_gradient(jnp.clip(ratio, 0.0, limit))
+
+
+def emo_ce_combination(
+    ce: ArrayLike, emo: ArrayLike, *, mode: int = 1, max_ratio: float | None = MODE1_MAX_RATIO
+) -> jax.Array:
   r"""The published per-token mix of cross-entropy and EMO (EMOLoss, DRSY/EMO).
 
   * ``mode=1`` (default, "more weight on MLE"):
-    ``½ (min(sg(CE / (EMO + 1e-10)), 3) · EMO + CE)``
-  * ``mode=2`` ("more weight on EMO"): ``sg(EMO / (CE + 1e-10)) · CE + EMO``
+    ``½ (min(sg(CE / EMO), max_ratio) · EMO + CE)``
+  * ``mode=2`` ("more weight on EMO"): ``sg(EMO / CE) · CE + EMO``
 
   The ratio is computed per token (not per batch) and held constant, so it only rescales the
   EMO (mode 1) or CE (mode 2) gradient of each token to the other term's magnitude. Reduce with a
   masked mean over tokens afterwards, as the authors do.
 
+  Which recipe uses which cap (mode 1): the packaged loss (PyPI ``EMOLoss``) and the authors'
+  LLaMA continual fine-tuning script cap the ratio at 3 (``max_ratio=3.0``, the default); the
+  paper's language-modelling runs (DRSY/EMO ``language_modeling/gpt2.py``, mode ``emo``) use the
+  same mix uncapped (``max_ratio=None``).
+
+  Numerics (differences from the published code, same values wherever that code is finite): CE
+  and EMO are clamped at 0 (in float32 they can round slightly below 0, which would make the
+  ratio a huge negative number and flip the EMO gradient); the stop-gradient ratio is clipped to
+  ``[0, max_ratio]`` (``[0, 1e30]`` uncapped) and is 0 where its denominator is 0. The published
+  ``+ 1e-10`` guard is not used: XLA folds ``(1 - s) + 1e-10`` into ``1 - s`` under ``jit``, so
+  confidently-correct tokens (``p_y`` rounding to 1) gave ``0/0 = NaN``. A zero denominator only
+  multiplies a zero term, so the mix's value is unchanged.
+
   Args:
     ce: ``[...]`` per-token cross-entropy.
     emo: ``[...]`` per-token EMO (same shape).
     mode: 1 or 2.
+    max_ratio: cap of the mode-1 ratio ``CE/EMO`` (positive), or ``None`` for uncapped. Ignored
+      in mode 2, whose ratio ``EMO/CE`` is uncapped as published.
 
   Returns:
     ``[...]`` float32 per-token combined loss.
 
   References:
     Ren et al., "EMO: Earth Mover Distance Optimization for Auto-Regressive Language
-    Modeling", ICLR 2024 (arXiv 2310.04691).
+    Modeling", ICLR 2024 (arXiv 2310.04691); code DRSY/EMO (``language_modeling/gpt2.py``) and
+    PyPI ``EMOLoss``.
   """
-  if mode not in (1, 2):
-    raise ValueError(f"`mode` must be 1 or 2 (got {mode!r}).")
+  _check_mode(mode)
+  _check_max_ratio(max_ratio)
   if np.shape(ce) != np.shape(emo):
     raise ValueError(f"`ce` and `emo` must have the same shape (got {np.shape(ce)}, "
                      f"{np.shape(emo)}).")
-  ce = jnp.asarray(ce, jnp.float32)
-  emo = jnp.asarray(emo, jnp.float32)
+  ce = jnp.maximum(jnp.asarray(ce, jnp.float32), 0.0)
+  emo = jnp.maximum(jnp.asarray(emo, jnp.float32), 0.0)
   if mode == 1:
-    ratio = jnp.minimum(jax.lax.stop_gradient(ce / (emo + RATIO_EPSILON)), MODE1_MAX_RATIO)
-    return 0.5 * (ratio * emo + ce)
-  ratio = jax.lax.stop_gradient(emo / (ce + RATIO_EPSILON))
-  return ratio * ce + emo
+    limit = UNCAPPED_RATIO_LIMIT if max_ratio is None else max_ratio
+    return 0.5 * (_stopped_ratio(ce, emo, limit) * emo + ce)
+  # CE = inf (a -inf target logit): sg(EMO/CE) · CE tends to EMO, not 0 · inf.
+  weighted_ce = jnp.where(jnp.isinf(ce), emo, _stopped_ratio(emo, ce, UNCAPPED_RATIO_LIMIT) * ce)
+  return weighted_ce + emo
 
 
 def emo_ce_loss(
@@ -124,13 +165,18 @@ def emo_ce_loss(
     embeddings: ArrayLike,
     *,
     mode: int = 1,
+    max_ratio: float | None = MODE1_MAX_RATIO,
     where: ArrayLike | None = None,
 ) -> jax.Array:
   r"""EMO combined with cross-entropy per token, as published (see :func:`emo_ce_combination`).
 
   .. math::
-    \text{mode 1: } L = \tfrac12\big(\min(\mathrm{sg}(\mathrm{CE}/(\mathrm{EMO}+10^{-10})), 3)
-      \cdot \mathrm{EMO} + \mathrm{CE}\big)
+    \text{mode 1: } L = \tfrac12\big(\min(\mathrm{sg}(\mathrm{CE}/\mathrm{EMO}), r_{\max})
+      \cdot \mathrm{EMO} + \mathrm{CE}\big), \qquad
+    \text{mode 2: } L = \mathrm{sg}(\mathrm{EMO}/\mathrm{CE})\,\mathrm{CE} + \mathrm{EMO}
+
+  ``max_ratio`` ``r_max`` = 3 is the packaged loss (EMOLoss) and the LLaMA script; ``None``
+  (uncapped) is the paper's language-modelling runs (DRSY/EMO ``gpt2.py``, mode ``emo``).
 
   Differences from the authors' packaged loss, deliberately: labels are not shifted inside (the
   caller passes ``logits[:, :-1]``, ``tokens[:, 1:]``), the one-hot target needs no ``1e-15``
@@ -142,6 +188,7 @@ def emo_ce_loss(
     labels: integer class indices ``[...]`` or soft labels ``[..., V]``.
     embeddings: ``[V, k]`` frozen cost embeddings, e.g. a copy of the pretrained LM head.
     mode: 1 ("more weight on MLE", default) or 2 ("more weight on EMO").
+    max_ratio: cap of the mode-1 ratio (default 3.0), ``None`` for uncapped.
     where: optional boolean mask ``[...]`` (padding); masked tokens give exactly 0.
 
   Returns:
@@ -151,10 +198,9 @@ def emo_ce_loss(
     Ren et al., "EMO: Earth Mover Distance Optimization for Auto-Regressive Language
     Modeling", ICLR 2024 (arXiv 2310.04691); code DRSY/EMO (PyPI ``EMOLoss``).
   """
+  _check_mode(mode)
+  _check_max_ratio(max_ratio)
   logits, labels, integer, where = _checks.prepare_classification(logits, labels, where)
-  if integer:
-    ce = optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
-  else:
-    ce = optax.losses.softmax_cross_entropy(logits, labels)
+  ce = _checks.softmax_cross_entropy(logits, labels, integer)
   emo = emo_loss(logits, labels, embeddings)
-  return _checks.mask_loss(emo_ce_combination(ce, emo, mode=mode), where)
+  return _checks.mask_loss(emo_ce_combination(ce, emo, mode=mode, max_ratio=max_ratio), where)

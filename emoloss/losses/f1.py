@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from emoloss import _checks
 
@@ -11,13 +12,21 @@ ArrayLike = jax.typing.ArrayLike
 
 
 def _batch_probs(logits, labels, where):
-  """Checked float32 ``(logits, labels, where, probs)`` with masked entries zeroed; rank >= 1."""
+  """Checked float32 ``(logits, labels, rows, probs)`` with masked entries zeroed; rank >= 1."""
   if jnp.ndim(logits) < 1:
     raise ValueError(
         f"`logits` must have rank >= 1, a batch axis first (got shape {jnp.shape(logits)}).")
-  logits, labels, where = _checks.prepare_binary(logits, labels, where)
-  probs = _checks.mask_loss(jax.nn.sigmoid(logits), where)
-  return logits, labels, where, probs
+  logits, labels, rows = _checks.prepare_binary(logits, labels, where)
+  probs = _checks.mask_loss(jax.nn.sigmoid(logits), rows.keep)
+  return logits, labels, rows, probs
+
+
+def _f1_from_probs(labels, probs, rows: _checks.Rows) -> jax.Array:
+  """``2 Σ y p / Σ (y + p)`` per column; NaN for a column with an out-of-range unmasked label."""
+  overlap = jnp.sum(labels * probs, axis=0)
+  total = jnp.sum(labels + probs, axis=0)
+  score = 2.0 * overlap / jnp.where(total > 0, total, 1.0)
+  return jnp.where(jnp.any(rows.invalid, axis=0), jnp.nan, score)
 
 
 def smooth_f1_score(
@@ -36,10 +45,8 @@ def smooth_f1_score(
   Returns:
     ``logits.shape[1:]`` float32 smooth F1 per label column (a scalar for a binary task).
   """
-  _, labels, _, probs = _batch_probs(logits, labels, where)
-  overlap = jnp.sum(labels * probs, axis=0)
-  total = jnp.sum(labels + probs, axis=0)
-  return 2.0 * overlap / jnp.where(total > 0, total, 1.0)
+  _, labels, rows, probs = _batch_probs(logits, labels, where)
+  return _f1_from_probs(labels, probs, rows)
 
 
 def smooth_f1_loss(
@@ -58,13 +65,15 @@ def smooth_f1_loss(
 
   Returns:
     ``logits.shape[1:]`` float32 loss per label column (a scalar for a binary task); 0 for a
-    column whose examples are all masked.
+    column whose examples are all masked, and for an empty batch.
 
   References:
     Milletari et al., "V-Net", 3DV 2016 (Dice loss); SPEC.md, "F1-weighted binary
     cross-entropy".
   """
   loss = 1.0 - smooth_f1_score(logits, labels, where=where)
+  if np.shape(logits)[0] == 0:  # an empty batch, like a fully masked column, gives 0
+    return jnp.zeros_like(loss)
   if where is None:
     return loss
   # A column with no unmasked example contributes nothing (0, zero gradient).
@@ -100,9 +109,12 @@ def f1_weighted_binary_cross_entropy(
     SPEC.md, "F1-weighted binary cross-entropy"; the design principle of Karpukhin et al.,
     "EXACT: How to Train Your Accuracy", 2022 (smooth metric, log-weighted gradient).
   """
-  logits, labels, where, _ = _batch_probs(logits, labels, where)
-  half_f1 = 0.5 * jax.lax.stop_gradient(smooth_f1_score(logits, labels, where=where))
-  log_p = jax.nn.log_sigmoid(logits)
-  log_not_p = jax.nn.log_sigmoid(-logits)
-  loss = -(labels * (1.0 - half_f1) * log_p + (1.0 - labels) * half_f1 * log_not_p)
-  return _checks.mask_loss(loss, where)
+  logits, labels, rows, probs = _batch_probs(logits, labels, where)
+  half_f1 = 0.5 * jax.lax.stop_gradient(_f1_from_probs(labels, probs, rows))
+  positive = labels > 0
+  # Each entry uses only its own branch (double where): ±inf logits give no 0 · inf, and a zero
+  # weight gives 0 whatever the log-probability.
+  nll = -jax.nn.log_sigmoid(jnp.where(positive, logits, -logits))
+  weight = jnp.where(positive, 1.0 - half_f1, half_f1)
+  loss = jnp.where(weight > 0, weight * nll, 0.0)
+  return _checks.mask_loss(loss, rows)

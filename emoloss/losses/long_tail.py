@@ -5,7 +5,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from emoloss import _checks
 
@@ -15,29 +14,47 @@ ArrayLike = jax.typing.ArrayLike
 PRIOR_EPSILON = 1e-12
 
 
-def _softmax_cross_entropy(logits: jax.Array, labels: jax.Array, integer: bool) -> jax.Array:
-  if integer:
-    return optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
-  return optax.losses.softmax_cross_entropy(logits, labels)
-
-
 def _check_class_vector(vector: ArrayLike, num_classes: int, name: str) -> jax.Array:
   if np.shape(vector) != (num_classes,):
     raise ValueError(
         f"`{name}` must have shape (num_classes,) = ({num_classes},) to match the logits' last "
         f"axis (got {np.shape(vector)})."
     )
-  if not isinstance(vector, jax.core.Tracer) and np.any(np.asarray(vector) < 0):
-    raise ValueError(f"`{name}` must be non-negative (got {np.asarray(vector)}).")
+  if not isinstance(vector, jax.core.Tracer) and not np.all(np.asarray(vector) >= 0):
+    raise ValueError(f"`{name}` must be non-negative and not NaN (got {np.asarray(vector)}).")
   return jnp.asarray(vector, jnp.float32)
+
+
+def _check_prior(class_prior: ArrayLike) -> None:
+  """A concrete prior must be a finite, non-negative vector with a positive sum."""
+  if np.ndim(class_prior) != 1:
+    raise ValueError(
+        f"`class_prior` must be a vector [V] of label frequencies or counts (got shape "
+        f"{np.shape(class_prior)}).")
+  if isinstance(class_prior, jax.core.Tracer):
+    return
+  prior = np.asarray(class_prior, np.float64)
+  if not (np.all(np.isfinite(prior)) and np.all(prior >= 0) and prior.sum() > 0):
+    raise ValueError(
+        f"`class_prior` must be finite and non-negative with a positive sum (got {prior}); a "
+        "class that never occurs may have 0.")
 
 
 def log_prior_adjustment(class_prior: ArrayLike, tau: float = 1.0) -> jax.Array:
   r"""``log(π^τ + 1e-12)`` for a class prior ``π`` (normalised to sum to 1; counts are fine).
 
+  Args:
+    class_prior: ``[V]`` finite, non-negative label frequencies or counts with a positive sum.
+    tau: temperature ``τ >= 0`` (scalar).
+
   Returns:
     ``[V]`` float32 offsets added to logits in training (or subtracted after it).
+
+  References:
+    Menon et al., "Long-tail learning via logit adjustment", ICLR 2021 (arXiv 2007.07314).
   """
+  _check_prior(class_prior)
+  _checks.check_scalar_range(tau, "tau", low=0.0)
   prior = jnp.asarray(class_prior, jnp.float32)
   prior = prior / jnp.sum(prior)
   return jnp.log(prior**tau + PRIOR_EPSILON)
@@ -79,7 +96,7 @@ def logit_adjusted_cross_entropy(
   logits, labels, integer, where = _checks.prepare_classification(logits, labels, where)
   prior = _check_class_vector(class_prior, logits.shape[-1], "class_prior")
   adjusted = logits + log_prior_adjustment(prior, tau)
-  return _checks.mask_loss(_softmax_cross_entropy(adjusted, labels, integer), where)
+  return _checks.mask_loss(_checks.softmax_cross_entropy(adjusted, labels, integer), where)
 
 
 def posthoc_logit_adjustment(
@@ -143,4 +160,62 @@ def margin_cross_entropy(
   margins = _check_class_vector(margins, logits.shape[-1], "margins")
   is_target = labels[..., None] == jnp.arange(logits.shape[-1])
   adjusted = logits - jnp.where(is_target, margins, 0.0)
-  return _checks.mask_loss(_softmax_cross_entropy(adjusted, labels, True), where)
+  return _checks.mask_loss(_checks.softmax_cross_entropy(adjusted, labels, True), where)
+
+
+def norm_aware_margin_cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    class_weight_norms: ArrayLike,
+    radii: ArrayLike,
+    *,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+  r"""Cross-entropy under the worst feature perturbation of radius ``r_y``, logit by logit.
+
+  For a linear last layer, ``z_i = ⟨f, u_i⟩ (+ b_i)`` with features ``f`` and class weights
+  ``u_i``, a perturbation ``δ`` of the features with ``‖δ‖ ≤ r_y`` moves logit ``i`` by
+  ``⟨δ, u_i⟩ ∈ [-r_y‖u_i‖, r_y‖u_i‖]``. Taking the worst case of each logit (target down, every
+  other class up) gives
+
+  .. math::
+    z'_y = z_y - r_y \lVert u_y \rVert, \qquad z'_i = z_i + r_y \lVert u_i \rVert\ (i \ne y),
+    \qquad L = -\log \mathrm{softmax}(z')_y
+
+  i.e. a pairwise margin ``r_y (‖u_y‖ + ‖u_i‖)`` that grows with the class weights' norms, so
+  (unlike :func:`margin_cross_entropy`, which lowers the target by a constant) the margin cannot
+  be met by scaling the weights up. This is an upper bound of the loss under one shared
+  perturbation ``δ`` (pairwise ``⟨δ, u_i - u_y⟩ ≤ r_y‖u_i - u_y‖ ≤ r_y(‖u_i‖ + ‖u_y‖)``), equal to
+  it when the competing weights are antiparallel to the target's (e.g. two classes with
+  ``u_1 = -c u_0``). Zero radii give plain cross-entropy; rarer classes get larger radii (LDAM's
+  ``r_y ∝ n_y^{-1/4}``).
+
+  From features ``f [..., k]`` and a class-weight matrix ``U [V, k]`` (a Flax ``kernel`` is
+  ``Uᵀ``): ``logits = f @ U.T`` (plus any bias) and ``class_weight_norms =
+  jnp.linalg.norm(U, axis=-1)``; the loss is then differentiable in ``U`` through both.
+
+  Args:
+    logits: ``[..., V]`` scores ``⟨f, u_i⟩ (+ b_i)`` (any float dtype; computed in float32).
+    labels: integer class indices ``[...]``.
+    class_weight_norms: ``[V]`` non-negative ``‖u_i‖`` (differentiable).
+    radii: ``[V]`` non-negative per-class perturbation radii ``r_y`` (the target's is used).
+    where: optional boolean mask ``[...]``; masked examples give exactly 0 and zero gradient.
+
+  Returns:
+    ``[...]`` float32 per-example loss.
+
+  References:
+    Menon et al., "Long-tail learning via logit adjustment", ICLR 2021 (arXiv 2007.07314), the
+    general margin form; Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Aware
+    Margin Loss", NeurIPS 2019 (arXiv 1906.07413), per-class margins ``∝ n_y^{-1/4}``.
+  """
+  logits, labels, _, where = _checks.prepare_classification(
+      logits, labels, where, allow_soft=False)
+  num_classes = logits.shape[-1]
+  norms = _check_class_vector(class_weight_norms, num_classes, "class_weight_norms")
+  radii = _check_class_vector(radii, num_classes, "radii")
+  radius = radii[labels]  # [...]: r_y (masked and out-of-range labels were set to 0)
+  is_target = labels[..., None] == jnp.arange(num_classes)
+  shift = radius[..., None] * norms  # [..., V]: r_y ‖u_i‖
+  adjusted = logits + jnp.where(is_target, -shift, shift)
+  return _checks.mask_loss(_checks.softmax_cross_entropy(adjusted, labels, True), where)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from emoloss import _checks
 
@@ -15,14 +16,33 @@ def tailr_weight(log_prob: ArrayLike, gamma: float, min_weight: float = 0.0) -> 
 
   Computed in log space as the official code does, ``exp(log p - log(γ + (1 - γ) p))``, and
   returned under ``stop_gradient``.
+
+  Args:
+    log_prob: ``[...]`` log-probabilities of the targets (``<= 0``; ``-inf`` allowed).
+    gamma: ``γ ∈ [0, 1]`` (scalar).
+    min_weight: lower clip of the weight, in ``[0, 1]``.
+
+  Returns:
+    ``[...]`` float32 weights in ``[min_weight, 1]``, without gradient.
   """
+  _check_hyperparameters(gamma, min_weight)
   log_prob = jnp.asarray(log_prob, jnp.float32)
   gamma = jnp.asarray(gamma, jnp.float32)
   # log(γ + (1 - γ) p) without underflow: exact at γ = 0 (weight 1) and γ = 1 (weight p).
   log_denominator = jnp.logaddexp(jnp.log(gamma), jnp.log1p(-gamma) + log_prob)
-  log_weight = log_prob - log_denominator
+  log_weight = jnp.where(log_prob > -jnp.inf, log_prob - log_denominator,
+                         jnp.where(gamma > 0, -jnp.inf, 0.0))  # p = 0: weight 0 unless γ = 0
   weight = jnp.clip(jnp.exp(log_weight), min_weight, 1.0)
   return jax.lax.stop_gradient(weight)
+
+
+def _check_hyperparameters(gamma, min_weight) -> None:
+  if np.ndim(gamma) != 0:
+    raise ValueError(f"`gamma` must be a scalar in [0, 1] (got shape {np.shape(gamma)}).")
+  _checks.check_scalar_range(gamma, "gamma", 0.0, 1.0)
+  if np.ndim(min_weight) != 0:
+    raise ValueError(f"`min_weight` must be a scalar in [0, 1] (got shape {np.shape(min_weight)}).")
+  _checks.check_scalar_range(min_weight, "min_weight", 0.0, 1.0)
 
 
 def tailr_loss(
@@ -50,7 +70,11 @@ def tailr_loss(
   ``density-min-weight`` (default 0).
 
   With ``label_smoothing = ε`` the smoothing term mixes in outside the weight:
-  ``L = (1 - ε) w (-log p_y) + ε · mean_v(-log p_v)``.
+  ``L = (1 - ε) w (-log p_y) + ε · mean_v(-log p_v)``, the mean taken over the classes whose
+  logit is not ``-inf`` (a vocabulary mask removes classes from the smoothing target too).
+
+  A target with ``p_y = 0`` (a ``-inf`` target logit) gives ``inf`` when its weight is positive
+  (``γ = 0`` or ``min_weight > 0``) and 0 otherwise, the limit of ``p log p``; never NaN.
 
   Labels are not shifted: for a causal LM pass ``logits[:, :-1]`` and ``tokens[:, 1:]``.
 
@@ -69,14 +93,22 @@ def tailr_loss(
     Ji et al., "Tailoring Language Generation Models under Total Variation Distance", ICLR 2023
     (arXiv 2302.13344); official code thu-coai/TaiLr.
   """
-  _checks.check_scalar_range(gamma, "gamma", 0.0, 1.0)
-  _checks.check_scalar_range(min_weight, "min_weight", 0.0, 1.0)
+  _check_hyperparameters(gamma, min_weight)
   _checks.check_scalar_range(label_smoothing, "label_smoothing", 0.0, 1.0, high_inclusive=False)
   logits, labels, _, where = _checks.prepare_classification(
       logits, labels, where, allow_soft=False)
   log_probs = jax.nn.log_softmax(logits, axis=-1)
   target_log_prob = _checks.target_log_prob(log_probs, labels, integer=True)
   weight = tailr_weight(target_log_prob, gamma, min_weight)
-  smooth_loss = -jnp.mean(log_probs, axis=-1)
-  loss = -(1.0 - label_smoothing) * weight * target_log_prob + label_smoothing * smooth_loss
+  weighted_nll = jnp.where(weight > 0, -weight * target_log_prob, 0.0)
+  loss = (1.0 - label_smoothing) * weighted_nll
+  if not (isinstance(label_smoothing, (int, float)) and label_smoothing == 0):
+    loss = loss + label_smoothing * _uniform_smoothing_loss(logits, log_probs)
   return _checks.mask_loss(loss, where)
+
+
+def _uniform_smoothing_loss(logits: jax.Array, log_probs: jax.Array) -> jax.Array:
+  """``mean_v(-log p_v)`` over the classes whose logit is not ``-inf``."""
+  allowed = logits > -jnp.inf
+  total = jnp.sum(jnp.where(allowed, log_probs, 0.0), axis=-1)
+  return -total / jnp.maximum(jnp.sum(allowed, axis=-1), 1).astype(jnp.float32)

@@ -1,11 +1,16 @@
-"""Optax gradient transformations: flooding, ascent/descent alternation, Tiger.
+"""Optax gradient transformations: flooding, ascent/descent alternation, gradient normalisation,
+Tiger.
 
 * :func:`flood` -- negates the raw gradient when the batch loss (``value=``) is below a flood
   level; :func:`flooded`, :func:`iflooded`, :func:`iflood_loss` -- the same idea on the loss.
 * :func:`alternate_ascent_descent`, :func:`scale_by_ascent_descent`, :func:`backstitch` --
   alternating descent and smaller ascent steps; :func:`gradient_norm_penalty` and
   :func:`alternation_penalty` -- their explicit second-order form.
-* :func:`tiger` -- sign-momentum optimiser (Lion with ``β1 = β2``) with decoupled weight decay.
+* :func:`normalize_by_running_gradient_norm` -- divides the gradient by a running mean of its
+  global norm (the EXACT authors' gradient normaliser).
+* :func:`tiger` -- sign-momentum optimiser (Lion with ``β1 = β2``) with decoupled weight decay;
+  :func:`grouped_tiger` -- with the reference's parameter groups (:func:`tiger_parameter_labels`)
+  and non-finite-gradient shrink.
 """
 
 from emoloss.transforms.alternation import (
@@ -17,19 +22,27 @@ from emoloss.transforms.alternation import (
     scale_by_ascent_descent,
 )
 from emoloss.transforms.flooding import FloodState, flood, flooded, iflood_loss, iflooded
-from emoloss.transforms.tiger import tiger
+from emoloss.transforms.gradient_norm import (
+    RunningGradientNormState,
+    normalize_by_running_gradient_norm,
+)
+from emoloss.transforms.tiger import grouped_tiger, tiger, tiger_parameter_labels
 
 __all__ = [
     "AscentDescentState",
     "FloodState",
+    "RunningGradientNormState",
     "alternate_ascent_descent",
     "alternation_penalty",
     "backstitch",
     "flood",
     "flooded",
     "gradient_norm_penalty",
+    "grouped_tiger",
     "iflood_loss",
     "iflooded",
+    "normalize_by_running_gradient_norm",
     "scale_by_ascent_descent",
     "tiger",
+    "tiger_parameter_labels",
 ]

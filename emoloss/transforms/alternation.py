@@ -101,8 +101,8 @@ def scale_by_ascent_descent(
 
   def init_fn(params):
     del params
-    zero = jnp.zeros([], jnp.int32)
-    return AscentDescentState(step=zero, ascent_steps=zero)
+    # Two distinct buffers: one buffer twice in a state cannot be donated (`donate_argnums`).
+    return AscentDescentState(step=jnp.zeros([], jnp.int32), ascent_steps=jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None, **extra_args):
     del params

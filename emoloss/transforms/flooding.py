@@ -111,7 +111,9 @@ def flood(flood_level: float) -> optax.GradientTransformationExtraArgs:
     # Flax NNX:  optimizer.update(model, grads, value=loss)
 
   ``value`` must be the same mini-batch mean that produced ``grads``, with masked examples
-  excluded from the mean. Calling ``update`` without ``value`` raises ``ValueError``; a
+  excluded from the mean. A NaN ``value`` is not below the flood level: the update is the
+  gradient unchanged (descent), NaN or not; to skip non-finite steps wrap the whole chain in
+  ``optax.apply_if_finite``. Calling ``update`` without ``value`` raises ``ValueError``; a
   transformation between the caller and ``flood`` that drops extra arguments is caught the same
   way. Under ``optax.MultiSteps(optax.chain(flood(b), opt), k)`` only the last mini-step's call
   counts: pass the mean loss of the ``k`` accumulated mini-batches as ``value`` (the loss whose
@@ -202,7 +204,7 @@ def iflood_loss(
     losses: ``[...]`` per-example losses (any float dtype; computed in float32).
     flood_level: the flood level ``b >= 0`` (a scalar).
     where: optional boolean mask of the shape of ``losses``; masked examples are excluded from the
-      mean (a fully masked batch gives 0).
+      mean (a fully masked batch gives 0, as does an empty one).
 
   Returns:
     The float32 scalar iFlood loss.
@@ -214,6 +216,8 @@ def iflood_loss(
   losses = _checks.check_logits(losses, name="losses", min_rank=0)
   where = _checks.check_where(where, losses.shape)
   per_example = jnp.abs(losses - flood_level) + flood_level
+  if per_example.size == 0:  # an empty batch, like a fully masked one, gives 0
+    return jnp.zeros([], jnp.float32)
   if where is None:
     return jnp.mean(per_example)
   per_example = jnp.where(where, per_example, 0.0)

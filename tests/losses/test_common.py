@@ -22,6 +22,8 @@ MULTICLASS = {
     "logit_adjusted": lambda z, y, w=None: emoloss.logit_adjusted_cross_entropy(
         z, y, PRIOR, where=w),
     "margin": lambda z, y, w=None: emoloss.margin_cross_entropy(z, y, np.full(V, 0.5), where=w),
+    "norm_aware_margin": lambda z, y, w=None: emoloss.norm_aware_margin_cross_entropy(
+        z, y, np.linspace(0.5, 2.0, V), np.full(V, 0.3), where=w),
     "emo": lambda z, y, w=None: emoloss.emo_loss(z, y, EMB, where=w),
     "emo_ce": lambda z, y, w=None: emoloss.emo_ce_loss(z, y, EMB, where=w),
     "emo_ce_mode2": lambda z, y, w=None: emoloss.emo_ce_loss(z, y, EMB, mode=2, where=w),

@@ -90,3 +90,101 @@ def test_uniform_prior_and_zero_margin_give_cross_entropy(v, n, scale, seed, tau
       rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(emoloss.margin_cross_entropy(logits, labels, np.zeros(v)), ce,
                              rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Norm-aware margin: the worst feature perturbation of radius r_y, logit by logit.
+
+
+def norm_aware_numpy(logits, labels, norms, radii):
+  """-log softmax(z')_y with z'_y = z_y - r_y‖u_y‖, z'_i = z_i + r_y‖u_i‖, in float64."""
+  z = np.asarray(logits, np.float64).copy()
+  n = len(labels)
+  r = np.asarray(radii, np.float64)[labels][:, None]
+  z += r * np.asarray(norms, np.float64)[None, :]
+  z[np.arange(n), labels] -= 2 * r[:, 0] * np.asarray(norms, np.float64)[labels]
+  return -log_softmax(z)[np.arange(n), labels]
+
+
+def circle(radius, count=20001):
+  angles = np.linspace(0.0, 2 * np.pi, count)
+  return radius * np.stack([np.cos(angles), np.sin(angles)], -1)  # [count, 2]
+
+
+def test_norm_aware_margin_matches_numpy_and_gradients():
+  rng = np.random.default_rng(0)
+  features = rng.normal(size=(7, 3)).astype(np.float32)
+  weights = rng.normal(size=(5, 3)).astype(np.float32)  # U [V, k]
+  labels = rng.integers(0, 5, size=7)
+  radii = np.array([0.1, 0.5, 1.0, 0.0, 2.0], np.float32)
+  logits = features @ weights.T
+  norms = np.linalg.norm(weights, axis=-1)
+  want = norm_aware_numpy(logits, labels, norms, radii)
+  f = lambda z, u: emoloss.norm_aware_margin_cross_entropy(z, labels, u, radii)
+  np.testing.assert_allclose(f(logits, norms), want, rtol=1e-5)
+  np.testing.assert_allclose(jax.jit(f)(logits, norms), want, rtol=1e-5)
+  check_grads(jax.jit(f), (jnp.asarray(logits), jnp.asarray(norms)), order=1, modes=["rev"],
+              atol=2e-2, rtol=2e-2)
+  # From features and the weight matrix: the gradient reaches U through the logits and norms.
+  def from_features(u):
+    return jnp.sum(emoloss.norm_aware_margin_cross_entropy(
+        features @ u.T, labels, jnp.linalg.norm(u, axis=-1), radii))
+  check_grads(jax.jit(from_features), (jnp.asarray(weights),), order=1, modes=["rev"], atol=2e-2,
+              rtol=2e-2)
+  # Zero radii: cross-entropy; equal radii r and norms 1: a constant pairwise margin 2r.
+  ce = optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
+  np.testing.assert_allclose(
+      emoloss.norm_aware_margin_cross_entropy(logits, labels, norms, np.zeros(5)), ce, rtol=1e-5)
+  np.testing.assert_allclose(
+      emoloss.norm_aware_margin_cross_entropy(logits, labels, np.ones(5), np.full(5, 0.3)),
+      emoloss.margin_cross_entropy(logits, labels, np.full(5, 0.6)), rtol=1e-5)
+
+
+def test_norm_aware_margin_is_the_worst_case_of_per_logit_perturbations():
+  """Brute force on a tiny problem: each logit perturbed by its own δ_i, ‖δ_i‖ = r_y (the loss
+  is monotone in each logit, so the worst case takes each extreme separately), and one shared δ
+  (an upper bound, reached with antiparallel weights)."""
+  rng = np.random.default_rng(1)
+  features = rng.normal(size=(4, 2))
+  weights = rng.normal(size=(3, 2))
+  labels = np.array([0, 1, 2, 1])
+  radii = np.array([0.3, 0.8, 1.5])
+  got = np.asarray(emoloss.norm_aware_margin_cross_entropy(
+      (features @ weights.T).astype(np.float32), labels,
+      np.linalg.norm(weights, axis=-1).astype(np.float32), radii.astype(np.float32)))
+  for row, (f, y) in enumerate(zip(features, labels)):
+    deltas = circle(radii[y])
+    moves = deltas @ weights.T  # [count, V]: ⟨δ, u_i⟩ for every sampled δ
+    worst = f @ weights.T + np.where(np.arange(3) == y, moves.min(0), moves.max(0))
+    np.testing.assert_allclose(got[row], -log_softmax(worst)[y], rtol=1e-5)
+    shared = -log_softmax((f + deltas) @ weights.T)[:, y]  # one δ for all logits
+    assert shared.max() <= got[row] * (1 + 1e-6)
+  # Two classes with u_1 = -2 u_0: one shared δ already reaches the bound.
+  weights = np.array([[0.6, -0.8], [-1.2, 1.6]])
+  labels = np.array([0, 1, 1, 0])
+  radii = np.array([0.4, 1.1])
+  got = emoloss.norm_aware_margin_cross_entropy(
+      (features @ weights.T).astype(np.float32), labels,
+      np.linalg.norm(weights, axis=-1).astype(np.float32), radii.astype(np.float32))
+  for row, (f, y) in enumerate(zip(features, labels)):
+    shared = -log_softmax((f + circle(radii[y])) @ weights.T)[:, y]
+    np.testing.assert_allclose(got[row], shared.max(), rtol=1e-5)
+
+
+def test_norm_aware_margin_mask_and_checks():
+  logits, labels = random_problem(n=6, v=4, seed=2)
+  norms, radii = np.array([1.0, 2.0, 0.5, 1.5]), np.array([0.2, 0.4, 0.6, 0.8])
+  where = np.array([True, False, True, True, False, True])
+  garbage = logits.copy()
+  garbage[~where] = np.nan
+  f = lambda z: emoloss.norm_aware_margin_cross_entropy(z, labels, norms, radii, where=where)
+  grad = jax.jit(jax.grad(lambda z: jnp.sum(f(z))))(jnp.asarray(garbage))
+  full = emoloss.norm_aware_margin_cross_entropy(logits, labels, norms, radii)
+  np.testing.assert_allclose(f(garbage), np.where(where, full, 0.0), rtol=1e-6)
+  assert np.all(np.asarray(grad)[~where] == 0) and np.all(np.isfinite(grad))
+  with pytest.raises(ValueError, match="class_weight_norms"):
+    emoloss.norm_aware_margin_cross_entropy(logits, labels, np.ones(3), radii)
+  with pytest.raises(ValueError, match="radii"):
+    emoloss.norm_aware_margin_cross_entropy(logits, labels, norms, -radii)
+  with pytest.raises(TypeError, match="labels"):
+    emoloss.norm_aware_margin_cross_entropy(logits, logits, norms, radii)

@@ -63,16 +63,27 @@ def test_out_of_range_hyperparameters_and_soft_labels_rejected():
     emoloss.tailr_loss(logits, np.eye(logits.shape[1], dtype=np.float32)[labels])
 
 
+def float32_nll_tolerance(logits, v):
+  """Absolute float32 error bound of a computed ``-log p_y = lse - z_y``: both terms are of the
+  size of the largest logit (plus log V), each rounded to half an ulp, and the log-sum-exp adds a
+  few more roundings; 8 ulps of that size covers it."""
+  return 8 * np.finfo(np.float32).eps * (np.abs(logits).max() + np.log(v) + 1.0)
+
+
 @hypothesis.settings(deadline=None, max_examples=25)
 @hypothesis.given(v=SIZES_V, n=SIZES_N, scale=st.floats(0.0, 40.0),
                   seed=st.integers(0, 2**16), gamma=st.floats(0.0, 1.0))
+# Failed once with atol=1e-6: nll ≈ 4e-4 at margin ~40, float32 rounding of lse - z_y.
+@hypothesis.example(v=2, n=1, scale=40.0, seed=22, gamma=1.0)
 def test_properties(v, n, scale, seed, gamma):
   logits, labels = random_problem(n, v, seed, scale)
-  ce = np.asarray(optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels))
+  nll = -log_softmax(logits)[np.arange(n), labels]  # float64 reference
+  atol = float32_nll_tolerance(logits, v)
   # γ = 0 is cross-entropy (w = 1). SPEC.md says γ = 1; with its own formula w = p_y there.
-  np.testing.assert_allclose(emoloss.tailr_loss(logits, labels, gamma=0.0), ce, rtol=1e-5,
-                             atol=1e-5)
-  np.testing.assert_allclose(emoloss.tailr_loss(logits, labels, gamma=1.0), np.exp(-ce) * ce,
-                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(emoloss.tailr_loss(logits, labels, gamma=0.0), nll, rtol=1e-5,
+                             atol=atol)
+  # γ = 1: w = p_y ≤ 1, so the error of p_y · nll is at most that of nll (plus p_y's rounding).
+  np.testing.assert_allclose(emoloss.tailr_loss(logits, labels, gamma=1.0), np.exp(-nll) * nll,
+                             rtol=1e-5, atol=atol)
   tailr = np.asarray(emoloss.tailr_loss(logits, labels, gamma=gamma))
-  assert np.all(tailr >= 0) and np.all(tailr <= ce + 1e-5)  # w <= 1
+  assert np.all(tailr >= 0) and np.all(tailr <= nll + atol)  # w <= 1
