@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from benchmarks.lm.stats import Margin, format_difference, paired_comparison, t_interval
+from benchmarks.lm.stats import verdict as interval_verdict
+from benchmarks.machine import machine_summary
 
 MARGINS = {m.metric: m for m in (
     Margin("log_ppl_test", 0.01, False),
@@ -95,10 +97,9 @@ def claims(comparisons: dict) -> list[dict]:
 
 
 def _verdict(summary: dict, claim: str) -> str:
-  from benchmarks.lm.stats import verdict  # pylint: disable=import-outside-toplevel
   sign = 1.0 if summary["higher_is_better"] else -1.0
   low, high = sorted((sign * summary["low"], sign * summary["high"]))
-  return verdict(low, high, summary["margin"], claim)
+  return interval_verdict(low, high, summary["margin"], claim)
 
 
 def _mean_interval(values: list[float]) -> tuple[float, float]:
@@ -118,17 +119,17 @@ def markdown(results: dict, png_name: str) -> str:
   self_ = oracle["self"]
   lines = [
       "# Known-oracle experiment: exact precision and recall of each objective", "",
-      (f"Command: `{results['command']}`. Machine: {results['machine'].get('cpu', '?')}, "
-      f"{results['machine'].get('cores', '?')} cores ({results['machine_note']}); wall time "
-      f"{results['wall_seconds'] / 60:.1f} min."), "",
-      (f"Oracle P: transformer d={config['oracle_d_model']}, {config['oracle_layers']} layers, "
+      (f"Command: `{results['command']}`. Machine: {machine_summary(results['machine'])} "
+       f"({results['machine_note']}); wall time of the last invocation "
+       f"{results['wall_seconds'] / 60:.1f} min (finished runs are cached)."), "",
+      (f"Oracle P: transformer d={config['oracle_d_model']}, {config['oracle_layers']} layer(s), "
       f"vocabulary {results['data']['vocab_size']}, trained with CE on "
       f"{results['data']['chars']['pretrain_train']:,} characters of the Python standard "
       f"library (best validation NLL {oracle['training']['best_nll']:.3f} at step "
       f"{oracle['training']['best_step']}). Samples of {config['seq_len'] - 1} tokens after the "
       f"separator: {config['train_samples']} for training, {config['held_out_samples']} "
       f"held out, {config['student_samples']} per student. Students: `same` = the oracle's "
-      f"architecture, `small` = d={config['small_d_model']}, {config['small_layers']} layer; "
+      f"architecture, `small` = d={config['small_d_model']}, {config['small_layers']} layer(s); "
       f"{config['student_steps']} steps of batch {config['batch_size']}, {config['seeds']} "
       f"seeds (same initialisation and batches for every objective of a seed)."), "",
       (f"Oracle against itself: PPL_test {self_['ppl_test']:.3f}, PPL_oracle "

@@ -70,6 +70,7 @@ class Config:
   weight_decay: float = 0.01
   warmup_steps: int = 30
   seeds: int = 5
+  first_seed: int = 0               # seeds first_seed .. first_seed + seeds - 1
   regimes: tuple[str, ...] = ("same", "small")
   objectives: tuple[str, ...] = tuple(o.name for o in ORACLE_OBJECTIVES)
 
@@ -232,7 +233,7 @@ def run_students(config: Config, oracle, samples: dict, vocab_size: int, separat
   for regime in config.regimes:
     model_config = config.student_config(regime, vocab_size)
     results[regime] = []
-    for seed in range(config.seeds):
+    for seed in range(config.first_seed, config.first_seed + config.seeds):
       per_seed = {}
       sample_key = jax.random.key(1000 + seed)  # the same key for every student of a seed
 
@@ -278,7 +279,8 @@ def prepare_out_dir(out_dir: str, config: Config, overwrite: bool) -> None:
     raise UsageError(f"--out {out_dir!r}: cannot create the folder ({error}).") from None
   path = os.path.join(out_dir, "config.json")
   wanted = json.loads(json.dumps(dataclasses.asdict(config)))
-  keyed = {k: v for k, v in wanted.items() if k not in ("seeds", "regimes", "objectives")}
+  keyed = {k: v for k, v in wanted.items() if k not in ("seeds", "first_seed", "regimes",
+                                                       "objectives")}
   if os.path.exists(path):
     with open(path) as f:
       stored = {k: v for k, v in json.load(f).items() if k in keyed}
@@ -364,9 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--json", default=None, help="results file (default benchmarks/results/"
                       "oracle.json; with --quick, inside --out)")
   parser.add_argument("--seeds", type=int, default=None, help="paired seeds per regime")
+  parser.add_argument("--first-seed", type=int, default=None, help="first seed (default 0)")
   parser.add_argument("--student-steps", type=int, default=None, help="training steps")
   parser.add_argument("--objectives", default=None,
                       help="comma-separated subset of " + ",".join(BY_NAME) + " (ce always in)")
+  parser.add_argument("--regimes", default=None,
+                      help="comma-separated subset of same,small (default both; runs of another "
+                      "process on the same --out are reused)")
   parser.add_argument("--overwrite", action="store_true",
                       help="discard caches in --out made with other settings")
   parser.add_argument("--no-progress", action="store_true", help="no tqdm bars")
@@ -376,6 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> Config:
   """The Config of a parsed command line (raises UsageError)."""
   overrides = dict(QUICK) if args.quick else {}
+  if args.first_seed is not None:
+    if args.first_seed < 0:
+      raise UsageError(f"--first-seed must be >= 0 (got {args.first_seed}).")
+    overrides["first_seed"] = args.first_seed
   for field in ("seeds", "student_steps"):
     value = getattr(args, field)
     if value is not None:
@@ -389,6 +399,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
       raise UsageError(f"--objectives must be a comma-separated subset of {','.join(BY_NAME)} "
                        f"(got {args.objectives!r}).")
     overrides["objectives"] = tuple(o for o in BY_NAME if o in chosen or o == "ce")
+  if args.regimes is not None:
+    regimes = tuple(r for r in ("same", "small") if r in args.regimes.split(","))
+    if not regimes or set(args.regimes.split(",")) - {"same", "small"}:
+      raise UsageError(f"--regimes must be a comma-separated subset of same,small (got "
+                       f"{args.regimes!r}).")
+    overrides["regimes"] = regimes
   config = Config(**overrides)
   if config.objectives[0] != "ce":
     raise UsageError("the objectives must start with ce (the baseline and the oracle's loss).")
