@@ -171,7 +171,8 @@ def markdown(results: dict, png_name: str) -> str:
 
 def plot(path: str, results: dict) -> None:
   """Precision–recall scatter: x = KL(P‖Q) (recall error), y = KL(Q‖P) (precision error), one
-  faint point per seed and the mean with 95% error bars per objective; one panel per regime."""
+  faint point per seed and the mean with 95% error bars per objective; one panel per regime;
+  logarithmic axes."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
@@ -191,6 +192,8 @@ def plot(path: str, results: dict) -> None:
       ax.scatter(x, y, color=colors(i), alpha=0.3, s=12)
       ax.errorbar(mx, my, xerr=hx, yerr=hy, fmt="o", color=colors(i), capsize=3,
                   label=labels.get(name, name))
+    ax.set_xscale("log", nonpositive="clip")  # EMO alone can sit an order of magnitude out
+    ax.set_yscale("log", nonpositive="clip")
     ax.set_xlabel("forward KL(P‖Q), nats/token  (recall error →)")
     ax.set_ylabel("reverse KL(Q‖P), nats/token  (precision error →)")
     ax.set_title(f"student `{regime}`: {len(per_seed)} seeds, mean ± 95% CI")
