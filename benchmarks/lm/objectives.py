@@ -38,6 +38,7 @@ class Objective(NamedTuple):
   gamma: float = 0.0               # tailr: density-ratio threshold
   min_weight: float = 0.0          # tailr: lower clip of the weight
   eta: float = 1.0                 # mixce: mixing ratio (1 = CE)
+  emo_only: bool = False           # emo: the EMO cost alone, no CE (oracle experiment)
 
 
 OBJECTIVES = (
@@ -77,7 +78,9 @@ def token_loss(objective: Objective, nll: jax.Array, emo: jax.Array | None) -> j
   if objective.family == "ce":
     return nll
   if objective.family == "emo":
-    return emo_ce_mix(nll, emo, objective.max_ratio)
+    return emo if objective.emo_only else emo_ce_mix(nll, emo, objective.max_ratio)
+  if objective.family == "focal":  # (1 - p_y)^γ · CE, differentiated through the factor
+    return jnp.maximum(1.0 - jnp.exp(-nll), 0.0) ** objective.gamma * nll
   if objective.family == "tailr":
     return emoloss.tailr_weight(-nll, objective.gamma, objective.min_weight) * nll
   if objective.family == "mixce":
