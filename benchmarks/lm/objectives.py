@@ -63,13 +63,8 @@ BY_NAME = {o.name: o for o in OBJECTIVES}
 
 def emo_ce_mix(nll: jax.Array, emo: jax.Array, max_ratio: float | None) -> jax.Array:
   """``½ (CE + clip(sg(CE / EMO), 0, max_ratio) · EMO)`` per token (``max_ratio=None``: no
-  cap). The ratio is 0 where EMO is 0 (then CE is 0 too up to rounding)."""
-  positive = emo > 0
-  ratio = jnp.where(positive, nll / jnp.where(positive, emo, 1.0), 0.0)
-  ratio = jnp.maximum(ratio, 0.0)
-  if max_ratio is not None:
-    ratio = jnp.minimum(ratio, max_ratio)
-  return 0.5 * (nll + jax.lax.stop_gradient(ratio) * emo)
+  cap): :func:`emoloss.emo_ce_combination` in mode 1 (its ratio is 0 where EMO is 0)."""
+  return emoloss.emo_ce_combination(nll, emo, mode=1, max_ratio=max_ratio)
 
 
 def token_loss(objective: Objective, nll: jax.Array, emo: jax.Array | None) -> jax.Array:
