@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -216,3 +218,18 @@ def plot(path: str, results: dict) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def write_results(json_path: str, results: dict, plot_fn: Callable[[str, dict], None],
+                  markdown_fn: Callable[[dict, str], str]) -> str:
+  """Writes ``results`` as JSON at ``json_path`` and, beside it, the PNG (``plot_fn(path,
+  results)``) and the Markdown (``markdown_fn(results, png_name)``); returns the common stem.
+  Shared by the experiments (LM fine-tuning, known oracle)."""
+  os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+  with open(json_path, "w") as f:
+    json.dump(results, f, indent=1)
+  stem = os.path.splitext(json_path)[0]
+  plot_fn(stem + ".png", results)
+  with open(stem + ".md", "w") as f:
+    f.write(markdown_fn(results, os.path.basename(stem) + ".png"))
+  return stem

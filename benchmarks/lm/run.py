@@ -212,13 +212,7 @@ def run_experiment(config: Config, out_dir: str, json_path: str, *, overwrite: b
                  for c in report.CLAIMS if c.objective in comparisons],
       "mean_curves": evaluation.mean_curves(per_seed, config.objectives),
   }
-  os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-  with open(json_path, "w") as f:
-    json.dump(results, f, indent=1)
-  stem = os.path.splitext(json_path)[0]
-  report.plot(stem + ".png", results)
-  with open(stem + ".md", "w") as f:
-    f.write(report.markdown(results, os.path.basename(stem) + ".png"))
+  report.write_results(json_path, results, report.plot, report.markdown)
   for claim in results["claims"]:
     log(f"{claim['objective']:>10} {claim['metric']:<24} {claim['claim']:<9} "
         f"{claim['mean']:+.4f} [{claim['low']:+.4f}, {claim['high']:+.4f}] "

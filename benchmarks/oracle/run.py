@@ -32,6 +32,7 @@ from benchmarks.lm.config import Config as LMConfig
 from benchmarks.lm.config import UsageError
 from benchmarks.lm.model import ModelConfig
 from benchmarks.lm.objectives import OBJECTIVES, Objective
+from benchmarks.lm.report import write_results
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RESULTS = os.path.join(REPO_ROOT, "benchmarks", "results")
@@ -339,13 +340,7 @@ def run_experiment(config: Config, out_dir: str, json_path: str, *, overwrite: b
   results["claims"] = report.claims(results["comparisons"])
   results["wall_seconds"] = time.perf_counter() - started
   del jax
-  os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-  with open(json_path, "w") as f:
-    json.dump(results, f, indent=1)
-  stem = os.path.splitext(json_path)[0]
-  report.plot(stem + ".png", results)
-  with open(stem + ".md", "w") as f:
-    f.write(report.markdown(results, os.path.basename(stem) + ".png"))
+  write_results(json_path, results, report.plot, report.markdown)
   for claim in results["claims"]:
     log(f"{claim['regime']:>5} {claim['objective']:>10} {claim['metric']:<16} "
         f"{claim['claim']:<9} {claim['mean']:+.4f} [{claim['low']:+.4f}, {claim['high']:+.4f}] "
