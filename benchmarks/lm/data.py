@@ -225,6 +225,19 @@ def atomic_savez(path: str, **arrays) -> None:
   os.replace(tmp, path)
 
 
+def cached_json(path: str, compute):
+  """The JSON at ``path`` if it exists, else ``compute()`` written there atomically (resume)."""
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  value = compute()
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(value, f)
+  os.replace(tmp, path)
+  return value
+
+
 def covering_windows(stream: np.ndarray, seq_len: int, batch_size: int
                      ) -> tuple[np.ndarray, np.ndarray]:
   """The whole stream as ``[n, seq_len + 1]`` windows (stride ``seq_len``: every token after

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -53,18 +52,6 @@ def setup_description(config: Config, data: data_lib.Data) -> dict:
                         "whole test split; perplexity on held-out pretraining-domain text "
                         "(forgetting)"),
   }
-
-
-def _cached_json(path: str, compute):
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)
-  value = compute()
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(value, f)
-  os.replace(tmp, path)
-  return value
 
 
 def _sample_metrics(model, base, prompts, human_features, tfidf, config: Config, tokenizer,
@@ -178,7 +165,7 @@ def run_seeds(config: Config, data: data_lib.Data, out_dir: str, *, progress: bo
     evaluated = {}
     for name, model in tqdm(models.items(), desc=f"evaluate seed {seed}", leave=False,
                             disable=not progress, dynamic_ncols=True):
-      evaluated[name] = _cached_json(os.path.join(out_dir, f"eval_s{seed}_{name}.json"),
+      evaluated[name] = data_lib.cached_json(os.path.join(out_dir, f"eval_s{seed}_{name}.json"),
                                      lambda model=model: evaluate(model))
     results.append({"seed": seed, "models": evaluated, "human": human["summary"],
                     "records": records})

@@ -30,6 +30,7 @@ import numpy as np
 
 from benchmarks.lm.config import Config as LMConfig
 from benchmarks.lm.config import UsageError
+from benchmarks.lm.data import cached_json
 from benchmarks.lm.model import ModelConfig
 from benchmarks.lm.objectives import OBJECTIVES, Objective
 from benchmarks.lm.report import write_results
@@ -98,18 +99,6 @@ QUICK = {
     "student_steps": 60, "batch_size": 16, "warmup_steps": 10, "seeds": 2,
     "objectives": ("ce", "emo", "tailr_open"), "regimes": ("same",),
 }
-
-
-def _cached_json(path: str, compute):
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)
-  value = compute()
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(value, f)
-  os.replace(tmp, path)
-  return value
 
 
 def train_oracle(config: Config, data, out_dir: str, progress: bool, log):
@@ -244,7 +233,7 @@ def run_students(config: Config, oracle, samples: dict, vocab_size: int, separat
         return dict(exact_metrics(oracle, model, samples["held_out"], own, unit_head),
                     finite=True)
 
-      per_seed["untrained"] = _cached_json(
+      per_seed["untrained"] = cached_json(
           os.path.join(out_dir, f"student_{regime}_s{seed}_untrained.json"), untrained)
       bar.update()
       for index, objective in enumerate(objectives):
@@ -261,7 +250,7 @@ def run_students(config: Config, oracle, samples: dict, vocab_size: int, separat
           return dict(exact_metrics(oracle, model, samples["held_out"], own, unit_head),
                       **record, seconds=time.perf_counter() - started)
 
-        per_seed[objective.name] = _cached_json(
+        per_seed[objective.name] = cached_json(
             os.path.join(out_dir, f"student_{regime}_s{seed}_{objective.name}.json"), trained)
         if not per_seed[objective.name]["finite"]:
           log(f"{regime} seed {seed} {objective.name}: non-finite training (reported as unstable)")
@@ -316,7 +305,7 @@ def run_experiment(config: Config, out_dir: str, json_path: str, *, overwrite: b
   samples = oracle_samples(config, oracle, separator, out_dir)
   log(f"oracle samples ready ({time.perf_counter() - started:.0f} s)")
   unit_head = exact.unit_rows(oracle.head)
-  reference = _cached_json(os.path.join(out_dir, "oracle_self.json"), lambda: exact_metrics(
+  reference = cached_json(os.path.join(out_dir, "oracle_self.json"), lambda: exact_metrics(
       oracle, oracle, samples["held_out"], samples["self"], unit_head))
   per_regime = run_students(config, oracle, samples, data.vocab_size, separator, out_dir,
                             progress, log)

@@ -497,6 +497,23 @@ def _axis_size(mesh: Mesh, axis: AxisName) -> int:
   return int(np.prod([mesh.shape[name] for name in names]))
 
 
+def _check_mesh(hidden, head, mesh, data_axis: AxisName, model_axis: AxisName) -> int:
+  """Checks ``hidden [N, d]`` and ``head [V, d]`` against the mesh (``N`` divisible by the size
+  of ``data_axis``, ``V`` by that of ``model_axis``); returns the size of ``model_axis``."""
+  if hidden.ndim != 2:
+    raise ValueError(f"`hidden` must have shape [N, d] here (got {hidden.shape}).")
+  if not isinstance(mesh, Mesh):
+    raise TypeError(f"`mesh` must be a jax.sharding.Mesh (got {type(mesh).__name__}).")
+  data_size, model_size = _axis_size(mesh, data_axis), _axis_size(mesh, model_axis)
+  if hidden.shape[0] % data_size:
+    raise ValueError(f"the number of tokens N = {hidden.shape[0]} must be divisible by the size "
+                     f"{data_size} of data_axis {data_axis!r}.")
+  if head.shape[0] % model_size:
+    raise ValueError(f"the vocabulary size V = {head.shape[0]} must be divisible by the size "
+                     f"{model_size} of model_axis {model_axis!r}.")
+  return model_size
+
+
 def sharded_fused_ce_emo(
     hidden: ArrayLike,
     head: ArrayLike,
@@ -559,17 +576,7 @@ def sharded_fused_ce_emo(
   """
   hidden, head, labels, where = _check_inputs(hidden, head, labels, cost_embeddings, where,
                                               chunk_size)
-  if hidden.ndim != 2:
-    raise ValueError(f"`hidden` must have shape [N, d] here (got {hidden.shape}).")
-  if not isinstance(mesh, Mesh):
-    raise TypeError(f"`mesh` must be a jax.sharding.Mesh (got {type(mesh).__name__}).")
-  data_size, model_size = _axis_size(mesh, data_axis), _axis_size(mesh, model_axis)
-  if hidden.shape[0] % data_size:
-    raise ValueError(f"the number of tokens N = {hidden.shape[0]} must be divisible by the size "
-                     f"{data_size} of data_axis {data_axis!r}.")
-  if head.shape[0] % model_size:
-    raise ValueError(f"the vocabulary size V = {head.shape[0]} must be divisible by the size "
-                     f"{model_size} of model_axis {model_axis!r}.")
+  _check_mesh(hidden, head, mesh, data_axis, model_axis)
   hidden, labels, cost_embeddings, rows = _prepare(hidden, head, labels, cost_embeddings, where)
   config = _Config(chunk_size=int(chunk_size), mesh=mesh, data_axis=data_axis,
                    model_axis=model_axis)

@@ -454,18 +454,7 @@ def sharded_onepass_loss(
   _check_options(per_token, reduction, token_chunk_size, vocab_block_size)
   hidden, head, labels, where = chunked._check_inputs(hidden, head, labels, cost_embeddings,
                                                       where, token_chunk_size or 1)
-  if hidden.ndim != 2:
-    raise ValueError(f"`hidden` must have shape [N, d] here (got {hidden.shape}).")
-  if not isinstance(mesh, Mesh):
-    raise TypeError(f"`mesh` must be a jax.sharding.Mesh (got {type(mesh).__name__}).")
-  data_size = chunked._axis_size(mesh, data_axis)
-  model_size = chunked._axis_size(mesh, model_axis)
-  if hidden.shape[0] % data_size:
-    raise ValueError(f"the number of tokens N = {hidden.shape[0]} must be divisible by the size "
-                     f"{data_size} of data_axis {data_axis!r}.")
-  if head.shape[0] % model_size:
-    raise ValueError(f"the vocabulary size V = {head.shape[0]} must be divisible by the size "
-                     f"{model_size} of model_axis {model_axis!r}.")
+  model_size = chunked._check_mesh(hidden, head, mesh, data_axis, model_axis)
   hidden, labels, cost_embeddings, rows = chunked._prepare(hidden, head, labels,
                                                            cost_embeddings, where)
   weights = _weights(where, labels.shape, reduction)
