@@ -2,7 +2,7 @@
 
 One command, no download::
 
-  python benchmarks/lm_finetune.py            # default run (about 30 minutes on 2 CPU cores)
+  python benchmarks/lm_finetune.py            # default run (16.4 minutes on 2 idle CPU cores)
   python benchmarks/lm_finetune.py --quick    # CI-sized run
 
 The experiment lives in the package :mod:`benchmarks.lm` (data, model + KV-cached sampler,

@@ -208,7 +208,7 @@ def test_bad_corpora_exit_with_a_message(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_default_configuration(tmp_path):
-  """The README's run (about 30 minutes on 2 cores): the same properties at the default size."""
+  """The README's run (16.4 minutes on 2 idle cores): the same properties at the default size."""
   results = lm_run.main(["--out", str(tmp_path / "checkpoints"), "--json",
                          str(tmp_path / "results.json"), "--no-progress"])
   for seed in results["seeds"]:
