@@ -1,6 +1,8 @@
 """Tests of emoloss.fused: the chunked path against the naive (materialised logits) path."""
 
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,9 +44,12 @@ def weighted_sum(outputs, weights):
 
 
 def values_and_grads(fn, hidden, head, weights):
-  outputs = fn(hidden, head)
-  grads = jax.grad(lambda h, w: weighted_sum(fn(h, w), weights), argnums=(0, 1))(hidden, head)
-  return outputs, grads
+  """The outputs and the gradient of their weighted sum, as one jitted program (eager execution
+  of every fused loss is compared with jit in tests/test_reliability.py)."""
+  def run(h, w):
+    grads = jax.grad(lambda h, w: weighted_sum(fn(h, w), weights), argnums=(0, 1))(h, w)
+    return fn(h, w), grads
+  return jax.jit(run)(hidden, head)
 
 
 def assert_close(actual, expected, rtol=RTOL, name=""):
@@ -183,6 +188,7 @@ def test_fused_emo_ce_loss_matches_emo_ce_loss(mode):
     return emoloss.fused_emo_ce_loss(h, w, labels, cost, mode=mode, where=where, chunk_size=8)
   def naive(h, w):
     return emo_ce_loss(h @ w.T, labels, cost, mode=mode, where=where)
+  @functools.partial(jax.jit, static_argnums=0)
   def value_and_grads(fn):
     grads = jax.grad(lambda h, w: jnp.sum(weights[0] * fn(h, w)), argnums=(0, 1))(hidden, head)
     return fn(hidden, head), grads
