@@ -24,7 +24,8 @@ trained full-batch with Adam on
   Monte Carlo estimate with 16 samples (here deterministic quadrature) and their tuned SGD/Adam
   learning rates (here every arm uses the same Adam),
 
-(``--quick`` leaves out ``EXACT 1-P (σ=1)`` to keep the CI cost of the recipe arm at zero)
+(``--quick`` leaves out ``EXACT 1-P (σ=1)`` to keep the CI cost of the recipe arm at zero, and
+uses 8 quadrature nodes instead of 16: the same held-out accuracies to 1e-3 there)
 and we report final and best held-out accuracy, final training accuracy, and how fast each gets
 there: the first evaluated step at which held-out accuracy reaches 90% and 95%. For every method,
 the per-seed difference of final held-out accuracy to CE: mean, 95% t-interval, sign count and a
@@ -133,10 +134,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--hidden", type=int, default=64, help="hidden width (0: a linear model)")
   parser.add_argument("--lr", type=float, default=3e-3)
   parser.add_argument("--steps", type=int, default=None)
-  parser.add_argument("--nodes", type=int, default=16, help="EXACT quadrature nodes")
+  parser.add_argument("--nodes", type=int, default=None,
+                      help="EXACT quadrature nodes (default 16; 8 with --quick)")
   args = parser.parse_args(argv)
   num_seeds = args.seeds or (3 if args.quick else 10)
   num_steps = args.steps or (200 if args.quick else 600)
+  num_nodes = args.nodes or (8 if args.quick else 16)  # quick: the same accuracies to 1e-3
   eval_every = 10
   out_dir = common.output_dir(args)
 
@@ -146,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       lambda seed: make_split(x, y, seed), seeds)
   widths = [x.shape[1]] + ([args.hidden] if args.hidden else []) + [NUM_CLASSES]
   model = common.init_mlp(widths, [1000 + s for s in seeds])
-  objectives = losses(args.nodes, num_steps)
+  objectives = losses(num_nodes, num_steps)
   if args.quick:  # CI budget: the recipe arm replaces the σ = 1 one (the full run has both)
     del objectives["EXACT 1-P (σ=1)"]
   special = optimizers(args.lr)
@@ -219,6 +222,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   figure.suptitle(f"Accuracy surrogates vs CE on digits ({model_name}), mean of {num_seeds} seeds")
 
   config = {"seeds": num_seeds, "steps": num_steps, "eval_every": eval_every, "model": model_name,
+            "exact_nodes": num_nodes,
             "train_size": int(train_batch["y"].shape[1]),
             "optimizer": f"adam(lr={args.lr}), full batch",
             "authors_recipe": {"sigma": f"{RECIPE_SIGMA[0]:g} -> {RECIPE_SIGMA[1]:g} log-linear",

@@ -456,14 +456,14 @@ def fused_ce_emo(
     without ``cost_embeddings``.
 
   Examples:
-    >>> import jax
     >>> import jax.numpy as jnp
+    >>> import numpy as np
     >>> import optax
     >>> import emoloss
-    >>> k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
-    >>> hidden = jax.random.normal(k1, (4, 8))
-    >>> head = jax.random.normal(k2, (32, 8))
-    >>> labels = jax.random.randint(k3, (4,), 0, 32)
+    >>> rng = np.random.default_rng(0)
+    >>> hidden = jnp.asarray(rng.normal(size=(4, 8)), jnp.float32)
+    >>> head = jnp.asarray(rng.normal(size=(32, 8)), jnp.float32)
+    >>> labels = jnp.asarray(rng.integers(0, 32, 4))
     >>> out = emoloss.fused_ce_emo(hidden, head, labels, cost_embeddings=head, chunk_size=8)
     >>> ce = optax.losses.softmax_cross_entropy_with_integer_labels(hidden @ head.T, labels)
     >>> emo = emoloss.emo_loss(hidden @ head.T, labels, head)
@@ -556,14 +556,15 @@ def sharded_fused_ce_emo(
   Examples:
     >>> import jax
     >>> import jax.numpy as jnp
+    >>> import numpy as np
     >>> import emoloss
     >>> from jax.sharding import AxisType
     >>> # One device here; the same code runs on a mesh of many.
     >>> mesh = jax.make_mesh((1, 1), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
-    >>> k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
-    >>> hidden = jax.random.normal(k1, (4, 8))
-    >>> head = jax.random.normal(k2, (32, 8))
-    >>> labels = jax.random.randint(k3, (4,), 0, 32)
+    >>> rng = np.random.default_rng(0)
+    >>> hidden = jnp.asarray(rng.normal(size=(4, 8)), jnp.float32)
+    >>> head = jnp.asarray(rng.normal(size=(32, 8)), jnp.float32)
+    >>> labels = jnp.asarray(rng.integers(0, 32, 4))
     >>> run = jax.jit(lambda h, w, y: emoloss.sharded_fused_ce_emo(h, w, y, mesh=mesh, chunk_size=8))
     >>> out = run(hidden, head, labels)
     >>> print(jnp.allclose(out.nll, emoloss.fused_ce_emo(hidden, head, labels).nll, atol=1e-5))
@@ -622,13 +623,13 @@ def fused_emo_ce_loss(
     ``[...]`` float32 per-token loss.
 
   Examples:
-    >>> import jax
     >>> import jax.numpy as jnp
+    >>> import numpy as np
     >>> import emoloss
-    >>> k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
-    >>> hidden = jax.random.normal(k1, (4, 8))
-    >>> head = jax.random.normal(k2, (32, 8))
-    >>> labels = jax.random.randint(k3, (4,), 0, 32)
+    >>> rng = np.random.default_rng(0)
+    >>> hidden = jnp.asarray(rng.normal(size=(4, 8)), jnp.float32)
+    >>> head = jnp.asarray(rng.normal(size=(32, 8)), jnp.float32)
+    >>> labels = jnp.asarray(rng.integers(0, 32, 4))
     >>> fused = emoloss.fused_emo_ce_loss(hidden, head, labels, head, chunk_size=8)
     >>> dense = emoloss.emo_ce_loss(hidden @ head.T, labels, head)
     >>> print(fused.shape, jnp.allclose(fused, dense, atol=1e-4))

@@ -348,12 +348,13 @@ def onepass_loss(
   Examples:
     >>> import jax
     >>> import jax.numpy as jnp
+    >>> import numpy as np
     >>> import optax
     >>> import emoloss
-    >>> k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
-    >>> hidden = jax.random.normal(k1, (16, 8))
-    >>> head = jax.random.normal(k2, (32, 8))
-    >>> labels = jax.random.randint(k3, (16,), 0, 32)
+    >>> rng = np.random.default_rng(0)
+    >>> hidden = jnp.asarray(rng.normal(size=(16, 8)), jnp.float32)
+    >>> head = jnp.asarray(rng.normal(size=(32, 8)), jnp.float32)
+    >>> labels = jnp.asarray(rng.integers(0, 32, 16))
     >>> loss, grads = jax.value_and_grad(emoloss.onepass_loss, argnums=(0, 1))(
     ...     hidden, head, labels, token_chunk_size=4)
     >>> ce = optax.losses.softmax_cross_entropy_with_integer_labels
@@ -436,13 +437,14 @@ def sharded_onepass_loss(
   Examples:
     >>> import jax
     >>> import jax.numpy as jnp
+    >>> import numpy as np
     >>> import emoloss
     >>> from jax.sharding import AxisType
     >>> mesh = jax.make_mesh((1, 1), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
-    >>> k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
-    >>> hidden = jax.random.normal(k1, (16, 8))
-    >>> head = jax.random.normal(k2, (32, 8))
-    >>> labels = jax.random.randint(k3, (16,), 0, 32)
+    >>> rng = np.random.default_rng(0)
+    >>> hidden = jnp.asarray(rng.normal(size=(16, 8)), jnp.float32)
+    >>> head = jnp.asarray(rng.normal(size=(32, 8)), jnp.float32)
+    >>> labels = jnp.asarray(rng.integers(0, 32, 16))
     >>> run = jax.jit(lambda h, w: emoloss.sharded_onepass_loss(h, w, labels, mesh=mesh))
     >>> print(jnp.allclose(run(hidden, head), emoloss.onepass_loss(hidden, head, labels), atol=1e-5))
     True

@@ -14,6 +14,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import emoloss
+from tests.fused import helpers  # the checkout is on PYTHONPATH (helpers.run_on_8_cpu_devices)
 
 COLLECTIVE = re.compile(
     r"=\s*(.*?)\s(all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)"
@@ -26,9 +27,7 @@ def z_loss(nll, emo, lse):
 
 
 def problem(n, v, d, k, seed=0):
-  keys = jax.random.split(jax.random.PRNGKey(seed), 4)
-  return (jax.random.normal(keys[0], (n, d)), jax.random.normal(keys[1], (v, d)),
-          jax.random.randint(keys[2], (n,), 0, v), jax.random.normal(keys[3], (v, k)))
+  return helpers.make_problem(n, v, d, k, seed)
 
 
 def check(mesh, data_axis, model_axis, n, v, d, k, chunk, per_token, with_emo, masked,

@@ -14,6 +14,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import emoloss
+from tests.fused import helpers  # the checkout is on PYTHONPATH (helpers.run_on_8_cpu_devices)
 
 COLLECTIVE = re.compile(
     r"=\s*(.*?)\s(all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)"
@@ -21,10 +22,7 @@ COLLECTIVE = re.compile(
 
 
 def problem(n, v, d, k, seed=0):
-  keys = jax.random.split(jax.random.PRNGKey(seed), 5)
-  return (jax.random.normal(keys[0], (n, d)), jax.random.normal(keys[1], (v, d)),
-          jax.random.randint(keys[2], (n,), 0, v), jax.random.normal(keys[3], (v, k)),
-          jax.random.normal(keys[4], (3, n)))
+  return (*helpers.make_problem(n, v, d, k, seed), helpers.cotangents(n, seed))
 
 
 def program(fn, labels, cost, where, weights):

@@ -1,9 +1,7 @@
 """Tests of emoloss.fused: the chunked path against the naive (materialised logits) path."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -13,18 +11,14 @@ import pytest
 
 import emoloss
 from emoloss.losses import emo_ce_loss, emo_loss
+from tests.fused import helpers
 
 RTOL = 1e-5  # float32: relative to the largest reference entry of each array
 
 
 def make_problem(n=12, v=37, d=8, k=5, seed=0, scale=1.0):
-  keys = jax.random.split(jax.random.PRNGKey(seed), 5)
-  hidden = scale * jax.random.normal(keys[0], (n, d), jnp.float32)
-  head = jax.random.normal(keys[1], (v, d), jnp.float32)
-  labels = jax.random.randint(keys[2], (n,), 0, v)
-  cost = jax.random.normal(keys[3], (v, k), jnp.float32)
-  weights = jax.random.normal(keys[4], (3, n), jnp.float32)  # one cotangent per output
-  return hidden, head, labels, cost, weights
+  """hidden, head, labels, cost and the per-output cotangents (tests/fused/helpers.py)."""
+  return (*helpers.make_problem(n, v, d, k, seed, scale), helpers.cotangents(n, seed))
 
 
 def naive_outputs(hidden, head, labels, cost, where=None):
@@ -50,9 +44,12 @@ def weighted_sum(outputs, weights):
 
 
 def values_and_grads(fn, hidden, head, weights):
-  outputs = fn(hidden, head)
-  grads = jax.grad(lambda h, w: weighted_sum(fn(h, w), weights), argnums=(0, 1))(hidden, head)
-  return outputs, grads
+  """The outputs and the gradient of their weighted sum, as one jitted program (eager execution
+  of every fused loss is compared with jit in tests/test_reliability.py)."""
+  def run(h, w):
+    grads = jax.grad(lambda h, w: weighted_sum(fn(h, w), weights), argnums=(0, 1))(h, w)
+    return fn(h, w), grads
+  return jax.jit(run)(hidden, head)
 
 
 def assert_close(actual, expected, rtol=RTOL, name=""):
@@ -191,6 +188,7 @@ def test_fused_emo_ce_loss_matches_emo_ce_loss(mode):
     return emoloss.fused_emo_ce_loss(h, w, labels, cost, mode=mode, where=where, chunk_size=8)
   def naive(h, w):
     return emo_ce_loss(h @ w.T, labels, cost, mode=mode, where=where)
+  @functools.partial(jax.jit, static_argnums=0)
   def value_and_grads(fn):
     grads = jax.grad(lambda h, w: jnp.sum(weights[0] * fn(h, w)), argnums=(0, 1))(hidden, head)
     return fn(hidden, head), grads
@@ -240,11 +238,5 @@ def test_argument_errors():
 
 
 def test_sharded_matches_single_device_on_8_cpu_devices():
-  """Runs tests/fused/sharded_check.py in a subprocess with 8 simulated CPU devices."""
-  script = Path(__file__).with_name("sharded_check.py")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
-                          text=True, timeout=300, check=False)
-  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  assert "ALL OK" in result.stdout, result.stdout[-3000:]
+  """tests/fused/sharded_check.py in a subprocess with 8 simulated CPU devices."""
+  helpers.run_on_8_cpu_devices("sharded_check.py")

@@ -1,10 +1,6 @@
 """Tests of emoloss.fused.onepass: the one-pass reduced loss against the naive path."""
 
 import functools
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import jax.extend
@@ -15,17 +11,14 @@ import pytest
 
 import emoloss
 from emoloss.losses import emo_ce_combination, emo_loss
+from tests.fused import helpers
 
 RTOL = 1e-5  # float32: relative to the largest reference entry of each array
 
 
 def make_problem(n=13, v=37, d=8, k=5, seed=0, scale=1.0):
-  keys = jax.random.split(jax.random.PRNGKey(seed), 4)
-  hidden = scale * jax.random.normal(keys[0], (n, d), jnp.float32)
-  head = jax.random.normal(keys[1], (v, d), jnp.float32)
-  labels = jax.random.randint(keys[2], (n,), 0, v)
-  cost = jax.random.normal(keys[3], (v, k), jnp.float32)
-  return hidden, head, labels, cost
+  """hidden, head, labels and cost (tests/fused/helpers.py)."""
+  return helpers.make_problem(n, v, d, k, seed, scale)
 
 
 # Per-token functions f(nll, emo, lse) and independently written dense references of the same
@@ -325,13 +318,5 @@ def test_argument_errors():
 
 
 def test_sharded_matches_single_device_on_8_cpu_devices():
-  """Runs tests/fused/onepass_sharded_check.py in a subprocess with 8 simulated CPU devices."""
-  script = Path(__file__).with_name("onepass_sharded_check.py")
-  root = str(Path(__file__).resolve().parents[2])  # this checkout's emoloss, not an installed one
-  path = os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p])
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu", PYTHONPATH=path)
-  result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
-                          text=True, timeout=300, check=False)
-  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  assert "ALL OK" in result.stdout, result.stdout[-3000:]
+  """tests/fused/onepass_sharded_check.py in a subprocess with 8 simulated CPU devices."""
+  helpers.run_on_8_cpu_devices("onepass_sharded_check.py")

@@ -38,7 +38,7 @@ def test_samples_are_draws_of_the_forward_pass(model):
 
 
 def test_nucleus_probs_match_a_sort_based_reference():
-  logits = np.asarray(jax.random.normal(jax.random.key(2), (6, 40)) * 2.0)
+  logits = np.random.default_rng(2).standard_normal((6, 40)).astype(np.float32) * 2.0
   for top_p in (0.3, 0.9, 0.99):
     got = np.asarray(model_lib.nucleus_probs(jnp.asarray(logits), top_p))
     probs = np.exp(logits - logits.max(-1, keepdims=True))
