@@ -6,6 +6,7 @@ each on CPU), a cost the test data do not need.
 """
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
+COLLECTIVE = re.compile(
+    r"=\s*(.*?)\s(all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)"
+    r"(?:-start)?\(")
 
 
 def make_problem(n: int, v: int, d: int, k: int, seed: int = 0, scale: float = 1.0):
@@ -42,3 +46,16 @@ def run_on_8_cpu_devices(script: str) -> None:
                           capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   assert "ALL OK" in result.stdout, result.stdout[-3000:]
+
+
+def assert_only_small_all_reduces(hlo_text: str, limit: int, expect_some: bool = False) -> None:
+  """Every collective of a compiled program (its HLO text) is an all-reduce (no gather of the
+  head or the logits), and each array it moves holds at most ``limit`` elements."""
+  ops = COLLECTIVE.findall(hlo_text)
+  assert ops or not expect_some, "expected psum/pmax collectives"
+  kinds = {kind for _, kind in ops}
+  assert kinds <= {"all-reduce"}, kinds
+  for shapes, _ in ops:
+    for dims in re.findall(r"\w+\[([\d,]*)\]", shapes):
+      size = int(np.prod([int(x) for x in dims.split(",") if x])) if dims else 1
+      assert size <= limit, (shapes, limit)
