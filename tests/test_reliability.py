@@ -108,6 +108,9 @@ LOSSES = {
 NOT_LOSSES = {"emo_ce_combination", "log_prior_adjustment", "mixce_weight",
               "normalize_embeddings", "posthoc_logit_adjustment", "smooth_f1_score",
               "tailr_weight"}
+# Batch-level objectives (one scalar per batch; tests/losses/test_likelihood.py covers masks,
+# garbage in masked rows, p = 0 and NaN).
+NOT_LOSSES |= {"exact_batch_loss", "negative_log_mean_likelihood"}
 FUSED = [name for name in LOSSES if name.startswith("fused")]
 # Public names of emoloss.fused that are not per-example losses: the mesh version, the one-pass
 # reduced (scalar) loss and its per-token helpers (confident tokens, masks and -inf: see

@@ -11,6 +11,7 @@ from emoloss.losses.emo import emo_ce_combination, emo_ce_loss, emo_loss, normal
 from emoloss.losses.exact import exact_loss
 from emoloss.losses.f1 import f1_weighted_binary_cross_entropy, smooth_f1_loss, smooth_f1_score
 from emoloss.losses.focal import softmax_focal_loss
+from emoloss.losses.likelihood import exact_batch_loss, negative_log_mean_likelihood
 from emoloss.losses.long_tail import (
     log_prior_adjustment,
     logit_adjusted_cross_entropy,
@@ -26,6 +27,7 @@ __all__ = [
     "emo_ce_combination",
     "emo_ce_loss",
     "emo_loss",
+    "exact_batch_loss",
     "exact_loss",
     "f1_weighted_binary_cross_entropy",
     "log_prior_adjustment",
@@ -33,6 +35,7 @@ __all__ = [
     "margin_cross_entropy",
     "mixce_loss",
     "mixce_weight",
+    "negative_log_mean_likelihood",
     "norm_aware_margin_cross_entropy",
     "normalize_embeddings",
     "posthoc_logit_adjustment",
