@@ -359,7 +359,7 @@ TRANSFORMS = {
 
 def test_every_public_transformation_is_registered():
   constructors = {n for n in emoloss.transforms.__all__ if n[0].islower()}
-  not_transforms = {"alternation_penalty", "flooded", "gradient_norm_penalty", "iflood_loss",
+  not_transforms = {"alternation_equivalent_loss", "alternation_penalty", "flooded", "gradient_norm_penalty", "iflood_loss",
                     "iflooded", "tiger_parameter_labels"}
   missing = constructors - set(TRANSFORMS) - not_transforms
   assert not missing, f"register these in tests/test_reliability.py: {sorted(missing)}"

@@ -4,8 +4,9 @@ Tiger.
 * :func:`flood` -- negates the raw gradient when the batch loss (``value=``) is below a flood
   level; :func:`flooded`, :func:`iflooded`, :func:`iflood_loss` -- the same idea on the loss.
 * :func:`alternate_ascent_descent`, :func:`scale_by_ascent_descent`, :func:`backstitch` --
-  alternating descent and smaller ascent steps; :func:`gradient_norm_penalty` and
-  :func:`alternation_penalty` -- their explicit second-order form.
+  alternating descent and smaller ascent steps; :func:`gradient_norm_penalty`,
+  :func:`alternation_penalty` and :func:`alternation_equivalent_loss` (also for equal step
+  sizes) -- their explicit second-order form.
 * :func:`normalize_by_running_gradient_norm` -- divides the gradient by a running mean of its
   global norm (the EXACT authors' gradient normaliser).
 * :func:`tiger` -- sign-momentum optimiser (Lion with ``β1 = β2``) with decoupled weight decay;
@@ -16,6 +17,7 @@ Tiger.
 from emoloss.transforms.alternation import (
     AscentDescentState,
     alternate_ascent_descent,
+    alternation_equivalent_loss,
     alternation_penalty,
     backstitch,
     gradient_norm_penalty,
@@ -33,6 +35,7 @@ __all__ = [
     "FloodState",
     "RunningGradientNormState",
     "alternate_ascent_descent",
+    "alternation_equivalent_loss",
     "alternation_penalty",
     "backstitch",
     "flood",

@@ -17,7 +17,13 @@ gives, since ``g(θ1) = g0 - ε1 H g0 + O(ε²)`` and ``∇‖g‖² = 2 H g``,
 one gradient step with learning rate ``ε1 - ε2`` on a loss with a gradient-norm penalty, which
 pushes towards flat regions. The ascent-first order gives the same second-order result.
 :func:`gradient_norm_penalty` computes that loss explicitly (double backprop) and
-:func:`alternation_penalty` the matching ``(learning_rate, coeff)``.
+:func:`alternation_penalty` the matching ``(learning_rate, coeff)``. With equal step sizes
+``ε1 = ε2 = ε`` (flooding's regime below the flood level) the pair is
+``θ2 = θ0 - (ε²/2) ∇‖∇L‖²(θ0) + O(ε³)``: descent on the gradient norm alone, which
+:func:`alternation_equivalent_loss` expresses for any ``0 <= ε2 <= ε1``. The derivation is on the
+docs' "Derivations" page; it follows Su Jianlin's discussion of flooding
+(kexue.fm/archives/7643, 2020), which derives the equal-step case and its ``ε2 < ε1``
+generalisation.
 """
 
 from __future__ import annotations
@@ -109,7 +115,8 @@ def scale_by_ascent_descent(
   References:
     Ishida et al., "Do We Need Zero Training Loss After Achieving Zero Training Error?",
     ICML 2020; Wang et al., "Backstitch: Counteracting Finite-sample Bias via Negative Steps",
-    Interspeech 2017.
+    Interspeech 2017; Su Jianlin, kexue.fm/archives/7643, 2020 (the alternation with
+    ``ε2 <= ε1`` and its gradient-norm-penalty equivalent).
   """
   _check_ascent_ratio(ascent_ratio)
   if flood_level is not None:
@@ -206,7 +213,9 @@ def alternate_ascent_descent(
 
   References:
     Wang et al., "Backstitch: Counteracting Finite-sample Bias via Negative Steps",
-    Interspeech 2017; Ishida et al., ICML 2020 (flooding).
+    Interspeech 2017; Ishida et al., ICML 2020 (flooding); Su Jianlin, "我们真的需要把训练集的损失降低
+    到零吗?" (Do we really need to reduce the training loss to zero?), kexue.fm/archives/7643,
+    2020 (the alternation and its gradient-norm-penalty equivalent).
   """
   phases = scale_by_ascent_descent(
       ascent_ratio, ascent_first=ascent_first, flood_level=flood_level
@@ -283,7 +292,9 @@ def alternation_penalty(descent_lr: float, ascent_lr: float) -> tuple[float, flo
     ascent_lr: ``ε2`` with ``0 <= ε2 < ε1``.
 
   Returns:
-    ``(learning_rate, coeff)`` for :func:`gradient_norm_penalty`.
+    ``(learning_rate, coeff)`` for :func:`gradient_norm_penalty`. Equal step sizes
+    (``ε2 = ε1``, a zero learning rate with an infinite coefficient) are expressed by
+    :func:`alternation_equivalent_loss` instead.
 
   Examples:
     >>> import emoloss
@@ -292,7 +303,8 @@ def alternation_penalty(descent_lr: float, ascent_lr: float) -> tuple[float, flo
     0.05 0.05
 
   References:
-    Wang et al., Interspeech 2017 (backstitch).
+    Wang et al., Interspeech 2017 (backstitch); Su Jianlin, "我们真的需要把训练集的损失降低到零吗?",
+    kexue.fm/archives/7643, 2020 (the alternation's gradient-norm form, ``ε1 != ε2``).
   """
   _checks.check_scalar_range(descent_lr, "descent_lr", low=0.0, low_inclusive=False)
   _checks.check_scalar_range(ascent_lr, "ascent_lr", low=0.0, high=descent_lr, high_inclusive=False)
@@ -349,3 +361,68 @@ def gradient_norm_penalty(
     return (result, aux) if has_aux else result
 
   return penalised_loss_fn
+
+
+def alternation_equivalent_loss(
+    loss_fn: Callable[..., Any], descent_lr: float, ascent_lr: float, *, has_aux: bool = False
+) -> Callable[..., Any]:
+  r"""The loss whose unit gradient step equals a descent/ascent pair, ``ε2 = ε1`` included.
+
+  .. math::
+    L_\text{eq}(\theta) = (\varepsilon_1 - \varepsilon_2)\, L(\theta)
+      + \frac{\varepsilon_1 \varepsilon_2}{2} \|\nabla_\theta L(\theta)\|_2^2, \qquad
+    \theta_2 = \theta_0 - \nabla L_\text{eq}(\theta_0) + O(\varepsilon^3)
+
+  for ``θ1 = θ0 - ε1 g(θ0)``, ``θ2 = θ1 + ε2 g(θ1)`` on the same mini-batch (or the ascent step
+  first). For ``ε2 < ε1`` this is ``ε1 - ε2`` times the penalised loss of
+  :func:`alternation_penalty`; for **equal step sizes** ``ε1 = ε2 = ε`` (flooding's regime
+  below the flood level, ``scale_by_ascent_descent(1.0)``) the loss term vanishes and the pair
+  is one step of size ``ε²/2`` on ``‖∇L‖²`` alone,
+  ``θ_{n+1} ≈ θ_{n-1} - (ε²/2) ∇‖∇L(θ_{n-1})‖²``, which :func:`alternation_penalty` cannot
+  express as a learning rate times a penalised loss (its coefficient would be infinite).
+  Derivation: :doc:`/derivations`.
+
+  Args:
+    loss_fn: ``loss_fn(params, *args, **kwargs)`` returning a scalar loss (or ``(loss, aux)``
+      when ``has_aux``).
+    descent_lr: ``ε1 > 0``.
+    ascent_lr: ``ε2`` with ``0 <= ε2 <= ε1``.
+    has_aux: whether ``loss_fn`` returns ``(loss, aux)``; ``aux`` is passed through.
+
+  Returns:
+    A function with the signature of ``loss_fn`` returning the scalar ``L_eq`` (float32, or
+    float64 for a float64 loss), and ``aux``; take one SGD step with learning rate 1 on it.
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import emoloss
+    >>> jnp.set_printoptions(precision=4)
+    >>> loss_fn = lambda w: jnp.sum(w**2)  # ∇L = 2w, ‖∇L‖² = 4‖w‖²
+    >>> equivalent = emoloss.alternation_equivalent_loss(loss_fn, 0.1, 0.1)
+    >>> w = jnp.array([1.0, 2.0])
+    >>> print(f"{equivalent(w):.4f}")  # 0 · L + (0.01 / 2) · 20
+    0.1000
+    >>> print(w - jax.grad(equivalent)(w))  # w - 0.005 · 8w
+    [0.96 1.92]
+
+  References:
+    Su Jianlin, "我们真的需要把训练集的损失降低到零吗?" (Do we really need to reduce the
+    training loss to zero?), kexue.fm/archives/7643, 2020 (the equal-step derivation);
+    Ishida et al., "Do We Need Zero Training Loss After Achieving Zero Training Error?",
+    ICML 2020 (flooding).
+  """
+  _checks.check_scalar_range(descent_lr, "descent_lr", low=0.0, low_inclusive=False)
+  _checks.check_scalar_range(ascent_lr, "ascent_lr", low=0.0, high=descent_lr)
+  loss_weight = descent_lr - ascent_lr
+  penalty_weight = 0.5 * descent_lr * ascent_lr
+  value_and_grad = jax.value_and_grad(loss_fn, has_aux=has_aux)
+
+  def equivalent_loss_fn(params, *args, **kwargs):
+    out, grads = value_and_grad(params, *args, **kwargs)
+    loss, aux = out if has_aux else (out, None)
+    squared_norm = sum(jnp.sum(jnp.square(_at_least_float32(g))) for g in jax.tree.leaves(grads))
+    result = loss_weight * _at_least_float32(loss) + penalty_weight * squared_norm
+    return (result, aux) if has_aux else result
+
+  return equivalent_loss_fn

@@ -8,6 +8,7 @@ import pytest
 
 from emoloss.transforms import (
     alternate_ascent_descent,
+    alternation_equivalent_loss,
     alternation_penalty,
     backstitch,
     gradient_norm_penalty,
@@ -183,3 +184,59 @@ def test_inject_hyperparams_and_argument_checks():
       scale_by_ascent_descent(bad)
   with pytest.raises(ValueError, match="alpha"):
     backstitch(0.1, alpha=0.0)
+
+
+@pytest.mark.parametrize(("ratio", "flip", "ascent_first"),
+                         [(1.0, "update", False), (1.0, "gradient", True), (0.5, "update", False)])
+def test_pair_matches_one_step_on_the_equivalent_loss_to_third_order(ratio, flip, ascent_first):
+  """Equal step sizes (ε2 = ε1 = ε): two steps equal θ0 - (ε²/2)∇‖∇L‖² up to O(ε³) (8× per
+  halving), while the pair's own displacement only shrinks like ε² (it is not zero); ratio 0.5
+  checks the same loss against the penalised form of `alternation_penalty`."""
+  step_sizes = np.array([0.04, 0.02, 0.01, 0.005])
+  with jax.enable_x64(True):
+    grad_fn = jax.jit(jax.grad(smooth_loss))
+    theta0 = jnp.asarray(THETA0, jnp.float64)
+    residuals, displacements = [], []
+    for eps in step_sizes:
+      tx = alternate_ascent_descent(optax.sgd(eps), ratio, flip=flip, ascent_first=ascent_first)
+      theta2, state = theta0, tx.init(theta0)
+      for _ in range(2):
+        updates, state = tx.update(grad_fn(theta2), state, theta2)
+        theta2 = optax.apply_updates(theta2, updates)
+      equivalent = alternation_equivalent_loss(smooth_loss, eps, ratio * eps)
+      one_step = theta0 - jax.grad(equivalent)(theta0)
+      residuals.append(float(jnp.linalg.norm(theta2 - one_step)))
+      displacements.append(float(jnp.linalg.norm(theta2 - theta0)))
+      if ratio < 1:
+        lr, coeff = alternation_penalty(eps, ratio * eps)
+        penalised = theta0 - lr * jax.grad(gradient_norm_penalty(smooth_loss, coeff))(theta0)
+        np.testing.assert_allclose(one_step, penalised, rtol=1e-12, atol=1e-15)
+  order = np.polyfit(np.log(step_sizes), np.log(residuals), 1)[0]
+  ratios = np.array(residuals[:-1]) / np.array(residuals[1:])
+  assert 2.8 < order < 3.2, (order, residuals)
+  assert np.all((ratios > 6.5) & (ratios < 9.5)), ratios
+  if ratio == 1.0:
+    displacement_order = np.polyfit(np.log(step_sizes), np.log(displacements), 1)[0]
+    assert 1.8 < displacement_order < 2.2, displacement_order
+
+
+def test_equivalent_loss_at_equal_steps_against_hand_derivation():
+  """ε1 = ε2 = ε: L_eq = (ε²/2)‖g‖², ∇L_eq = ε² H g (no loss term), from the hand Hessian."""
+  eps = 0.3
+  with jax.enable_x64(True):
+    equivalent = alternation_equivalent_loss(smooth_loss, eps, eps)
+    value, grad = jax.value_and_grad(equivalent)(jnp.asarray(THETA0))
+  _, g, h = smooth_loss_np(THETA0)
+  np.testing.assert_allclose(value, 0.5 * eps**2 * g @ g, rtol=1e-10)
+  np.testing.assert_allclose(grad, eps**2 * h @ g, rtol=1e-10)
+  params = {"a": jnp.ones(2, jnp.bfloat16), "b": jnp.float32(2.0)}
+  value, aux = alternation_equivalent_loss(
+      lambda p, x: (jnp.sum(p["a"] * x) + p["b"] ** 2, "aux"), 0.2, 0.1, has_aux=True)(
+          params, jnp.ones(2, jnp.bfloat16))
+  # (0.2 - 0.1) · (2 + 4) + (0.02 / 2) · (1 + 1 + 16)
+  np.testing.assert_allclose(value, 0.1 * 6.0 + 0.01 * 18.0, rtol=1e-6)
+  assert value.dtype == jnp.float32 and aux == "aux"
+  with pytest.raises(ValueError, match="ascent_lr"):
+    alternation_equivalent_loss(smooth_loss, 0.1, 0.2)
+  with pytest.raises(ValueError, match="descent_lr"):
+    alternation_equivalent_loss(smooth_loss, 0.0, 0.0)
