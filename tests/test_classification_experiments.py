@@ -2,7 +2,7 @@
 
 Each test runs one script end to end (in-process, output to ``tmp_path``), checks that it wrote
 its JSON and PNG and printed its table, and asserts the direction that the method's paper (or
-SPEC.md) predicts where that direction held in every seed we tried at this size (quick settings;
+the blog post it follows) predicts where that direction held in every seed we tried at this size (quick settings;
 the comments say how many seeds; see benchmarks/README.md). Where a paper's
 claim does not hold here the test asserts what does, and the README says so.
 """
@@ -112,12 +112,14 @@ def test_flooding_holds_the_training_loss_at_the_flood_level(tmp_path, capsys):
   high = methods[f"flood b={max(levels):g}"]
   assert np.mean(high["best_test_loss"]) < np.mean(ce["best_test_loss"]) - 0.01
   assert np.mean(high["best_test_loss_step"]) > np.mean(ce["best_test_loss_step"])
-  # Alternation (r = 0.5 with Adam) slows the fitting of the noise: less of it memorised and a
-  # lower held-out loss than CE after the same number of steps (not a claim about the limit:
-  # in the full run it memorises too, later).
+  # Alternation with Adam slows the fitting of the noise: less of it memorised and a lower
+  # held-out loss than CE after the same number of steps (not a claim about the limit: in the
+  # full run it memorises too, later). With r = 0.5 by a wide margin; with the flooding post's
+  # r = 0.1 (ascent steps a tenth of the descent steps) by less (memorised 0.66-0.74 vs 1.0).
   for name, m in methods.items():
     if name.startswith("alternate"):
-      assert np.all(np.asarray(m["final_memorised"]) < np.asarray(ce["final_memorised"]) - 0.3)
+      gap = 0.3 if float(name.split("=")[1]) >= 0.5 else 0.1
+      assert np.all(np.asarray(m["final_memorised"]) < np.asarray(ce["final_memorised"]) - gap)
       assert np.all(np.asarray(m["final_test_loss"]) < np.asarray(ce["final_test_loss"]))
 
 
@@ -126,8 +128,9 @@ def test_accuracy_surrogates_vs_cross_entropy(tmp_path, capsys):
   methods = results["methods"]
   assert (tmp_path / "cls_accuracy_vs_ce.md").read_text().count("EXACT (authors' recipe)") == 2
   ce, smoothed = methods["CE"], methods["smoothed accuracy 1-p_y"]
-  # SPEC's design principle: 1 - p_y has a vanishing gradient on badly wrong examples, so it
-  # fits worse and reaches 90% held-out accuracy later (or never) than CE (12 of 12 seeds).
+  # The loss-design principle (Su, kexue.fm/archives/9098): 1 - p_y has a vanishing gradient on
+  # badly wrong examples, so it fits worse and reaches 90% held-out accuracy later (or never)
+  # than CE (12 of 12 seeds).
   assert np.all(np.asarray(smoothed["final_train_acc"]) < np.asarray(ce["final_train_acc"]))
   ce_steps = np.asarray(ce["steps_to_0.9"], float)
   smoothed_steps = np.asarray(smoothed["steps_to_0.9"], float)
@@ -149,3 +152,8 @@ def test_accuracy_surrogates_vs_cross_entropy(tmp_path, capsys):
   assert comparison["low"] <= comparison["mean"] <= comparison["high"]
   assert comparison["verdict"] in ("holds", "does not hold", "inconclusive at this size")
   assert "EXACT 1-P (σ=1)" not in methods  # left out of --quick (CI budget)
+  # EXACT's batch-level -log E_D[P] weights each example by its share of the batch likelihood, so
+  # it gives up on badly wrong examples and fits the training set worse than CE (3 of 3 quick
+  # seeds; final training accuracy 0.81-0.98 vs CE's 0.997-0.999).
+  batch = methods[accuracy_vs_ce.BATCH_NAME]
+  assert np.all(np.asarray(batch["final_train_acc"]) < np.asarray(ce["final_train_acc"]))

@@ -1,4 +1,4 @@
-"""Small offline classification experiments for the objectives of emoloss (SPEC.md).
+"""Small offline classification experiments for the objectives of emoloss.
 
 Each experiment is a module with a ``main(argv) -> dict`` and a command line::
 

@@ -10,7 +10,7 @@ class). The same small MLP is trained full-batch with
 * softmax focal loss (``γ = 2``),
 * logit-adjusted CE (``τ = 1``, prior = training label frequencies),
 * CE followed by post-hoc adjustment ``argmax(z - τ log π)`` (the CE model, other predictions),
-* the norm-aware margin (SPEC's general margin form): CE with the target logit lowered by
+* the norm-aware margin (the general margin form of Su Jianlin, kexue.fm/archives/7708): CE with the target logit lowered by
   ``r_y‖u_y‖`` and every other logit raised by ``r_y‖u_i‖`` (``u_i`` the output layer's class
   weights; the worst case of a perturbation of radius ``r_y`` on the last hidden features), with
   LDAM-like radii ``r_y = r_max (n_min / n_y)^{1/4}`` (``r_max = --radius``, default 1.5, chosen

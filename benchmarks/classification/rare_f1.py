@@ -7,7 +7,7 @@ with
 
 * binary cross-entropy (``optax.losses.sigmoid_binary_cross_entropy``),
 * F1-weighted binary cross-entropy (positives weighted ``1 - F1s/2``, negatives ``F1s/2``, with
-  the batch's smooth F1 held constant; SPEC.md),
+  the batch's smooth F1 held constant; Su Jianlin, kexue.fm/archives/7708),
 * the smooth-F1 loss ``1 - F1s`` (a batch statistic),
 
 and we report precision, recall and F1 of the positive class on the test half at threshold 0.5

@@ -10,7 +10,7 @@ Along a prefix ``x_<t`` both models give their full next-token distributions ``p
 * EMO transport cost with ``P``'s head: with ``Ê`` the L2-normalised rows of the oracle's LM head
   and ``c(i, j) = 1 - ê_i · ê_j``, the product-plan cost ``C(q, p) = Σ_ij q_i p_j c(i, j) =
   1 - (qÊ)·(pÊ)``, which is the expected EMO loss of ``Q`` for a target ``y ~ P`` (the quantity
-  EMO's training loss estimates, SPEC "EMO"); and its debiased form ``D = C(q, p) - ½ C(p, p)
+  EMO's training loss estimates, docs "Derivations", "EMO"); and its debiased form ``D = C(q, p) - ½ C(p, p)
   - ½ C(q, q) = ½ ‖(p - q) Ê‖² >= 0`` (zero when ``Q`` matches ``P`` in the embedding space).
 
 Averaged over the positions of oracle samples (forward KL, ``PPL_test``) or of student samples

@@ -20,7 +20,9 @@ def smoothed_accuracy_loss(
 
   Its logit gradient carries the factor ``p_y (1 - p_y)``, which vanishes when an example is
   badly wrong (``p_y \to 0``): a baseline that shows why cross-entropy, which keeps a gradient
-  of ``-(1 - p_y)``, trains better (SPEC, "A design principle for losses").
+  of ``-(1 - p_y)``, trains better. Near ``p_y = 1`` the two agree to first order
+  (``log x ≈ x - 1``): cross-entropy is this loss with its wrong side pushed to infinity (the
+  loss-design principle of Su Jianlin's post; derivation on the docs' "Derivations" page).
 
   Args:
     logits: ``[..., V]`` unnormalised scores (any float dtype; computed in float32).
@@ -39,8 +41,10 @@ def smoothed_accuracy_loss(
     [0.1562 0.7881]
 
   References:
-    Karpukhin et al., "EXACT: How to Train Your Accuracy", 2022 (arXiv 2205.09615), on
-    accuracy surrogates.
+    Su Jianlin, "如何训练你的准确率?" (How to train your accuracy?), kexue.fm/archives/9098,
+    2022-06-01 (the smooth accuracy, the ``log x ≈ x - 1`` link to cross-entropy and the
+    loss-design principle); Karpukhin et al., "EXACT: How to Train Your Accuracy", 2022
+    (arXiv 2205.09615), on accuracy surrogates.
   """
   logits, labels, integer, where = _checks.prepare_classification(logits, labels, where)
   probs = jax.nn.softmax(logits, axis=-1)
@@ -74,7 +78,8 @@ def binary_smoothed_accuracy_loss(
     [0.1192 0.7311 0.5   ]
 
   References:
-    Karpukhin et al., "EXACT: How to Train Your Accuracy", 2022 (arXiv 2205.09615).
+    Su Jianlin, "如何训练你的准确率?", kexue.fm/archives/9098, 2022-06-01; Karpukhin et al.,
+    "EXACT: How to Train Your Accuracy", 2022 (arXiv 2205.09615).
   """
   logits, labels, rows = _checks.prepare_binary(logits, labels, where, soft=True)
   prob = jax.nn.sigmoid(logits)

@@ -89,7 +89,9 @@ def emo_loss(
 
   References:
     Ren et al., "EMO: Earth Mover Distance Optimization for Auto-Regressive Language
-    Modeling", ICLR 2024 (arXiv 2310.04691).
+    Modeling", ICLR 2024 (arXiv 2310.04691); Su Jianlin, "EMO:基于最优传输思想设计的分类损失函数"
+    (EMO: a classification loss designed from optimal transport), kexue.fm/archives/9797,
+    2023-10-13 (also on PaperWeekly).
   """
   logits, labels, integer, where = _checks.prepare_classification(logits, labels, where)
   _check_embeddings(embeddings, logits.shape[-1])

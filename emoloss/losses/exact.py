@@ -197,7 +197,7 @@ def exact_loss(
       + \tfrac12 (s_k^2 - t_k^2) + \sum_{i \ne y} \log\Phi(t_k + \Delta_i)\Big], \quad
     s_k = \sqrt2 x_k,\ t_k = \mu + \tau s_k.
 
-  ``μ = 0, τ = 1`` is plain Gauss–Hermite (SPEC); here ``μ`` is the mode of the log-integrand
+  ``μ = 0, τ = 1`` is plain Gauss–Hermite (the docs' "Derivations" page); here ``μ`` is the mode of the log-integrand
   and ``τ = (-g''(μ))^{-1/2}`` its width (adaptive Gauss–Hermite, found by at most 12 Newton steps under
   ``stop_gradient``: the integral does not depend on them). Plain Gauss–Hermite misses the
   integrand when it lies outside its node range: at 64 nodes it is off in ``log P`` by 1.3e-3

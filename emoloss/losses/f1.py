@@ -86,8 +86,9 @@ def smooth_f1_loss(
     [0.5]
 
   References:
-    Milletari et al., "V-Net", 3DV 2016 (Dice loss); SPEC.md, "F1-weighted binary
-    cross-entropy".
+    Milletari et al., "V-Net", 3DV 2016 (Dice loss); Su Jianlin, "再谈类别不平衡问题:调节权重与
+    魔改Loss的对比联系" (class imbalance: re-weighting vs modified losses),
+    kexue.fm/archives/7708, 2020-08-31 (smooth F1 as a loss).
   """
   loss = 1.0 - smooth_f1_score(logits, labels, where=where)
   if np.shape(logits)[0] == 0:  # an empty batch, like a fully masked column, gives 0
@@ -136,8 +137,11 @@ def f1_weighted_binary_cross_entropy(
      [0.9623]]
 
   References:
-    SPEC.md, "F1-weighted binary cross-entropy"; the design principle of Karpukhin et al.,
-    "EXACT: How to Train Your Accuracy", 2022 (smooth metric, log-weighted gradient).
+    Su Jianlin, "再谈类别不平衡问题:调节权重与魔改Loss的对比联系" (class imbalance: re-weighting vs
+    modified losses), kexue.fm/archives/7708, 2020-08-31 (the smooth-F1 gradient as a weighted
+    cross-entropy), and "如何训练你的准确率?", kexue.fm/archives/9098, 2022-06-01 (the
+    loss-design principle: ``∇p`` replaced by ``∇log p``). Derivation: the docs' "Derivations"
+    page.
   """
   logits, labels, rows, probs = _batch_probs(logits, labels, where)
   half_f1 = 0.5 * jax.lax.stop_gradient(_f1_from_probs(labels, probs, rows))

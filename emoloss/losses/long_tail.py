@@ -253,9 +253,11 @@ def norm_aware_margin_cross_entropy(
     [0.1269 0.4741]
 
   References:
-    Menon et al., "Long-tail learning via logit adjustment", ICLR 2021 (arXiv 2007.07314), the
-    general margin form; Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Aware
-    Margin Loss", NeurIPS 2019 (arXiv 1906.07413), per-class margins ``∝ n_y^{-1/4}``.
+    Su Jianlin, "再谈类别不平衡问题:调节权重与魔改Loss的对比联系" (class imbalance: re-weighting vs
+    modified losses), kexue.fm/archives/7708, 2020-08-31 (the margin view and its general form);
+    Menon et al., "Long-tail learning via logit adjustment", ICLR 2021 (arXiv 2007.07314);
+    Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss",
+    NeurIPS 2019 (arXiv 1906.07413), per-class margins ``∝ n_y^{-1/4}``.
   """
   logits, labels, _, where = _checks.prepare_classification(
       logits, labels, where, allow_soft=False)

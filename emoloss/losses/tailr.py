@@ -74,7 +74,7 @@ def tailr_loss(
   The weight down-weights low-probability targets, the ones cross-entropy over-fits (noisy data,
   over-confidence). ``gamma = 0`` gives ``w = 1``, i.e. exactly cross-entropy; ``gamma = 1``
   gives ``w = p_y``, whose gradient ``-p_y ∇log p_y = -∇p_y`` is the total-variation gradient.
-  (SPEC.md and the issue say "γ = 1 gives cross-entropy"; with this formula, which is the one of
+  (Some descriptions say "γ = 1 gives cross-entropy"; with this formula, which is the one of
   the paper and the official code, it is γ = 0.) ``gamma`` is the official code's "density ratio
   threshold" (tuned per task; 0.8 is the common default of its ports) and ``min_weight`` its
   ``density-min-weight`` (default 0).
@@ -112,7 +112,9 @@ def tailr_loss(
 
   References:
     Ji et al., "Tailoring Language Generation Models under Total Variation Distance", ICLR 2023
-    (arXiv 2302.13344); official code thu-coai/TaiLr.
+    (arXiv 2302.13344); official code thu-coai/TaiLr; Su Jianlin, "缓解交叉熵过度自信的一个简明
+    方案" (a simple remedy for cross-entropy's over-confidence), kexue.fm/archives/9526,
+    2023-03-14.
   """
   _check_hyperparameters(gamma, min_weight)
   _checks.check_scalar_range(label_smoothing, "label_smoothing", 0.0, 1.0, high_inclusive=False)

@@ -33,7 +33,8 @@ def test_binary_matches_numpy():
 
 
 def test_gradient_vanishes_for_badly_wrong_examples():
-  """SPEC's design principle: ∂(1 - p_y)/∂z_y = -p_y (1 - p_y) -> 0 as p_y -> 0."""
+  """The loss-design principle (Su, kexue.fm/archives/9098): ∂(1 - p_y)/∂z_y = -p_y (1 - p_y)
+  -> 0 as p_y -> 0."""
   logits, labels = random_problem(n=4, v=5)
   f = lambda z: emoloss.smoothed_accuracy_loss(z, labels)
   check_grads(f, (jnp.asarray(logits),), order=1, modes=["rev"], atol=1e-2, rtol=1e-2)

@@ -79,7 +79,7 @@ def test_properties(v, n, scale, seed, gamma):
   logits, labels = random_problem(n, v, seed, scale)
   nll = -log_softmax(logits)[np.arange(n), labels]  # float64 reference
   atol = float32_nll_tolerance(logits, v)
-  # γ = 0 is cross-entropy (w = 1). SPEC.md says γ = 1; with its own formula w = p_y there.
+  # γ = 0 is cross-entropy (w = 1). Some descriptions say γ = 1; with the formula w = p_y there.
   np.testing.assert_allclose(emoloss.tailr_loss(logits, labels, gamma=0.0), nll, rtol=1e-5,
                              atol=atol)
   # γ = 1: w = p_y ≤ 1, so the error of p_y · nll is at most that of nll (plus p_y's rounding).
