@@ -16,7 +16,7 @@ class TigerState(NamedTuple):
   """State of :func:`tiger`: the micro-step counter and the momentum (the only parameter-sized
   buffer, also with gradient accumulation)."""
 
-  count: jax.Array  # int32 scalar: micro-steps taken (gradients seen)
+  count: jax.Array  # type: ignore[assignment]  # int32 [], micro-steps taken; shadows tuple.count
   mu: Any  # the momentum, a pytree like the params
 
 
