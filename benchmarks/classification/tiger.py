@@ -251,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--lrs", type=float, nargs="+", default=None, help="learning-rate grid")
   args = parser.parse_args(argv)
   k = args.accumulation_steps
-  num_seeds = args.seeds or (2 if args.quick else 3)
+  num_seeds = args.seeds or (2 if args.quick else 5)
   updates = args.updates or (100 if args.quick else 400)
   steps = updates * k
   eval_every = 10 * k if args.quick else 25 * k
@@ -294,14 +294,17 @@ def report(args, argv, memory, runs, seconds, lrs, k, num_seeds, steps, num_trai
   # The equivalence check: accumulation in the momentum vs MultiSteps' buffer, every lr and seed.
   ours, multi = runs[f"Tiger (k={k})"], runs["Tiger + MultiSteps"]
   # Sign updates amplify rounding (a momentum entry within rounding of 0 can take either sign),
-  # so the two trajectories drift apart over a run; the first evaluation shows the agreement.
-  difference = lambda key, at: float(np.abs(ours[key][..., at] - multi[key][..., at]).max())
+  # so the two trajectories drift apart over a run, and far apart at the rates that diverge; we
+  # report the largest difference over seeds at Tiger's chosen rate, and per rate.
+  chosen = methods[f"Tiger (k={k})"]["lr_index"]
+  gap = lambda key, at: np.abs(ours[key][..., at] - multi[key][..., at]).max(axis=1)  # [L]
   equivalence = {
-      "first_eval_update": int(ours["steps"][1] // k),
-      "first_eval_max_abs_train_loss_difference": difference("train_loss", 1),
-      "first_eval_max_abs_test_acc_difference": difference("test_acc", 1),
-      "final_max_abs_train_loss_difference": difference("train_loss", -1),
-      "final_max_abs_test_acc_difference": difference("test_acc", -1),
+      "lr": lrs[chosen], "first_eval_update": int(ours["steps"][1] // k),
+      "first_eval_train_loss_difference": float(gap("train_loss", 1)[chosen]),
+      "first_eval_test_acc_difference": float(gap("test_acc", 1)[chosen]),
+      "final_train_loss_difference": float(gap("train_loss", -1)[chosen]),
+      "final_test_acc_difference": float(gap("test_acc", -1)[chosen]),
+      "final_test_acc_difference_by_lr": gap("test_acc", -1),
   }
   header = (f"Digits, MLP {'-'.join(map(str, WIDTHS))}, micro-batches of {args.micro_batch}, "
             f"k = {k} per update, {steps // k} updates ({steps} micro-steps), {num_seeds} seeds; "
@@ -313,7 +316,7 @@ def report(args, argv, memory, runs, seconds, lrs, k, num_seeds, steps, num_trai
   print(table)
   print("\nMean final validation accuracy by learning rate:")
   print(sweep)
-  print(f"\nTiger (k={k}) vs Tiger + MultiSteps, over every lr and seed: {equivalence}")
+  print(f"\nTiger (k={k}) vs Tiger + MultiSteps (largest difference over seeds): {equivalence}")
 
   figure, axes = common.new_figure(3, width=5.0)
   for i, (name, m) in enumerate(methods.items()):
@@ -340,9 +343,10 @@ def report(args, argv, memory, runs, seconds, lrs, k, num_seeds, steps, num_trai
   for ax in axes:
     ax.grid(alpha=0.3)
   axes[0].legend(fontsize=7)
-  axes[1].legend(fontsize=6)
+  axes[1].legend(fontsize=6, loc="lower right")
   figure.suptitle(f"Tiger with buffer-free accumulation (k = {k}) vs MultiSteps, "
                   f"{num_seeds} seeds")
+  figure.tight_layout(rect=(0, 0, 1, 0.96))
 
   config = {"seeds": num_seeds, "accumulation_steps": k, "micro_steps": steps,
             "updates": steps // k, "lr_grid": list(lrs), "train_size": num_train,
@@ -367,14 +371,15 @@ def report(args, argv, memory, runs, seconds, lrs, k, num_seeds, steps, num_trai
       f"parameters' bytes.\n\n{mem}\n\n## Training\n\n{header}\n\n{table}\n\n"
       f"Mean final validation accuracy by learning rate:\n\n{sweep}\n\n"
       f"Tiger (k={k}) against Tiger + MultiSteps (the same update, float rounding apart), "
-      f"largest difference over every rate and seed: after "
+      f"largest difference over seeds at Tiger's chosen rate {equivalence['lr']:g}: after "
       f"{equivalence['first_eval_update']} updates, training loss "
-      f"{equivalence['first_eval_max_abs_train_loss_difference']:.1e} and test accuracy "
-      f"{equivalence['first_eval_max_abs_test_acc_difference']:.3f}; at the end, "
-      f"{equivalence['final_max_abs_train_loss_difference']:.1e} and "
-      f"{equivalence['final_max_abs_test_acc_difference']:.3f} (sign updates amplify rounding: "
-      f"a momentum entry within rounding of 0 can take either sign, and the runs drift apart "
-      f"like two seeds).\n")
+      f"{equivalence['first_eval_train_loss_difference']:.1e} and test accuracy "
+      f"{equivalence['first_eval_test_acc_difference']:.3f}; at the end "
+      f"{equivalence['final_train_loss_difference']:.1e} and "
+      f"{equivalence['final_test_acc_difference']:.3f}. Final test-accuracy difference by rate: "
+      f"{', '.join(f'{d:.3f}' for d in equivalence['final_test_acc_difference_by_lr'])} (sign "
+      f"updates amplify rounding: a momentum entry within rounding of 0 can take either sign, "
+      f"so the runs drift apart, most at the rates that diverge).\n")
   results["files"]["md"] = markdown
   return results
 
