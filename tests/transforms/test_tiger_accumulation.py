@@ -315,3 +315,12 @@ def test_every_hyperparameter_is_injectable(factory, name):
     want, plain_state = plain.update(grads, plain_state, params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), got, want)
     params = optax.apply_updates(params, want)
+
+
+def test_no_default_is_a_callable_that_inject_hyperparams_would_take_for_a_schedule():
+  import inspect
+
+  for factory in (tiger, grouped_tiger):
+    for name, parameter in inspect.signature(factory).parameters.items():
+      if parameter.default is not inspect.Parameter.empty:
+        assert not callable(parameter.default), (factory.__name__, name)
