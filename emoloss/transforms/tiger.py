@@ -98,7 +98,9 @@ def tiger(
     rms_per_row: with ``rms_scaling``, one RMS per row (over the last axis) instead of one per
       tensor.
     min_rms: floor of the RMS scale when ``rms_scaling``.
-    mu_dtype: optional dtype of the momentum buffer (default: that of the params).
+    mu_dtype: optional dtype of the momentum buffer (default: that of the params). With
+      accumulation the momentum also sums the micro-batch gradients, so a low-precision buffer
+      (bfloat16) can round small ``(1-β)/k g`` contributions away; keep it float32 there.
     shrink_ratio: optional ``s`` in ``[0, 1]``; if given, a tensor with a non-finite gradient is
       shrunk toward ``shrink_center`` by ``s`` instead of stepping, its momentum unchanged.
     shrink_center: ``c``, the value such tensors shrink toward.
