@@ -85,7 +85,8 @@ def tiger(
 
   Every numeric argument can be injected with ``optax.inject_hyperparams`` (``learning_rate``,
   ``beta``, ``weight_decay``, ``min_rms``, ``shrink_ratio`` when not ``None``, ``shrink_center``,
-  ``accumulation_steps``). A ``mask`` function is not a schedule: with
+  ``accumulation_steps``); a schedule given to ``inject_hyperparams`` for ``learning_rate`` is
+  evaluated by it at its own count, the micro-step. A ``mask`` function is not a schedule: with
   ``inject_hyperparams`` pass it in ``static_args=("mask",)`` (or pass a pytree of booleans).
 
   Args:
