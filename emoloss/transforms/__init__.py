@@ -28,12 +28,13 @@ from emoloss.transforms.gradient_norm import (
     RunningGradientNormState,
     normalize_by_running_gradient_norm,
 )
-from emoloss.transforms.tiger import grouped_tiger, tiger, tiger_parameter_labels
+from emoloss.transforms.tiger import TigerState, grouped_tiger, tiger, tiger_parameter_labels
 
 __all__ = [
     "AscentDescentState",
     "FloodState",
     "RunningGradientNormState",
+    "TigerState",
     "alternate_ascent_descent",
     "alternation_equivalent_loss",
     "alternation_penalty",

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from emoloss import _checks
+
+
+class TigerState(NamedTuple):
+  """State of :func:`tiger`: the micro-step counter and the momentum (the only parameter-sized
+  buffer, also with gradient accumulation)."""
+
+  count: jax.Array  # type: ignore[assignment]  # int32 [], micro-steps taken; shadows tuple.count
+  mu: Any  # the momentum, a pytree like the params
 
 
 def tiger(
@@ -18,60 +27,93 @@ def tiger(
     *,
     mask: Any = None,
     rms_scaling: bool = False,
+    rms_per_row: bool = False,
     min_rms: float = 1e-3,
     mu_dtype: jax.typing.DTypeLike | None = None,
     shrink_ratio: float | None = None,
     shrink_center: float = 0.0,
+    accumulation_steps: int = 1,
 ) -> optax.GradientTransformation:
-  r"""Tiger ("tight-fisted optimiser"): one momentum buffer, a sign update, decoupled decay.
+  r"""Tiger ("tight-fisted optimiser"): one momentum buffer, a sign update, decoupled decay, and
+  gradient accumulation without an extra buffer.
+
+  With ``k = accumulation_steps`` micro-steps per update, at micro-step ``t = 0, 1, ...``
 
   .. math::
-    m_t = \beta\, m_{t-1} + (1 - \beta)\, g_t, \qquad
-    \theta_t = \theta_{t-1} - \eta_t \big(\operatorname{sign}(m_t) + \lambda\, \theta_{t-1}\big)
+    m \leftarrow b_t\, m + \frac{1 - \beta}{k}\, g_t, \qquad
+    b_t = \begin{cases} \beta & t \bmod k = 0 \\ 1 & \text{otherwise} \end{cases}
 
-  This is Lion with ``β1 = β2 = β`` (Lion's update direction ``sign(β1 m + (1-β1) g)`` is then the
-  sign of the new momentum itself). Built as ``optax.chain(scale_by_lion(b1=β, b2=β),
-  add_decayed_weights(λ, mask), [scale_by_param_block_rms], scale_by_learning_rate(η))``; optax
-  has every piece, it lacks only this combination. The weight decay is multiplied by the learning
-  rate, as in the reference (``u = η (sign(m) + λθ)``).
+  and only when ``(t + 1) mod k = 0`` do the parameters move,
 
-  ``rms_scaling=True`` gives the reference's LAMB-like relative step: ``η`` is multiplied by
-  ``max(RMS(θ), min_rms)`` of each parameter tensor (decay term included), so ``η`` becomes a
-  relative change per step (the reference's default ``η = 1e-3`` assumes this).
+  .. math::
+    \theta \leftarrow \theta - \eta_n\, s(\theta) \big(\operatorname{sign}(m) + \lambda\, \theta\big),
+    \qquad n = \lfloor t / k \rfloor,
+
+  the update being exactly 0 at the other micro-steps. The momentum itself is the accumulator:
+  over one cycle it becomes ``β m + (1 - β) ḡ`` with ``ḡ`` the mean of the cycle's ``k``
+  gradients, which is Tiger's update on ``ḡ``. So ``tiger(..., accumulation_steps=k)`` is
+  ``optax.MultiSteps(tiger(...), k)`` (same parameters up to float rounding) without MultiSteps'
+  extra parameter-sized buffer: the state (:class:`TigerState`) is the momentum and one integer
+  counter, whatever ``k``. With ``k = 1`` this is plain Tiger, ``m ← β m + (1 - β) g`` and a step
+  every call: Lion with ``β1 = β2 = β`` (Lion's direction ``sign(β1 m + (1-β1) g)`` is then the
+  sign of the new momentum itself). The decay is multiplied by the learning rate, as in the
+  reference (``u = η (sign(m) + λθ)``). A schedule ``η_n`` is evaluated at the update count
+  ``n`` (as under ``optax.MultiSteps``; the reference evaluates its schedule at the micro-step
+  ``t``).
+
+  ``s(θ) = 1``, or with ``rms_scaling=True`` the reference's LAMB-like relative step
+  ``s(θ) = max(RMS(θ), min_rms)`` of each parameter tensor (``rms_per_row=True``: of each row,
+  i.e. over the last axis, as the reference does for embedding tables), so ``η`` becomes a
+  relative change per step (the reference's default ``η = 1e-3`` assumes this). The RMS is
+  accumulated in float32 whatever the parameters' dtype.
 
   Differences from the reference implementation (bojone/tiger), left out on purpose:
 
-  * the RMS is per tensor, also for embeddings (the reference uses a per-row RMS for them) and
-    floored at ``min_rms`` (the reference has no floor, so a zero tensor would never move);
+  * the RMS is floored at ``min_rms`` (the reference has no floor, so a zero tensor would never
+    move);
   * biases and normalisation parameters get ``0.5 η`` without decay (and without the RMS scale)
-    in the reference: :func:`grouped_tiger` does that with ``optax.multi_transform`` over
-    :func:`tiger_parameter_labels`; here ``mask`` exempts leaves from decay only;
+    in the reference, embeddings the per-row RMS: :func:`grouped_tiger` does that with
+    ``optax.multi_transform`` over :func:`tiger_parameter_labels`; here ``mask`` exempts leaves
+    from decay only;
   * the reference's NaN rule is off by default: ``shrink_ratio=s`` turns it on (the reference's
-    ``s = 0.99``): a tensor whose gradient has a non-finite entry keeps its momentum and moves to
-    ``c + s (θ - c)`` (``c = shrink_center``, 1 for norm scales in the reference, else 0)
-    instead of stepping; other tensors step as usual. The reference tests NaN only; here ±inf
-    counts too. (``optax.apply_if_finite`` is the other option: it skips the whole step.)
-  * its in-momentum gradient accumulation and piecewise-linear schedule: use
-    ``optax.MultiSteps`` (equivalent update, one extra buffer) and an Optax schedule.
+    ``s = 0.99``): a tensor whose gradient has a non-finite entry keeps its momentum (``b_t = 1``,
+    ``g_t = 0``) and moves to ``c + s (θ - c)`` (``c = shrink_center``, 1 for norm scales in the
+    reference, else 0) at that micro-step, an accumulation step or not, instead of stepping;
+    other tensors step as usual. The reference tests NaN only; here ±inf counts too.
+    (``optax.apply_if_finite`` is the other option: it skips the whole step.)
+  * its piecewise-linear schedule: use an Optax schedule.
+
+  Every numeric argument can be injected with ``optax.inject_hyperparams`` (``learning_rate``,
+  ``beta``, ``weight_decay``, ``min_rms``, ``shrink_ratio`` when not ``None``, ``shrink_center``,
+  ``accumulation_steps``); a schedule given to ``inject_hyperparams`` for ``learning_rate`` is
+  evaluated by it at its own count, the micro-step. A ``mask`` function is not a schedule: with
+  ``inject_hyperparams`` pass it in ``static_args=("mask",)`` (or pass a pytree of booleans).
 
   Args:
-    learning_rate: ``η``, a float or an Optax schedule.
+    learning_rate: ``η``, a float or an Optax schedule (of the update count ``n``).
     beta: momentum decay ``β`` in ``[0, 1)``.
     weight_decay: decoupled weight decay ``λ >= 0``.
     mask: optional pytree of booleans (or a function of the params returning one) selecting the
       leaves that are decayed, as in ``optax.add_decayed_weights``.
     rms_scaling: scale each tensor's step by its RMS (relative learning rate).
+    rms_per_row: with ``rms_scaling``, one RMS per row (over the last axis) instead of one per
+      tensor.
     min_rms: floor of the RMS scale when ``rms_scaling``.
-    mu_dtype: optional dtype of the momentum buffer (default: that of the params).
+    mu_dtype: optional dtype of the momentum buffer (default: that of the params). With
+      accumulation the momentum also sums the micro-batch gradients, so a low-precision buffer
+      (bfloat16) can round small ``(1-β)/k g`` contributions away; keep it float32 there.
     shrink_ratio: optional ``s`` in ``[0, 1]``; if given, a tensor with a non-finite gradient is
       shrunk toward ``shrink_center`` by ``s`` instead of stepping, its momentum unchanged.
     shrink_center: ``c``, the value such tensors shrink toward.
+    accumulation_steps: ``k >= 1``, micro-steps (gradients) per parameter update.
 
   Returns:
-    An ``optax.GradientTransformation`` (needs ``params`` in ``update`` when ``weight_decay`` is
-    not the number 0, or with ``rms_scaling`` or ``shrink_ratio``).
+    An ``optax.GradientTransformation`` with a :class:`TigerState` (needs ``params`` in
+    ``update`` when ``weight_decay`` is not the number 0, or with ``rms_scaling`` or
+    ``shrink_ratio``).
 
   Examples:
+    >>> import jax
     >>> import jax.numpy as jnp
     >>> import optax
     >>> import emoloss
@@ -83,26 +125,117 @@ def tiger(
     >>> print(updates["w"])  # -lr * sign(momentum)
     [-0.1  0.1]
 
+    Two micro-batches per update: the first call accumulates into the momentum and returns a
+    zero update, the second moves by the sign of the accumulated momentum.
+
+    >>> tx = emoloss.tiger(learning_rate=0.1, weight_decay=0.0, accumulation_steps=2)
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"w": jnp.array([0.3, -0.01])}, state, params)
+    >>> print(updates["w"])
+    [0. 0.]
+    >>> updates, state = tx.update({"w": jnp.array([-0.1, 0.02])}, state, params)
+    >>> print(updates["w"])  # sign of (1 - 0.965) * (0.3 - 0.1, -0.01 + 0.02) / 2
+    [-0.1 -0.1]
+    >>> print(jax.tree.leaves(state))  # the counter and the momentum, nothing else
+    [Array(2, dtype=int32), Array([0.0035, 0.0002], dtype=float32)]
+
   References:
-    Su, "Tiger: A Tight-fisted Optimizer", 2023, https://github.com/bojone/tiger;
+    Su Jianlin, "Tiger: 一个'抠'到极致的优化器" (Tiger: a tight-fisted optimiser),
+    https://kexue.fm/archives/9512, 2023-03-07; the reference implementation
+    https://github.com/bojone/tiger (``tiger.py``, ``grad_accum_steps``);
     Chen et al., "Symbolic Discovery of Optimization Algorithms" (Lion), NeurIPS 2023.
   """
   _checks.check_scalar_range(beta, "beta", low=0.0, high=1.0, high_inclusive=False)
   _checks.check_scalar_range(weight_decay, "weight_decay", low=0.0)
   _checks.check_scalar_range(min_rms, "min_rms", low=0.0)
-  momentum = optax.scale_by_lion(b1=beta, b2=beta, mu_dtype=mu_dtype)
+  _check_accumulation_steps(accumulation_steps)
   if shrink_ratio is not None:
     _checks.check_scalar_range(shrink_ratio, "shrink_ratio", low=0.0, high=1.0)
-    momentum = _keep_momentum_where_nonfinite(momentum)
-  parts = [momentum]
-  if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
-    parts.append(optax.add_decayed_weights(weight_decay, mask))
-  if rms_scaling:
-    parts.append(optax.scale_by_param_block_rms(min_scale=min_rms))
-  parts.append(optax.scale_by_learning_rate(learning_rate))
-  if shrink_ratio is None:
-    return optax.chain(*parts)
-  return _shrink_where_nonfinite(optax.chain(*parts), shrink_ratio, shrink_center)
+  if isinstance(weight_decay, (int, float)) and weight_decay == 0:
+    decay = None
+  else:
+    decay = optax.add_decayed_weights(weight_decay, mask)
+  k = accumulation_steps
+  accumulates = not (isinstance(k, int) and k == 1)  # a traced (injected) k always gates
+  needs_params = decay is not None or rms_scaling or shrink_ratio is not None
+
+  def init_fn(params):
+    mu = optax.tree.zeros_like(params, dtype=mu_dtype)
+    return TigerState(count=jnp.zeros([], jnp.int32), mu=mu)
+
+  def update_fn(updates, state, params=None):
+    if needs_params and params is None:
+      raise ValueError(
+          "tiger needs `params` in `update` (for weight_decay, rms_scaling or shrink_ratio).")
+    count = state.count
+    if accumulates:
+      first = count % k == 0  # the first micro-step of a cycle decays the momentum
+      last = (count + 1) % k == 0  # the last one moves the parameters
+      b1 = jnp.where(first, beta, 1.0)
+      b2 = (1.0 - beta) / k
+      num_updates = count // k
+    else:
+      last = None
+      b1, b2, num_updates = beta, 1.0 - beta, count
+    if shrink_ratio is None:
+      momentum = jax.tree.map(lambda g, m: b2 * g + b1 * m, updates, state.mu)
+    else:
+      finite = _finite_leaves(updates)
+
+      def new_momentum(g, m, ok):  # a non-finite gradient keeps m (the reference's b1 = 1, g = 0)
+        return b2 * jnp.where(ok, g, jnp.zeros_like(g)) + jnp.where(ok, b1, 1.0) * m
+
+      momentum = jax.tree.map(new_momentum, updates, state.mu, finite)
+    # b2 g + b1 m is the order of optax's update_moment: with k = 1 the update is bit-equal to
+    # that of optax.scale_by_lion(b1=β, b2=β). The rest is computed in float32 at least.
+    direction = jax.tree.map(lambda m: jnp.sign(m).astype(_at_least_f32(m.dtype)), momentum)
+    if decay is not None:
+      direction, _ = decay.update(direction, decay.init(params), params)
+    if rms_scaling:
+      direction = jax.tree.map(lambda u, p: u * _rms(p, min_rms, rms_per_row), direction, params)
+    rate = learning_rate(num_updates) if callable(learning_rate) else learning_rate
+
+    def step(u, g):
+      u = (jnp.asarray(-rate, _at_least_f32(u.dtype)) * u).astype(g.dtype)
+      return u if last is None else jnp.where(last, u, jnp.zeros_like(u))
+
+    new_updates = jax.tree.map(step, direction, updates)
+    if shrink_ratio is not None:
+
+      def pick(u, ok, p):
+        shrink = (shrink_ratio - 1.0) * (p.astype(jnp.float32) - shrink_center)
+        return jnp.where(ok, u, shrink.astype(u.dtype))
+
+      new_updates = jax.tree.map(pick, new_updates, finite, params)
+    mu = optax.tree.cast(momentum, mu_dtype) if mu_dtype is not None else jax.tree.map(
+        lambda new, old: new.astype(old.dtype), momentum, state.mu)
+    return new_updates, TigerState(count=optax.safe_increment(count), mu=mu)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _check_accumulation_steps(k: Any) -> None:
+  """``k`` must be an integer >= 1 (checked when concrete; an injected ``k`` is traced)."""
+  if isinstance(k, jax.core.Tracer):
+    return
+  value = np.asarray(k)
+  if value.shape or not (np.issubdtype(value.dtype, np.integer) and value >= 1):
+    raise ValueError(f"`accumulation_steps` must be an integer >= 1 (got {k!r}).")
+
+
+def _at_least_f32(dtype: Any) -> Any:
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def _rms(p: jax.Array, min_rms: Any, per_row: bool) -> jax.Array:
+  """``max(RMS(p), min_rms)`` in float32: of the whole tensor, or of each row (last axis, kept
+  for broadcasting) when ``per_row`` and ``p`` has one."""
+  squares = jnp.square(p.astype(jnp.float32))
+  if per_row and p.ndim >= 1:
+    mean = jnp.mean(squares, axis=-1, keepdims=True)
+  else:
+    mean = jnp.mean(squares)
+  return jnp.maximum(jnp.sqrt(mean), min_rms)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,45 +247,9 @@ def _finite_leaves(tree: Any) -> Any:
   return jax.tree.map(lambda g: jnp.all(jnp.isfinite(g)), tree)
 
 
-def _keep_momentum_where_nonfinite(
-    momentum: optax.GradientTransformation,
-) -> optax.GradientTransformation:
-  """``scale_by_lion`` fed 0 for leaves with a non-finite gradient, whose momentum is then kept
-  as it was (the reference sets ``β1 = 1`` and ``g = 0`` for them)."""
-
-  def update_fn(updates, state, params=None):
-    finite = _finite_leaves(updates)
-    safe = jax.tree.map(lambda g, ok: jnp.where(ok, g, jnp.zeros_like(g)), updates, finite)
-    updates, new_state = momentum.update(safe, state, params)
-    mu = jax.tree.map(lambda ok, new, old: jnp.where(ok, new, old), finite, new_state.mu, state.mu)
-    return updates, new_state._replace(mu=mu)
-
-  return optax.GradientTransformation(momentum.init, update_fn)
-
-
-def _shrink_where_nonfinite(
-    inner: optax.GradientTransformation, ratio: float, center: float
-) -> optax.GradientTransformation:
-  """Replaces the update of every leaf with a non-finite gradient by ``(s - 1)(θ - c)``, which
-  moves it to ``c + s (θ - c)``."""
-
-  def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError("tiger(shrink_ratio=...) needs `params` in `update`.")
-    finite = _finite_leaves(updates)
-    updates, state = inner.update(updates, state, params)
-
-    def pick(u, ok, p):
-      shrink = (ratio - 1.0) * (p.astype(jnp.float32) - center)
-      return jnp.where(ok, u, shrink.astype(u.dtype))
-
-    return jax.tree.map(pick, updates, finite, params), state
-
-  return optax.GradientTransformation(inner.init, update_fn)
-
-
 _BIAS_NAMES = ("bias", "beta")
 _NORM_SCALE_NAMES = ("scale", "gamma")
+_EMBEDDING_NAMES = ("embedding", "embeddings")
 
 
 def _leaf_name(path) -> str:
@@ -166,13 +263,17 @@ def _leaf_name(path) -> str:
 
 
 def tiger_parameter_labels(params: Any) -> Any:
-  """Labels every leaf of ``params`` ``"default"``, ``"bias"`` or ``"norm_scale"`` by its name.
+  """Labels every leaf of ``params`` ``"default"``, ``"bias"``, ``"norm_scale"`` or
+  ``"embedding"`` by its name.
 
   A leaf whose last key is ``bias`` or ``beta`` is a bias (of a layer or a norm), ``scale`` or
   ``gamma`` a normalisation scale (Flax's ``LayerNorm``/``BatchNorm``/``RMSNorm`` name theirs
-  ``scale`` and ``bias``), anything else ``"default"``: the reference's name rule (regex
-  ``bias|beta|gamma`` on the variable name). Pass your own labels to :func:`grouped_tiger` when
-  names differ.
+  ``scale`` and ``bias``), ``embedding`` or ``embeddings`` an embedding table (Flax's
+  ``nnx.Embed``/``linen.Embed`` name theirs ``embedding``, Keras ``embeddings``), anything else
+  ``"default"``: the reference's name rule (regex ``bias|beta|gamma`` on the variable name
+  first, then ``'embeddings' in name``). Pass your own labels to :func:`grouped_tiger` when names
+  differ (e.g. for a learned positional table, which the reference, naming it ``embeddings``,
+  scales per row too).
 
   Args:
     params: a parameter pytree (dicts, Flax NNX ``State`` and ``nnx.Param`` leaves included).
@@ -184,9 +285,11 @@ def tiger_parameter_labels(params: Any) -> Any:
     >>> import jax.numpy as jnp
     >>> import emoloss
     >>> params = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.zeros(2)},
-    ...           "norm": {"scale": jnp.ones(2), "bias": jnp.zeros(2)}}
-    >>> print(emoloss.tiger_parameter_labels(params))
-    {'dense': {'bias': 'bias', 'kernel': 'default'}, 'norm': {'bias': 'bias', 'scale': 'norm_scale'}}
+    ...           "norm": {"scale": jnp.ones(2), "bias": jnp.zeros(2)},
+    ...           "embed": {"embedding": jnp.ones((5, 2))}}
+    >>> labels = emoloss.tiger_parameter_labels(params)
+    >>> print(labels["dense"], labels["norm"], labels["embed"])
+    {'bias': 'bias', 'kernel': 'default'} {'bias': 'bias', 'scale': 'norm_scale'} {'embedding': 'embedding'}
   """
 
   def label(path, leaf):
@@ -196,6 +299,8 @@ def tiger_parameter_labels(params: Any) -> Any:
       return "bias"
     if name in _NORM_SCALE_NAMES:
       return "norm_scale"
+    if name in _EMBEDDING_NAMES:
+      return "embedding"
     return "default"
 
   return jax.tree_util.tree_map_with_path(label, params)
@@ -206,67 +311,93 @@ def grouped_tiger(
     beta: float = 0.965,
     weight_decay: float = 0.01,
     *,
-    labels: Any = tiger_parameter_labels,
+    labels: Any = None,
     rms_scaling: bool = True,
     min_rms: float = 1e-3,
     shrink_ratio: float | None = 0.99,
     mu_dtype: jax.typing.DTypeLike | None = None,
+    accumulation_steps: int = 1,
 ) -> optax.GradientTransformation:
-  r"""Tiger with the reference's parameter groups and non-finite-gradient shrink.
+  r"""Tiger with the reference's parameter groups, per-row embedding scale and non-finite-gradient
+  shrink.
 
-  ``optax.multi_transform`` over three groups (``labels``, by default
+  ``optax.multi_transform`` over four groups (``labels``, by default
   :func:`tiger_parameter_labels`):
 
-  * ``"default"``: :func:`tiger` with ``η``, decay ``λ`` and the RMS-scaled step;
+  * ``"default"``: :func:`tiger` with ``η``, decay ``λ`` and the RMS-scaled step
+    ``η · max(RMS(θ), min_rms)``, one RMS per tensor;
+  * ``"embedding"``: the same with one RMS per row (over the last axis: each token's vector of
+    a ``[vocab, features]`` table), ``η · max(RMS(θ_i), min_rms)`` for row ``i``;
   * ``"bias"``: ``0.5 η``, no decay, no RMS scale, shrink toward 0;
   * ``"norm_scale"``: ``0.5 η``, no decay, no RMS scale, shrink toward 1
 
-  (the reference: ``lr * 0.5, d = 0`` for ``bias|beta|gamma`` and ``c = 1`` for ``gamma``), each
-  with the shrink ``θ ← c + s (θ - c)`` of a tensor whose gradient is not finite.
-  Differences left: the reference's RMS is per row for embeddings (here per tensor, floored at
-  ``min_rms``), and its gradient accumulation and schedule are left to ``optax.MultiSteps`` and
-  Optax schedules.
+  (the reference: ``lr * 0.5, d = 0`` for ``bias|beta|gamma`` and ``c = 1`` for ``gamma``,
+  ``lr * RMS(var, axis=-1)`` for ``embeddings``, ``lr * RMS(var)`` otherwise), each with the
+  shrink ``θ ← c + s (θ - c)`` of a tensor whose gradient is not finite, and all with the
+  accumulation of :func:`tiger` (``accumulation_steps = k``: ``m ← b_t m + (1-β)/k g``, the
+  parameters move every ``k``-th call; no extra buffer). Differences left: the RMS is floored at
+  ``min_rms``, and the schedule is an Optax schedule of the update count.
+
+  Every numeric argument can be injected with ``optax.inject_hyperparams``, e.g.
+  ``optax.inject_hyperparams(grouped_tiger)(learning_rate=0.1)``; a ``labels`` function is not a
+  schedule: give it as ``static_args=("labels",)`` there (or pass a labels pytree).
 
   Args:
     learning_rate: ``η``, a float or an Optax schedule (halved for biases and norm scales).
     beta: momentum decay ``β`` in ``[0, 1)``.
-    weight_decay: decoupled weight decay ``λ >= 0`` of the ``"default"`` group.
+    weight_decay: decoupled weight decay ``λ >= 0`` of the ``"default"`` and ``"embedding"``
+      groups.
     labels: a pytree of group names matching the params, or a function of the params returning
-      one (names among ``"default"``, ``"bias"``, ``"norm_scale"``).
-    rms_scaling: scale the ``"default"`` group's step by each tensor's RMS (the reference does).
+      one (names among ``"default"``, ``"embedding"``, ``"bias"``, ``"norm_scale"``); ``None``:
+      :func:`tiger_parameter_labels`.
+    rms_scaling: scale the ``"default"`` and ``"embedding"`` groups' steps by the RMS (the
+      reference does).
     min_rms: floor of that RMS.
     shrink_ratio: ``s`` of the non-finite-gradient shrink (the reference's 0.99), or ``None``
       for none.
     mu_dtype: optional dtype of the momentum buffers.
+    accumulation_steps: ``k >= 1``, micro-steps (gradients) per parameter update.
 
   Returns:
     An ``optax.GradientTransformation`` (needs ``params`` in ``update``).
 
   Examples:
+    >>> import jax
     >>> import jax.numpy as jnp
     >>> import emoloss
-    >>> params = {"dense": {"kernel": jnp.full((2, 2), 0.5), "bias": jnp.zeros(2)}}
+    >>> params = {"dense": {"kernel": jnp.full((2, 2), 0.5), "bias": jnp.zeros(2)},
+    ...           "embed": {"embedding": jnp.array([[0.1, 0.1], [2.0, 2.0]])}}
     >>> tx = emoloss.grouped_tiger(learning_rate=0.1, weight_decay=0.0)
     >>> state = tx.init(params)
-    >>> grads = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}}
+    >>> grads = jax.tree.map(jnp.ones_like, params)
     >>> updates, state = tx.update(grads, state, params)
     >>> print(updates["dense"]["bias"])    # biases: 0.5 * lr, no RMS scaling
     [-0.05 -0.05]
     >>> print(updates["dense"]["kernel"])  # the rest: lr times the parameters' RMS (0.5)
     [[-0.05 -0.05]
      [-0.05 -0.05]]
+    >>> print(updates["embed"]["embedding"])  # embeddings: lr times each row's RMS
+    [[-0.01 -0.01]
+     [-0.2  -0.2 ]]
 
   References:
-    Su, "Tiger: A Tight-fisted Optimizer", 2023, https://github.com/bojone/tiger (``tiger.py``).
+    Su Jianlin, "Tiger: 一个'抠'到极致的优化器" (Tiger: a tight-fisted optimiser),
+    https://kexue.fm/archives/9512, 2023-03-07; the reference implementation
+    https://github.com/bojone/tiger (``tiger.py``).
   """
+  if labels is None:
+    labels = tiger_parameter_labels
   if callable(learning_rate):
     half_rate = lambda count: 0.5 * learning_rate(count)
   else:
     half_rate = 0.5 * learning_rate
-  common: dict[str, Any] = {"beta": beta, "mu_dtype": mu_dtype, "shrink_ratio": shrink_ratio}
+  common: dict[str, Any] = {"beta": beta, "mu_dtype": mu_dtype, "shrink_ratio": shrink_ratio,
+                            "accumulation_steps": accumulation_steps}
+  scaled: dict[str, Any] = {"weight_decay": weight_decay, "rms_scaling": rms_scaling,
+                            "min_rms": min_rms}
   groups = {
-      "default": tiger(learning_rate, weight_decay=weight_decay, rms_scaling=rms_scaling,
-                       min_rms=min_rms, **common),
+      "default": tiger(learning_rate, **scaled, **common),
+      "embedding": tiger(learning_rate, rms_per_row=True, **scaled, **common),
       "bias": tiger(half_rate, weight_decay=0.0, **common),
       "norm_scale": tiger(half_rate, weight_decay=0.0, shrink_center=1.0, **common),
   }
