@@ -36,6 +36,7 @@ class Loss:
   upper_bound: float = np.inf  # the loss's maximum (bounded losses)
   at_most_ce_when_right: bool = False  # loss <= CE mathematically when p_y is close to 1
   well_conditioned: bool = True  # False: tiny rounding differences are amplified (EMO/CE ratios)
+  nan_spreads: bool = False  # a NaN row makes the batch statistic, hence every unmasked row, NaN
 
 
 LOSSES = {
@@ -50,15 +51,15 @@ LOSSES = {
     "exact_loss[batch_norm]": Loss(
         lambda z, y, w: emoloss.exact_loss(z, y, num_nodes=16, batch_norm=True, sigma=2.0,
                                            margin=0.5, where=w),
-        batch_statistic=True, upper_bound=1.0),
+        batch_statistic=True, upper_bound=1.0, nan_spreads=True),
     "exact_loss[log_prob,margin]": Loss(
         lambda z, y, w: emoloss.exact_loss(z, y, num_nodes=16, log_prob=True, margin=5.0,
                                            sigma=0.5, where=w)),
     "f1_weighted_binary_cross_entropy": Loss(
         lambda z, y, w: emoloss.f1_weighted_binary_cross_entropy(z, y, where=w), binary=True,
-        batch_statistic=True),
+        batch_statistic=True, nan_spreads=True),
     "smooth_f1_loss": Loss(lambda z, y, w: emoloss.smooth_f1_loss(z, y, where=w), binary=True,
-                           batch_statistic=True, upper_bound=1.0),
+                           batch_statistic=True, upper_bound=1.0, nan_spreads=True),
     "softmax_focal_loss": Loss(lambda z, y, w: emoloss.softmax_focal_loss(z, y, where=w),
                                at_most_ce_when_right=True),  # (1 - p)^γ <= 1
     "softmax_focal_loss[alpha]": Loss(
@@ -230,6 +231,61 @@ def test_masked_rows_are_inert_whatever_they_hold(name):
         assert value[2] == 0 and np.all(grad[2] == 0)
 
 
+def _nan_rows(loss: Loss, logits, labels):
+  """Row 2 with NaN logits: all of them, and (multi-class) only the target's or a competitor's."""
+  if loss.binary:
+    return {"row": logits.at[2].set(jnp.nan)}
+  target = int(labels[2])
+  return {"row": logits.at[2].set(jnp.nan), "target": logits.at[2, target].set(jnp.nan),
+          "competitor": logits.at[2, (target + 1) % V].set(jnp.nan)}
+
+
+def _assert_nan_rule(loss: Loss, value, grad, clean_value, clean_grad, where, context):
+  """Row 2 holds a NaN: NaN value and gradient there (per-example losses; other rows bit for bit
+  unchanged) or in every unmasked row (``nan_spreads``: the batch statistic is NaN); masked rows
+  inert."""
+  masked = ~np.asarray(where) if where is not None else np.zeros(N, bool)
+  if loss.nan_spreads:
+    assert np.all(np.isnan(value[~masked] if value.ndim else value)), (context, value)
+    assert np.all(np.isnan(grad[~masked])), (context, grad)
+  else:
+    assert np.isnan(value[2]) and np.all(np.isnan(grad[2])), (context, value, grad)
+    others = (np.arange(N) != 2) & ~masked
+    np.testing.assert_array_equal(value[others], clean_value[others], err_msg=str(context))
+    np.testing.assert_array_equal(grad[others], clean_grad[others], err_msg=str(context))
+  if value.ndim:
+    assert np.all(value[masked] == 0), (context, value)
+  assert np.all(grad[masked] == 0), (context, grad)
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_nan_in_an_unmasked_row_is_never_hidden(name):
+  """The NaN rule (docs/overview.md, "Reliability"): a NaN logit anywhere in an unmasked row gives
+  NaN for that row's value and every entry of its gradient, eagerly and under jit, never a finite
+  number; masked rows stay inert; other rows are unchanged bit for bit. Batch-coupled losses (the
+  F1 family, EXACT's ``batch_norm``): the NaN makes the batch statistic NaN, hence every unmasked
+  row (value and gradient), never a finite value computed from it."""
+  loss = LOSSES[name]
+  logits, labels = random_problem(loss.binary, seed=9)
+  where = jnp.arange(N) != 6
+  for jit in (True, False):
+    clean_value, clean_grad = value_and_grad(name, logits, labels, where, jit=jit)
+    for position, bad in _nan_rows(loss, logits, labels).items():
+      value, grad = value_and_grad(name, bad, labels, where, jit=jit)
+      _assert_nan_rule(loss, value, grad, clean_value, clean_grad, where, (position, jit))
+  # bf16 logits (the jitted program of the saturated-logits test, no mask).
+  bf16 = logits.astype(jnp.bfloat16)
+  clean_value, clean_grad = value_and_grad(name, bf16, labels)
+  value, grad = value_and_grad(name, bf16.at[2].set(jnp.nan), labels)
+  _assert_nan_rule(loss, value, grad, clean_value, clean_grad, None, "bf16")
+  if loss.binary:
+    return
+  # +inf on a competitor: the target cannot win; the loss's maximum or NaN, no other number.
+  value, _ = value_and_grad(name, logits.at[2, (int(labels[2]) + 1) % V].set(jnp.inf), labels,
+                            where)
+  assert np.isnan(value[2]) or value[2] == loss.upper_bound, value
+
+
 @pytest.mark.parametrize("name", [n for n in LOSSES if not LOSSES[n].batch_statistic])
 def test_one_bad_row_never_changes_another(name):
   """Unmasked rows are computed independently: NaN, inf, huge logits or an out-of-range label in
@@ -339,6 +395,9 @@ def test_float64_mode(name):
     if loss.well_conditioned:
       np.testing.assert_allclose(value, want, rtol=1e-5, atol=1e-6)
       np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-6)
+    # The NaN rule holds in x64 mode too (same compiled program).
+    nan_value, nan_grad = value_and_grad(name, z64.at[2].set(jnp.nan), y64, jit=True)
+    _assert_nan_rule(loss, nan_value, nan_grad, value, grad, None, "x64")
 
 
 TRANSFORMS = {
