@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from collections.abc import Callable
 
 import jax
@@ -449,6 +450,79 @@ def test_optimiser_state_can_be_donated(name):
     ref_params, ref_state = reference(ref_params, ref_state, grads, value)
     params, state = step(params, state, grads, value)
   jax.tree.map(np.testing.assert_array_equal, params, ref_params)
+
+
+# Every transformation under `optax.inject_hyperparams`: (constructor, its numeric
+# hyper-parameters (injected), other arguments (static), other values for the hyper-parameters).
+INJECTABLE = {
+    "flood": (emoloss.flood, {"flood_level": 0.1}, {}, {"flood_level": 0.5}),
+    "scale_by_ascent_descent": (
+        emoloss.scale_by_ascent_descent, {"ascent_ratio": 0.5, "flood_level": 0.2},
+        {"ascent_first": True}, {"ascent_ratio": 0.25, "flood_level": 0.4}),
+    "alternate_ascent_descent": (
+        emoloss.alternate_ascent_descent, {"ascent_ratio": 0.5, "flood_level": 0.2},
+        {"optimizer": optax.adam(0.1), "flip": "gradient", "ascent_first": True},
+        {"ascent_ratio": 0.25, "flood_level": 0.4}),
+    "backstitch": (emoloss.backstitch, {"learning_rate": 0.1, "alpha": 0.3}, {},
+                   {"learning_rate": 0.05, "alpha": 0.6}),
+    "tiger": (emoloss.tiger, {"learning_rate": 0.1, "beta": 0.9, "weight_decay": 0.01,
+                              "min_rms": 1e-3, "shrink_ratio": 0.99, "shrink_center": 0.0},
+              {"rms_scaling": True},
+              {"learning_rate": 0.05, "beta": 0.8, "weight_decay": 0.02, "min_rms": 1e-2,
+               "shrink_ratio": 0.9, "shrink_center": 1.0}),
+    "normalize_by_running_gradient_norm": (
+        emoloss.normalize_by_running_gradient_norm, {"momentum": 0.8, "floor": 0.01}, {},
+        {"momentum": 0.5, "floor": 0.5}),
+    # added at merge: tiger helper fixes labels default (issue 20 item 5)
+    # "grouped_tiger": (emoloss.grouped_tiger, {"learning_rate": 0.1, "beta": 0.9,
+    #                                           "weight_decay": 0.01}, {},
+    #                   {"learning_rate": 0.05, "beta": 0.8, "weight_decay": 0.02}),
+}
+INJECTION_PENDING = {"grouped_tiger"}  # remove at merge with the entry above
+
+
+def test_every_transformation_is_checked_under_inject_hyperparams():
+  missing = set(TRANSFORMS) - set(INJECTABLE) - INJECTION_PENDING
+  assert not missing, f"add these to INJECTABLE in tests/test_reliability.py: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("name", list(INJECTABLE))
+def test_inject_hyperparams(name):
+  """``optax.inject_hyperparams(transform)(**hyper_parameters)`` behaves as ``transform`` with
+  the same values, eagerly and under jit; its numeric hyper-parameters are in the state, and
+  changing them there is the transform built with the new values. No argument defaults to a
+  callable that is not a schedule (``inject_hyperparams`` would evaluate it as one)."""
+  constructor, hyper, other, new_hyper = INJECTABLE[name]
+  for parameter in inspect.signature(constructor).parameters.values():
+    assert parameter.default is parameter.empty or not callable(parameter.default), parameter
+  params = {"w": jnp.linspace(0.5, 1.5, 6).reshape(3, 2), "bias": jnp.zeros(2)}
+  injected = optax.inject_hyperparams(constructor)(**hyper, **other)
+  plain = optax.with_extra_args_support(constructor(**hyper, **other))
+  changed = optax.with_extra_args_support(constructor(**new_hyper, **other))
+
+  def grads_and_value(i):
+    grads = jax.tree.map(lambda x, i=i: jnp.full_like(x, 0.5 - 0.3 * i) + 0.1 * x, params)
+    return grads, jnp.float32(0.05 + 0.1 * i)
+
+  for jit in (False, True):
+    wrap = jax.jit if jit else (lambda f: f)
+    state, plain_state = injected.init(params), plain.init(params)
+    assert set(state.hyperparams) == set(hyper), state.hyperparams
+    for i in range(3):
+      grads, value = grads_and_value(i)
+      updates, state = wrap(injected.update)(grads, state, params, value=value)
+      want, plain_state = wrap(plain.update)(grads, plain_state, params, value=value)
+      jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6), updates, want)
+    state.hyperparams.update({k: jnp.asarray(v, jnp.float32) for k, v in new_hyper.items()})
+    changed_state, differs = plain_state, False
+    for i in range(3, 6):
+      grads, value = grads_and_value(i)
+      updates, state = wrap(injected.update)(grads, state, params, value=value)
+      want, changed_state = wrap(changed.update)(grads, changed_state, params, value=value)
+      jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6), updates, want)
+      old, plain_state = wrap(plain.update)(grads, plain_state, params, value=value)
+      differs |= any(jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.any(a != b)), old, want)))
+    assert differs, "the new hyper-parameter values changed nothing: the check cannot fail"
 
 
 def test_flood_with_nan_value_leaves_the_gradient_unchanged():
