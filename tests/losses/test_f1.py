@@ -58,9 +58,11 @@ def test_smooth_f1_loss_equals_optax_dice_and_finite_differences():
 
 
 def _f1_value_and_grad(logits, labels, where):
-  grad, value = jax.grad(
-      lambda z: (lambda v: (v.sum(), v))(
-          emoloss.f1_weighted_binary_cross_entropy(z, labels, where=where)), has_aux=True)(logits)
+  def total(z):
+    value = emoloss.f1_weighted_binary_cross_entropy(z, labels, where=where)
+    return value.sum(), value
+
+  grad, value = jax.grad(total, has_aux=True)(logits)
   return value, grad
 
 

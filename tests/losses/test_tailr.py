@@ -53,8 +53,11 @@ def test_gamma_zero_with_grad_check_and_vmap():
 
 
 def _tailr_value_and_grad(logits, labels, where):
-  grad, value = jax.grad(lambda z: (lambda v: (v.sum(), v))(
-      emoloss.tailr_loss(z, labels, where=where)), has_aux=True)(logits)
+  def total(z):
+    value = emoloss.tailr_loss(z, labels, where=where)
+    return value.sum(), value
+
+  grad, value = jax.grad(total, has_aux=True)(logits)
   return value, grad
 
 
