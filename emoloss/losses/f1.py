@@ -43,7 +43,8 @@ def smooth_f1_score(
     where: optional boolean mask ``[N, ...]``.
 
   Returns:
-    ``logits.shape[1:]`` float32 smooth F1 per label column (a scalar for a binary task).
+    ``logits.shape[1:]`` float32 smooth F1 per label column (a scalar for a binary task); NaN
+    (value and gradient) for a column with a NaN logit in an unmasked entry.
 
   Examples:
     >>> import jax.numpy as jnp
