@@ -133,6 +133,24 @@ def mask_loss(loss: Array, where: Array | Rows | None) -> Array:
   return jnp.where(where, loss, 0.0)
 
 
+def nan_rows(logits: Array) -> Array:
+  """``[...]`` True for the rows of ``logits [..., V]`` holding a NaN (masked rows must already be
+  sanitised, e.g. by :func:`prepare_classification`)."""
+  return jnp.any(jnp.isnan(logits), axis=-1)
+
+
+def propagate_nan(loss: Array, logits: Array, rows: Array) -> Array:
+  """``loss [...]`` with the ``rows`` set to NaN, and a NaN gradient with respect to every entry
+  of their ``logits [..., V]`` (the NaN rule: a NaN input is never turned into a finite value).
+
+  For losses that sanitise NaN rows to keep their internals finite (a NaN would otherwise be
+  taken for a masked class, or stall an iteration): the NaN comes back here, on the output, as
+  ``NaN · logits`` of the row; other rows get exactly zero from this term (double where)."""
+  row_logits = jnp.where(rows[..., None], logits, 0.0)
+  poison = jnp.sum(row_logits, axis=-1) * jnp.nan
+  return jnp.where(rows, poison, loss)
+
+
 def check_scalar_range(
     value, name: str, low: float = -np.inf, high: float = np.inf,
     low_inclusive: bool = True, high_inclusive: bool = True,
@@ -152,7 +170,9 @@ def check_scalar_range(
     raise ValueError(f"`{name}` must lie in {lo}{low}, {high}{hi} (got {value}).")
 
 
-def check_label_range(labels: ArrayLike, num_classes: int, name: str = "labels") -> None:
+def check_label_range(
+    labels: ArrayLike, num_classes: int, name: str = "labels", *, where: ArrayLike | None = None
+) -> None:
   """Eagerly checks that integer ``labels`` lie in ``[0, num_classes)``.
 
   The label rule of every loss (and of the fused path): an unmasked integer label outside
@@ -161,15 +181,21 @@ def check_label_range(labels: ArrayLike, num_classes: int, name: str = "labels")
   padding ids such as ``V`` or ``-100`` are fine under a mask. Label values are not visible under
   ``jax.jit``, so the losses cannot raise there; call this helper on concrete labels (e.g. once
   per dataset, or on each batch before the jitted step) to get an error instead of a NaN.
+  Pass the batch's mask as ``where`` to check it as the losses read it: masked positions (padding
+  ids under the mask) are not checked.
 
   Args:
     labels: concrete integer labels (a NumPy or JAX array, not a tracer).
     num_classes: ``V``.
     name: the argument name used in the message.
+    where: optional concrete boolean mask of the shape of ``labels``; only positions where it is
+      True are checked.
 
   Raises:
-    TypeError: for floating labels, or when called on a tracer (under ``jit``/``grad``).
-    ValueError: naming the first offending positions and values.
+    TypeError: for floating labels or a non-boolean ``where``, or when called on a tracer (under
+      ``jit``/``grad``).
+    ValueError: naming the first offending positions and values, or for a ``where`` whose shape
+      is not that of ``labels``.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -179,8 +205,10 @@ def check_label_range(labels: ArrayLike, num_classes: int, name: str = "labels")
     Traceback (most recent call last):
     ...
     ValueError: `labels` must lie in [0, 3)...
+    >>> emoloss.check_label_range(jnp.array([0, -100]), num_classes=3,
+    ...                           where=jnp.array([True, False]))  # padding under the mask
   """
-  if isinstance(labels, jax.core.Tracer):
+  if any(isinstance(x, jax.core.Tracer) for x in (labels, where)):
     raise TypeError(
         f"`check_label_range` needs concrete `{name}`, got a tracer: call it eagerly, outside "
         "`jax.jit`/`jax.grad` (e.g. on the batch before the jitted training step)."
@@ -191,14 +219,24 @@ def check_label_range(labels: ArrayLike, num_classes: int, name: str = "labels")
         f"`{name}` must be integer class indices (got dtype {arr.dtype}); cast labels to an "
         "integer dtype.")
   bad = (arr < 0) | (arr >= num_classes)
+  if where is not None:
+    mask = np.asarray(where)
+    if mask.dtype != np.bool_:
+      raise TypeError(f"`where` must be a boolean mask (got dtype {mask.dtype}).")
+    if mask.shape != arr.shape:
+      raise ValueError(
+          f"`where` must have the shape of `{name}` {arr.shape} (got {mask.shape}).")
+    bad &= mask
   if np.any(bad):
     positions = np.argwhere(bad)[:5]
     shown = ", ".join(
         f"{name}[{', '.join(str(int(i)) for i in pos)}] = {int(arr[tuple(pos)])}"
         for pos in positions)
+    hint = ("Remap them, or mask them with `where` (here and in the loss)." if where is not None
+            else "Mask padding positions with `where` (pass the mask here too) or remap them.")
     raise ValueError(
         f"`{name}` must lie in [0, {num_classes}); {int(bad.sum())} of {arr.size} are out of "
-        f"range, first: {shown}. Mask padding positions with `where` or remap them."
+        f"range{' (unmasked)' if where is not None else ''}, first: {shown}. {hint}"
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from collections.abc import Callable
 
 import jax
@@ -36,6 +37,7 @@ class Loss:
   upper_bound: float = np.inf  # the loss's maximum (bounded losses)
   at_most_ce_when_right: bool = False  # loss <= CE mathematically when p_y is close to 1
   well_conditioned: bool = True  # False: tiny rounding differences are amplified (EMO/CE ratios)
+  nan_spreads: bool = False  # a NaN row makes the batch statistic, hence every unmasked row, NaN
 
 
 LOSSES = {
@@ -50,15 +52,15 @@ LOSSES = {
     "exact_loss[batch_norm]": Loss(
         lambda z, y, w: emoloss.exact_loss(z, y, num_nodes=16, batch_norm=True, sigma=2.0,
                                            margin=0.5, where=w),
-        batch_statistic=True, upper_bound=1.0),
+        batch_statistic=True, upper_bound=1.0, nan_spreads=True),
     "exact_loss[log_prob,margin]": Loss(
         lambda z, y, w: emoloss.exact_loss(z, y, num_nodes=16, log_prob=True, margin=5.0,
                                            sigma=0.5, where=w)),
     "f1_weighted_binary_cross_entropy": Loss(
         lambda z, y, w: emoloss.f1_weighted_binary_cross_entropy(z, y, where=w), binary=True,
-        batch_statistic=True),
+        batch_statistic=True, nan_spreads=True),
     "smooth_f1_loss": Loss(lambda z, y, w: emoloss.smooth_f1_loss(z, y, where=w), binary=True,
-                           batch_statistic=True, upper_bound=1.0),
+                           batch_statistic=True, upper_bound=1.0, nan_spreads=True),
     "softmax_focal_loss": Loss(lambda z, y, w: emoloss.softmax_focal_loss(z, y, where=w),
                                at_most_ce_when_right=True),  # (1 - p)^γ <= 1
     "softmax_focal_loss[alpha]": Loss(
@@ -233,6 +235,66 @@ def test_masked_rows_are_inert_whatever_they_hold(name):
         assert value[2] == 0 and np.all(grad[2] == 0)
 
 
+def _nan_rows(loss: Loss, logits, labels):
+  """Row 2 with NaN logits: all of them, and (multi-class) only the target's or a competitor's."""
+  if loss.binary:
+    return {"row": logits.at[2].set(jnp.nan)}
+  target = int(labels[2])
+  return {"row": logits.at[2].set(jnp.nan), "target": logits.at[2, target].set(jnp.nan),
+          "competitor": logits.at[2, (target + 1) % V].set(jnp.nan)}
+
+
+def _assert_nan_rule(loss: Loss, value, grad, clean_value, clean_grad, where, context):
+  """Row 2 holds a NaN: NaN value and gradient there (per-example losses; other rows bit for bit
+  unchanged) or in every unmasked row (``nan_spreads``: the batch statistic is NaN); masked rows
+  inert."""
+  masked = ~np.asarray(where) if where is not None else np.zeros(N, bool)
+  if loss.nan_spreads:
+    assert np.all(np.isnan(value[~masked] if value.ndim else value)), (context, value)
+    assert np.all(np.isnan(grad[~masked])), (context, grad)
+  else:
+    assert np.isnan(value[2]) and np.all(np.isnan(grad[2])), (context, value, grad)
+    others = (np.arange(N) != 2) & ~masked
+    np.testing.assert_array_equal(value[others], clean_value[others], err_msg=str(context))
+    np.testing.assert_array_equal(grad[others], clean_grad[others], err_msg=str(context))
+  if value.ndim:
+    assert np.all(value[masked] == 0), (context, value)
+  assert np.all(grad[masked] == 0), (context, grad)
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_nan_in_an_unmasked_row_is_never_hidden(name):
+  """The NaN rule (docs/overview.md, "Reliability"): a NaN logit anywhere in an unmasked row gives
+  NaN for that row's value and every entry of its gradient, eagerly and under jit, never a finite
+  number; masked rows stay inert; other rows are unchanged bit for bit. Batch-coupled losses (the
+  F1 family, EXACT's ``batch_norm``): the NaN makes the batch statistic NaN, hence every unmasked
+  row (value and gradient), never a finite value computed from it."""
+  loss = LOSSES[name]
+  logits, labels = random_problem(loss.binary, seed=9)
+  where = jnp.arange(N) != 6
+  clean_value, clean_grad = value_and_grad(name, logits, labels, where)
+  nan_rows = _nan_rows(loss, logits, labels)
+  for position, bad in nan_rows.items():
+    value, grad = value_and_grad(name, bad, labels, where)
+    _assert_nan_rule(loss, value, grad, clean_value, clean_grad, where, position)
+  # Eagerly, without a mask (the operations of the saturated-logits test: compiled already).
+  clean_value, clean_grad = value_and_grad(name, logits, labels, jit=False)
+  bad = nan_rows["row" if loss.binary else "competitor"]
+  value, grad = value_and_grad(name, bad, labels, jit=False)
+  _assert_nan_rule(loss, value, grad, clean_value, clean_grad, None, "eager")
+  # bf16 logits (the jitted program of the saturated-logits test, no mask).
+  bf16 = logits.astype(jnp.bfloat16)
+  clean_value, clean_grad = value_and_grad(name, bf16, labels)
+  value, grad = value_and_grad(name, bf16.at[2].set(jnp.nan), labels)
+  _assert_nan_rule(loss, value, grad, clean_value, clean_grad, None, "bf16")
+  if loss.binary:
+    return
+  # +inf on a competitor: the target cannot win; the loss's maximum or NaN, no other number.
+  value, _ = value_and_grad(name, logits.at[2, (int(labels[2]) + 1) % V].set(jnp.inf), labels,
+                            where)
+  assert np.isnan(value[2]) or value[2] == loss.upper_bound, value
+
+
 @pytest.mark.parametrize("name", [n for n in LOSSES if not LOSSES[n].batch_statistic])
 def test_one_bad_row_never_changes_another(name):
   """Unmasked rows are computed independently: NaN, inf, huge logits or an out-of-range label in
@@ -342,6 +404,9 @@ def test_float64_mode(name):
     if loss.well_conditioned:
       np.testing.assert_allclose(value, want, rtol=1e-5, atol=1e-6)
       np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-6)
+    # The NaN rule holds in x64 mode too (same compiled program).
+    nan_value, nan_grad = value_and_grad(name, z64.at[2].set(jnp.nan), y64, jit=True)
+    _assert_nan_rule(loss, nan_value, nan_grad, value, grad, None, "x64")
 
 
 TRANSFORMS = {
@@ -388,6 +453,79 @@ def test_optimiser_state_can_be_donated(name):
     ref_params, ref_state = reference(ref_params, ref_state, grads, value)
     params, state = step(params, state, grads, value)
   jax.tree.map(np.testing.assert_array_equal, params, ref_params)
+
+
+# Every transformation under `optax.inject_hyperparams`: (constructor, its numeric
+# hyper-parameters (injected), other arguments (static), other values for the hyper-parameters).
+INJECTABLE = {
+    "flood": (emoloss.flood, {"flood_level": 0.1}, {}, {"flood_level": 0.5}),
+    "scale_by_ascent_descent": (
+        emoloss.scale_by_ascent_descent, {"ascent_ratio": 0.5, "flood_level": 0.2},
+        {"ascent_first": True}, {"ascent_ratio": 0.25, "flood_level": 0.4}),
+    "alternate_ascent_descent": (
+        emoloss.alternate_ascent_descent, {"ascent_ratio": 0.5, "flood_level": 0.2},
+        {"optimizer": optax.adam(0.1), "flip": "gradient", "ascent_first": True},
+        {"ascent_ratio": 0.25, "flood_level": 0.4}),
+    "backstitch": (emoloss.backstitch, {"learning_rate": 0.1, "alpha": 0.3}, {},
+                   {"learning_rate": 0.05, "alpha": 0.6}),
+    "tiger": (emoloss.tiger, {"learning_rate": 0.1, "beta": 0.9, "weight_decay": 0.01,
+                              "min_rms": 1e-3, "shrink_ratio": 0.99, "shrink_center": 0.0},
+              {"rms_scaling": True},
+              {"learning_rate": 0.05, "beta": 0.8, "weight_decay": 0.02, "min_rms": 1e-2,
+               "shrink_ratio": 0.9, "shrink_center": 1.0}),
+    "normalize_by_running_gradient_norm": (
+        emoloss.normalize_by_running_gradient_norm, {"momentum": 0.8, "floor": 0.01}, {},
+        {"momentum": 0.5, "floor": 0.5}),
+    # added at merge: tiger helper fixes labels default (issue 20 item 5)
+    # "grouped_tiger": (emoloss.grouped_tiger, {"learning_rate": 0.1, "beta": 0.9,
+    #                                           "weight_decay": 0.01}, {},
+    #                   {"learning_rate": 0.05, "beta": 0.8, "weight_decay": 0.02}),
+}
+INJECTION_PENDING = {"grouped_tiger"}  # remove at merge with the entry above
+
+
+def test_every_transformation_is_checked_under_inject_hyperparams():
+  missing = set(TRANSFORMS) - set(INJECTABLE) - INJECTION_PENDING
+  assert not missing, f"add these to INJECTABLE in tests/test_reliability.py: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("name", list(INJECTABLE))
+def test_inject_hyperparams(name):
+  """``optax.inject_hyperparams(transform)(**hyper_parameters)`` behaves as ``transform`` with
+  the same values, eagerly and under jit; its numeric hyper-parameters are in the state, and
+  changing them there is the transform built with the new values. No argument defaults to a
+  callable that is not a schedule (``inject_hyperparams`` would evaluate it as one)."""
+  constructor, hyper, other, new_hyper = INJECTABLE[name]
+  for parameter in inspect.signature(constructor).parameters.values():
+    assert parameter.default is parameter.empty or not callable(parameter.default), parameter
+  params = {"w": jnp.linspace(0.5, 1.5, 6).reshape(3, 2), "bias": jnp.zeros(2)}
+  injected = optax.inject_hyperparams(constructor)(**hyper, **other)
+  plain = optax.with_extra_args_support(constructor(**hyper, **other))
+  changed = optax.with_extra_args_support(constructor(**new_hyper, **other))
+
+  def grads_and_value(i):
+    grads = jax.tree.map(lambda x, i=i: jnp.full_like(x, 0.5 - 0.3 * i) + 0.1 * x, params)
+    return grads, jnp.float32(0.05 + 0.1 * i)
+
+  for jit in (False, True):
+    wrap = jax.jit if jit else (lambda f: f)
+    state, plain_state = injected.init(params), plain.init(params)
+    assert set(state.hyperparams) == set(hyper), state.hyperparams
+    for i in range(3):
+      grads, value = grads_and_value(i)
+      updates, state = wrap(injected.update)(grads, state, params, value=value)
+      want, plain_state = wrap(plain.update)(grads, plain_state, params, value=value)
+      jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6), updates, want)
+    state.hyperparams.update({k: jnp.asarray(v, jnp.float32) for k, v in new_hyper.items()})
+    changed_state, differs = plain_state, False
+    for i in range(3, 6):
+      grads, value = grads_and_value(i)
+      updates, state = wrap(injected.update)(grads, state, params, value=value)
+      want, changed_state = wrap(changed.update)(grads, changed_state, params, value=value)
+      jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6), updates, want)
+      old, plain_state = wrap(plain.update)(grads, plain_state, params, value=value)
+      differs |= any(jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.any(a != b)), old, want)))
+    assert differs, "the new hyper-parameter values changed nothing: the check cannot fail"
 
 
 def test_flood_with_nan_value_leaves_the_gradient_unchanged():

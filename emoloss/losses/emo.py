@@ -146,7 +146,9 @@ def emo_ce_combination(
   ``[0, max_ratio]`` (``[0, 1e30]`` uncapped) and is 0 where its denominator is 0. The published
   ``+ 1e-10`` guard is not used: XLA folds ``(1 - s) + 1e-10`` into ``1 - s`` under ``jit``, so
   confidently-correct tokens (``p_y`` rounding to 1) gave ``0/0 = NaN``. A zero denominator only
-  multiplies a zero term, so the mix's value is unchanged.
+  multiplies a zero term, so the mix's value is unchanged. In mode 2 at ``CE = inf`` (a ``-inf``
+  target logit) the first term is its limit ``EMO``, held constant like the ratio:
+  ``dL/dEMO = 1``, ``dL/dCE = 0``. A NaN in CE or EMO gives NaN.
 
   Args:
     ce: ``[...]`` per-token cross-entropy.
@@ -183,8 +185,10 @@ def emo_ce_combination(
   if mode == 1:
     limit = UNCAPPED_RATIO_LIMIT if max_ratio is None else max_ratio
     return 0.5 * (_stopped_ratio(ce, emo, limit) * emo + ce)
-  # CE = inf (a -inf target logit): sg(EMO/CE) · CE tends to EMO, not 0 · inf.
-  weighted_ce = jnp.where(jnp.isinf(ce), emo, _stopped_ratio(emo, ce, UNCAPPED_RATIO_LIMIT) * ce)
+  # CE = inf (a -inf target logit): sg(EMO/CE) · CE tends to sg(EMO), not 0 · inf; its derivative
+  # in EMO is 0, as it is at every finite CE, so that dL/dEMO = 1 there too.
+  weighted_ce = jnp.where(jnp.isinf(ce), jax.lax.stop_gradient(emo),
+                          _stopped_ratio(emo, ce, UNCAPPED_RATIO_LIMIT) * ce)
   return weighted_ce + emo
 
 

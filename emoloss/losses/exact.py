@@ -153,11 +153,22 @@ def _per_example(value, name: str, batch_shape: tuple[int, ...]) -> jax.Array:
 def _batch_normalize(logits: jax.Array, where: jax.Array | None) -> jax.Array:
   """``(z - mean) / std`` with the mean and the ``n - 1`` standard deviation over every finite
   entry of the unmasked rows of ``logits [..., V]``. Masked rows become 0 (whatever they held);
-  non-finite entries of unmasked rows (a ``-inf`` vocabulary mask) stay as they are."""
+  infinite entries of unmasked rows (a ``-inf`` vocabulary mask) stay as they are and are left
+  out of the statistic; a NaN entry makes the statistic, hence every unmasked entry, NaN.
+  Invariant to the scale of the logits (no overflow of the sum or the squares)."""
   rows = jnp.ones(logits.shape[:-1], bool) if where is None else where
   rows = jnp.broadcast_to(rows[..., None], logits.shape)
-  finite = jnp.isfinite(logits)
+  finite = ~jnp.isinf(logits)  # a NaN is kept: it makes the statistic NaN, never hidden
   kept = rows & finite
+  # The result is invariant to the scale of the logits: they are first divided by the power of two
+  # 2^e >= max |z| (exact, so nothing changes where nothing overflowed), so that neither the sum
+  # nor the squares below overflow (the variance did from |z| ~ 1.8e19 in float32).
+  # (Two factors, each a normal number, since 2^-128 is subnormal and may be flushed to 0.)
+  _, exponent = jnp.frexp(jnp.max(jnp.where(kept, jnp.abs(logits), 0.0), initial=0.0))
+  half = exponent // 2
+  one = jnp.ones([], logits.dtype)
+  rescaled = logits * jnp.ldexp(one, -half) * jnp.ldexp(one, half - exponent)
+  logits = jnp.where(kept, rescaled, logits)
   count = jnp.sum(kept)
   mean = jnp.sum(jnp.where(kept, logits, 0.0)) / jnp.maximum(count, 1)
   centred = jnp.where(kept, logits - mean, 0.0)
@@ -214,8 +225,9 @@ def exact_loss(
   configs in ivan-chai/exact ``mdn-metric/configs/exact/``): with ``batch_norm=True`` the logits
   are first normalised by a **batch statistic**, ``z ← (z - mean) / std`` with the mean and the
   (``n - 1``) standard deviation taken over every finite entry of the unmasked rows (``n`` of
-  them; a ``-inf`` entry stays ``-inf``; a zero spread divides by 1), differentiated like ``smooth_f1_loss``'s batch F1, so
-  an example's loss depends on the rest of the batch; then the margin clips ``z_y - z_i``
+  them; a ``-inf`` entry stays ``-inf``; a zero spread divides by 1; invariant to the scale of
+  the logits, computed without overflow for any finite logits), differentiated like
+  ``smooth_f1_loss``'s batch F1, so an example's loss depends on the rest of the batch; then the margin clips ``z_y - z_i``
   (theirs: 0.5 for MNIST/CIFAR-10) and the differences are divided by ``σ``, a scalar that they
   schedule (variance 100 → 1, log-linear per epoch; pass ``sigma=schedule(step)``, it may be
   traced under ``jit``), and the gradient is divided by its running mean norm
@@ -237,7 +249,10 @@ def exact_loss(
       authors' ``EXACTLoss`` does when a σ is given, unless ``disable_batch_norm``).
 
   Returns:
-    ``[...]`` float32 per-example loss: ``1 - P(y)`` in ``[0, 1]``, or ``-log P(y) >= 0``.
+    ``[...]`` float32 per-example loss: ``1 - P(y)`` in ``[0, 1]``, or ``-log P(y) >= 0``. A NaN
+    logit in an unmasked row (the target's or a competitor's; a NaN is never taken for a masked
+    class) gives NaN for that row's value and gradient; with ``batch_norm=True`` it makes the
+    batch statistic NaN, hence every unmasked row.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -293,6 +308,12 @@ def _exact_loss(
   sigma = _checks.mask_inputs(sigma, where, fill=1)
   logits = _checks.mask_inputs(logits, where)
   labels, invalid = _checks.sanitise_labels(labels, where, logits.shape[-1])
+  # A NaN logit (target or competitor) makes its row NaN (value and gradient), restored on the
+  # output: inside, the row is computed on zeros, so that the NaN is neither taken for a masked
+  # class (NaN > -inf is False) nor fed to the Newton iteration.
+  nan_row = _checks.nan_rows(logits)
+  raw_logits = logits
+  logits = jnp.where(nan_row[..., None], 0.0, logits)
   target_logit = jnp.take_along_axis(logits, labels[..., None], axis=-1)
   others = jnp.arange(logits.shape[-1]) != labels[..., None]
   # P(y) = 0 exactly when the target logit is -inf or a competitor's is +inf (a vocabulary mask
@@ -316,4 +337,5 @@ def _exact_loss(
     log_target_prob = jnp.minimum(_log_target_prob(deltas, others, num_nodes), 0.0)
   log_target_prob = jnp.where(lost, -jnp.inf, log_target_prob)
   loss = -log_target_prob if log_prob else -jnp.expm1(log_target_prob)
+  loss = _checks.propagate_nan(loss, raw_logits, nan_row)
   return _checks.mask_loss(loss, _checks.Rows(keep=where, invalid=invalid))

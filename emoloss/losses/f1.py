@@ -25,7 +25,7 @@ def _f1_from_probs(labels, probs, rows: _checks.Rows) -> jax.Array:
   """``2 Σ y p / Σ (y + p)`` per column; NaN for a column with an out-of-range unmasked label."""
   overlap = jnp.sum(labels * probs, axis=0)
   total = jnp.sum(labels + probs, axis=0)
-  score = 2.0 * overlap / jnp.where(total > 0, total, 1.0)
+  score = 2.0 * overlap / jnp.where(total == 0, 1.0, total)  # a NaN total stays (value, grad)
   return jnp.where(jnp.any(rows.invalid, axis=0), jnp.nan, score)
 
 
@@ -43,7 +43,8 @@ def smooth_f1_score(
     where: optional boolean mask ``[N, ...]``.
 
   Returns:
-    ``logits.shape[1:]`` float32 smooth F1 per label column (a scalar for a binary task).
+    ``logits.shape[1:]`` float32 smooth F1 per label column (a scalar for a binary task); NaN
+    (value and gradient) for a column with a NaN logit in an unmasked entry.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -74,7 +75,8 @@ def smooth_f1_loss(
 
   Returns:
     ``logits.shape[1:]`` float32 loss per label column (a scalar for a binary task); 0 for a
-    column whose examples are all masked, and for an empty batch.
+    column whose examples are all masked, and for an empty batch; NaN for a column with a NaN
+    logit in an unmasked entry.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -122,7 +124,9 @@ def f1_weighted_binary_cross_entropy(
       ``F1s``.
 
   Returns:
-    ``[N, ...]`` float32 per-example loss.
+    ``[N, ...]`` float32 per-example loss. A NaN logit in an unmasked entry makes its column's
+    ``F1s`` NaN, hence every unmasked entry of that column NaN (value and gradient): a batch
+    statistic computed from a NaN is never turned into a finite loss.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -147,8 +151,8 @@ def f1_weighted_binary_cross_entropy(
   half_f1 = 0.5 * jax.lax.stop_gradient(_f1_from_probs(labels, probs, rows))
   positive = labels > 0
   # Each entry uses only its own branch (double where): ±inf logits give no 0 · inf, and a zero
-  # weight gives 0 whatever the log-probability.
+  # weight gives 0 whatever the log-probability; a NaN weight (a NaN in the batch) stays NaN.
   nll = -jax.nn.log_sigmoid(jnp.where(positive, logits, -logits))
   weight = jnp.where(positive, 1.0 - half_f1, half_f1)
-  loss = jnp.where(weight > 0, weight * nll, 0.0)
+  loss = jnp.where(weight == 0, 0.0, weight * nll)
   return _checks.mask_loss(loss, rows)

@@ -228,7 +228,9 @@ def norm_aware_margin_cross_entropy(
 
   From features ``f [..., k]`` and a class-weight matrix ``U [V, k]`` (a Flax ``kernel`` is
   ``Uᵀ``): ``logits = f @ U.T`` (plus any bias) and ``class_weight_norms =
-  jnp.linalg.norm(U, axis=-1)``; the loss is then differentiable in ``U`` through both.
+  optax.safe_norm(U, 0.0, axis=-1)``; the loss is then differentiable in ``U`` through both, and
+  its gradient stays finite when a row of ``U`` is zero (a zero-initialised head), where that of
+  ``jnp.linalg.norm`` is NaN (``0/0``, even with zero radii).
 
   Args:
     logits: ``[..., V]`` scores ``⟨f, u_i⟩ (+ b_i)`` (any float dtype; computed in float32).

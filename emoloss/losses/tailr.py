@@ -23,7 +23,8 @@ def tailr_weight(log_prob: ArrayLike, gamma: float, min_weight: float = 0.0) -> 
     min_weight: lower clip of the weight, in ``[0, 1]``.
 
   Returns:
-    ``[...]`` float32 weights in ``[min_weight, 1]``, without gradient.
+    ``[...]`` float32 weights in ``[min_weight, 1]``, without gradient; NaN where ``log_prob`` is
+    NaN.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -40,8 +41,8 @@ def tailr_weight(log_prob: ArrayLike, gamma: float, min_weight: float = 0.0) -> 
   gamma = jnp.asarray(gamma, jnp.float32)
   # log(γ + (1 - γ) p) without underflow: exact at γ = 0 (weight 1) and γ = 1 (weight p).
   log_denominator = jnp.logaddexp(jnp.log(gamma), jnp.log1p(-gamma) + log_prob)
-  log_weight = jnp.where(log_prob > -jnp.inf, log_prob - log_denominator,
-                         jnp.where(gamma > 0, -jnp.inf, 0.0))  # p = 0: weight 0 unless γ = 0
+  log_weight = jnp.where(log_prob == -jnp.inf, jnp.where(gamma > 0, -jnp.inf, 0.0),
+                         log_prob - log_denominator)  # p = 0: weight 0 unless γ = 0; NaN stays
   weight = jnp.clip(jnp.exp(log_weight), min_weight, 1.0)
   return jax.lax.stop_gradient(weight)
 
@@ -84,7 +85,8 @@ def tailr_loss(
   logit is not ``-inf`` (a vocabulary mask removes classes from the smoothing target too).
 
   A target with ``p_y = 0`` (a ``-inf`` target logit) gives ``inf`` when its weight is positive
-  (``γ = 0`` or ``min_weight > 0``) and 0 otherwise, the limit of ``p log p``; never NaN.
+  (``γ = 0`` or ``min_weight > 0``) and 0 otherwise, the limit of ``p log p``; never NaN. A NaN
+  logit in an unmasked row gives NaN (value and gradient), never a zero weight.
 
   Labels are not shifted: for a causal LM pass ``logits[:, :-1]`` and ``tokens[:, 1:]``.
 
@@ -123,7 +125,7 @@ def tailr_loss(
   log_probs = jax.nn.log_softmax(logits, axis=-1)
   target_log_prob = _checks.target_log_prob(log_probs, labels, integer=True)
   weight = tailr_weight(target_log_prob, gamma, min_weight)
-  weighted_nll = jnp.where(weight > 0, -weight * target_log_prob, 0.0)
+  weighted_nll = jnp.where(weight == 0, 0.0, -weight * target_log_prob)  # a NaN stays NaN
   loss = (1.0 - label_smoothing) * weighted_nll
   if not (isinstance(label_smoothing, (int, float)) and label_smoothing == 0):
     loss = loss + label_smoothing * _uniform_smoothing_loss(logits, log_probs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -25,6 +26,31 @@ class RunningGradientNormState(NamedTuple):
   running_norm: jax.Array
 
 
+def global_norm(tree) -> jax.Array:
+  """The float32 L2 norm of all leaves of ``tree`` together, accumulated in float32 (float64 for
+  float64 leaves) whatever the leaf dtype, and without overflow: the leaves are first divided by
+  the power of two ``2^e >= max |x|`` (exact, so the result is that of the plain formula wherever
+  that does not overflow). ``optax.tree.norm`` squares in the leaf dtype, so it overflows to
+  ``inf`` from a norm of about 256 in float16 and 1.8e19 in float32/bfloat16. A finite tree whose
+  norm exceeds the float32 range gives the largest float32; a non-finite leaf gives inf or NaN."""
+  leaves = [jnp.asarray(x) for x in jax.tree.leaves(tree)]
+  if not leaves:
+    return jnp.zeros([], jnp.float32)
+  dtype = jnp.result_type(jnp.float32, *(x.dtype for x in leaves))
+  leaves = [x.astype(dtype) for x in leaves]
+  largest = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(x), initial=0.0) for x in leaves])
+  _, exponent = jnp.frexp(largest)
+  half = exponent // 2
+  # Two factors, each a normal number (2^-128 is subnormal and may be flushed to zero).
+  down = (jnp.ldexp(jnp.ones([], dtype), -half), jnp.ldexp(jnp.ones([], dtype), half - exponent))
+  up = (jnp.ldexp(jnp.ones([], dtype), half), jnp.ldexp(jnp.ones([], dtype), exponent - half))
+  squares = sum(jnp.sum(jnp.square(x * down[0] * down[1])) for x in leaves)
+  norm = jnp.sqrt(squares) * up[0] * up[1]
+  finite_max = jnp.finfo(jnp.float32).max
+  norm = jnp.where(jnp.isfinite(largest), jnp.minimum(norm, finite_max), norm)
+  return norm.astype(jnp.float32)
+
+
 def normalize_by_running_gradient_norm(
     momentum: float = 0.9, floor: float = 1e-2
 ) -> optax.GradientTransformation:
@@ -45,8 +71,13 @@ def normalize_by_running_gradient_norm(
   template-exact.yaml`` of ivan-chai/exact). Put it first in an ``optax.chain``, before the
   optimiser, as they apply it to the raw gradient before ``optimizer.step()``.
 
-  A non-finite gradient makes the running norm non-finite for good, as in the reference; wrap the
-  chain in ``optax.apply_if_finite`` where that can happen.
+  The norm is accumulated in float32 whatever the gradient's dtype and cannot overflow (a float16
+  gradient of norm 300, or a float32 one of norm 1e20, is divided by its true norm; a finite norm
+  beyond the float32 range counts as the largest float32), so a finite gradient never makes the
+  running norm infinite, which would zero every later update. A non-finite gradient makes the
+  running norm non-finite for good, as in the reference; wrap the chain in
+  ``optax.apply_if_finite`` where that can happen (it skips such steps before they reach the
+  state).
 
   Args:
     momentum: ``μ`` in ``[0, 1)``, the running mean's decay (0: divide by the current norm).
@@ -88,7 +119,7 @@ def normalize_by_running_gradient_norm(
 
   def update_fn(updates, state, params=None):
     del params
-    norm = optax.tree.norm(updates).astype(jnp.float32)
+    norm = global_norm(updates)
     decay = jnp.where(state.count == 0, 0.0, jnp.asarray(momentum, jnp.float32))
     running_norm = decay * state.running_norm + (1.0 - decay) * norm
     scale = 1.0 / jnp.maximum(running_norm, jnp.asarray(floor, jnp.float32))

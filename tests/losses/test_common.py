@@ -133,3 +133,34 @@ def test_check_label_range():
     emoloss.check_label_range(np.array([-1]), 6)
   with pytest.raises(TypeError, match="labels"):
     emoloss.check_label_range(np.array([0.5]), 6)
+
+
+def test_check_label_range_with_a_mask():
+  """Issue 20, item 10: on a padded batch (label -100 under the mask), which every loss accepts,
+  ``check_label_range`` raised and told the user to mask with ``where``. With ``where`` it checks
+  what the losses read: masked positions are not checked, unmasked ones are (positions named)."""
+  labels = np.array([[0, 5, -100], [2, -100, 6]])
+  where = labels != -100
+  with pytest.raises(ValueError, match=r"pass the mask here too"):
+    emoloss.check_label_range(labels, 6)
+  emoloss.check_label_range(labels % 6, 6, where=where)  # no padding: passes either way
+  emoloss.check_label_range(np.where(labels == 6, 1, labels), 6, where=where)
+  emoloss.check_label_range(jnp.asarray(np.where(labels == 6, 1, labels)), 6,
+                            where=jnp.asarray(where))
+  with pytest.raises(ValueError, match=r"1 of 6 are out of range \(unmasked\).*labels\[1, 2\] = 6"):
+    emoloss.check_label_range(labels, 6, where=where)
+  unmasked = where.copy()
+  unmasked[0, 2] = True
+  with pytest.raises(ValueError, match=r"2 of 6 .*labels\[0, 2\] = -100, labels\[1, 2\] = 6"):
+    emoloss.check_label_range(labels, 6, where=unmasked)
+  with pytest.raises(ValueError, match="`where` must have the shape"):
+    emoloss.check_label_range(labels, 6, where=where[0])
+  with pytest.raises(TypeError, match="boolean"):
+    emoloss.check_label_range(labels, 6, where=where.astype(np.int32))
+  with pytest.raises(TypeError, match="call it eagerly"):
+    jax.jit(lambda w: emoloss.check_label_range(labels, 6, where=w))(where)
+  # The losses agree: the padded batch gives finite values, zero at the padding.
+  logits = np.random.default_rng(0).normal(size=(2, 3, 6)).astype(np.float32)
+  fixed = np.where(labels == 6, 1, labels)
+  value = emoloss.softmax_focal_loss(logits, fixed, where=where)
+  assert np.all(np.isfinite(value)) and np.all(value[~where] == 0)

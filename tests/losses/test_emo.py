@@ -128,6 +128,29 @@ def test_emo_ce_ratio_is_held_constant():
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
 
 
+def test_mode2_at_infinite_ce_has_the_limit_gradient():
+  """Issue 20, item 13: at CE = inf (a -inf target logit) mode 2 gave dL/dEMO = 2; the limit of
+  ``sg(EMO/CE) CE + EMO`` as CE -> inf is 1 (the ratio is held constant at every finite CE), with
+  dL/dCE -> 0 and value 2 EMO. Eagerly and under jit; through ``emo_ce_loss`` the gradient in the
+  logits is then that of EMO alone."""
+  def value_and_grads(ce, emo):
+    total = lambda c, e: emoloss.emo_ce_combination(c, e, mode=2).sum()
+    return (emoloss.emo_ce_combination(ce, emo, mode=2),
+            jax.grad(total, argnums=(0, 1))(ce, emo))
+  ce, emo = jnp.array([jnp.inf, 1e30, 2.0]), jnp.array([0.5, 0.5, 0.5])
+  for fn in (value_and_grads, jax.jit(value_and_grads)):
+    value, (d_ce, d_emo) = fn(ce, emo)
+    np.testing.assert_array_equal(value, [1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(d_emo, [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(d_ce, [0.0, 0.5e-30, 0.25], rtol=1e-6)
+  logits, labels, emb = _data(seed=5)
+  logits[0, labels[0]] = -np.inf
+  got = jax.grad(lambda z: emoloss.emo_ce_loss(z, labels, emb, mode=2)[0])(jnp.asarray(logits))
+  want = jax.grad(lambda z: emoloss.emo_loss(z, labels, emb)[0])(jnp.asarray(logits))
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+  assert np.any(np.asarray(want) != 0)
+
+
 def test_bad_embeddings_and_mode():
   logits, labels, emb = _data()
   with pytest.raises(ValueError, match="embeddings"):

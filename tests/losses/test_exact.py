@@ -245,6 +245,83 @@ def test_masks():
   assert all(np.all(np.asarray(g) == 0.0) for g in grads)
 
 
+def _exact_value_and_grad(logits, labels, where, batch_norm, log_prob):
+  def total(z):
+    value = exact_loss(z, labels, where=where, batch_norm=batch_norm, log_prob=log_prob,
+                       num_nodes=16)
+    return value.sum(), value
+  grad, value = jax.grad(total, has_aux=True)(logits)
+  return value, grad
+
+
+_JIT_EXACT = jax.jit(_exact_value_and_grad, static_argnums=(3, 4))
+NAN_PROBLEM = np.array([[2.0, np.nan, 0.1], [0.5, 1.0, -1.0], [1.0, 0.0, 3.0], [0.2, 0.1, 0.0]],
+                       np.float32)
+NAN_LABELS = np.array([0, 1, 2, 0])
+
+
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "batch_norm"])
+def test_nan_logit_is_not_taken_for_a_masked_class(batch_norm):
+  """Issue 20, item 1: ``exact_loss([[2., nan, .1]], [0])`` gave 0.0896, the loss with a -inf
+  (masked) class there. A NaN logit (competitor's, target's, all of them) gives NaN for the row's
+  value and every entry of its gradient, eagerly and under jit, both variants (bf16 and float64:
+  the NaN rule of tests/test_reliability.py); other rows are unchanged bit for bit (``batch_norm``: every unmasked row is NaN, its statistic being NaN); a
+  masked NaN row is inert."""
+  issue = exact_loss(jnp.array([[2.0, jnp.nan, 0.1]]), jnp.array([0]), batch_norm=batch_norm)
+  assert np.isnan(issue).all(), issue
+  where = np.array([True, True, True, False])
+  for log_prob, fn in ((False, _exact_value_and_grad), (False, _JIT_EXACT), (True, _JIT_EXACT)):
+    clean_value, clean_grad = fn(np.nan_to_num(NAN_PROBLEM), NAN_LABELS, where, batch_norm,
+                                 log_prob)
+    target, whole = NAN_PROBLEM.copy(), NAN_PROBLEM.copy()
+    target[0], whole[0] = [np.nan, 1.0, 0.1], np.nan
+    for bad in (NAN_PROBLEM, target, whole):  # a competitor, the target, the whole row
+      value, grad = map(np.asarray, fn(bad, NAN_LABELS, where, batch_norm, log_prob))
+      rows = where if batch_norm else np.arange(4) == 0
+      assert np.isnan(value[rows]).all() and np.isnan(grad[rows]).all(), (value, grad)
+      np.testing.assert_array_equal(value[~rows & where], clean_value[~rows & where])
+      np.testing.assert_array_equal(grad[~rows & where], clean_grad[~rows & where])
+      assert value[3] == 0 and np.all(grad[3] == 0)
+    # The NaN row masked: everything as if it held zeros.
+    value, grad = fn(NAN_PROBLEM, NAN_LABELS, ~(np.arange(4) == 0), batch_norm, log_prob)
+    want_value, want_grad = fn(np.nan_to_num(NAN_PROBLEM), NAN_LABELS, ~(np.arange(4) == 0),
+                               batch_norm, log_prob)
+    np.testing.assert_array_equal(value, want_value)
+    np.testing.assert_array_equal(grad, want_grad)
+  # A -inf competitor is still a vocabulary mask (the loss without that class).
+  np.testing.assert_allclose(
+      exact_loss(jnp.array([[2.0, -jnp.inf, 0.1]]), jnp.array([0]), num_nodes=32),
+      exact_loss(jnp.array([[2.0, 0.1]]), jnp.array([0]), num_nodes=32), rtol=1e-6)
+
+
+def test_batch_norm_is_scale_invariant_without_overflow():
+  """Issue 20, item 12: with ``batch_norm=True`` and |z| >~ 1.8e19 the variance overflowed and
+  every logit became 0. The normalised logits do not depend on the scale of the logits: bit for
+  bit for powers of two (the rescaling is exact), to float32 rounding for others (up to 1e37),
+  with the gradient scaled by ``1/s``, eagerly and under jit, with a -inf vocabulary mask and a
+  masked row holding 1e38."""
+  z, _ = _problem(13)
+  labels = np.array([0, 1, 2, 3]) % z.shape[-1]
+  z[1, 4] = -np.inf
+  where = np.array([True, True, False, True])
+  base_value, base_grad = _JIT_EXACT(z, labels, where, True, False)
+  assert np.all(np.isfinite(base_value)) and base_value.std() > 0.05
+  for scale, fn in ((2.0**64, _exact_value_and_grad), (2.0**64, _JIT_EXACT),
+                    (2.0**100, _JIT_EXACT), (2.0**-60, _JIT_EXACT)):
+    value, grad = fn(np.float32(scale) * z, labels, where, True, False)
+    np.testing.assert_array_equal(value, base_value)
+    np.testing.assert_allclose(np.asarray(grad) * scale, base_grad, rtol=1e-6, atol=1e-30)
+  for scale in (1e19, 1.8e19, 1e30, 1e37):
+    garbage = np.where(where[:, None], np.float32(scale) * z, np.float32(1e38))
+    value, grad = _JIT_EXACT(garbage, labels, where, True, False)
+    np.testing.assert_allclose(value, base_value, rtol=2e-5, atol=1e-6)
+    assert np.all(grad[2] == 0)
+  low = jnp.asarray(z, jnp.bfloat16)
+  np.testing.assert_array_equal(
+      exact_loss(low * jnp.bfloat16(2.0**70), labels, where=where, batch_norm=True),
+      exact_loss(low, labels, where=where, batch_norm=True))
+
+
 def test_bfloat16_logits_agree_with_float32():
   """bf16 logits are upcast: equal (to 1e-6) to float32 on the bf16-rounded values, and within
   1e-2 of float32 on the unrounded logits (a rounding of 2^-8 on logits of size ~3)."""

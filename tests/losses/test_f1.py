@@ -57,6 +57,48 @@ def test_smooth_f1_loss_equals_optax_dice_and_finite_differences():
   check_grads(jax.jit(f), (jnp.asarray(logits),), order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
 
 
+def _f1_value_and_grad(logits, labels, where):
+  def total(z):
+    value = emoloss.f1_weighted_binary_cross_entropy(z, labels, where=where)
+    return value.sum(), value
+
+  grad, value = jax.grad(total, has_aux=True)(logits)
+  return value, grad
+
+
+def test_a_nan_logit_makes_the_batch_nan_not_zero():
+  """Issue 20, item 2: one NaN logit made every example's loss exactly 0 (with NaN gradients).
+  A NaN in an unmasked entry makes its column's F1 NaN, hence every unmasked entry of that column
+  NaN in value and gradient (eagerly and under jit; bf16 and float64 inputs: the NaN rule of
+  tests/test_reliability.py); other columns are unchanged bit for bit; a masked NaN entry is
+  inert; ``smooth_f1_loss`` is NaN too."""
+  issue = emoloss.f1_weighted_binary_cross_entropy(jnp.array([jnp.nan, 1.0, -1.0, 2.0]),
+                                                   jnp.array([1, 0, 1, 1]))
+  assert np.isnan(issue).all(), issue
+  logits, labels = _binary(seed=5, columns=3)  # the shapes of the tests above
+  where = np.arange(12)[:, None] != np.array([[6, -1, -1]])  # entry (6, 0) masked
+  bad = logits.copy()
+  bad[2, 0] = np.nan
+  for fn in (jax.jit(_f1_value_and_grad), _f1_value_and_grad):
+    clean_value, clean_grad = fn(logits, labels, where)
+    value, grad = map(np.asarray, fn(bad, labels, where))
+    column = where[:, 0]
+    assert np.isnan(value[column, 0]).all() and np.isnan(grad[column, 0]).all(), (value, grad)
+    assert value[6, 0] == 0 and grad[6, 0] == 0
+    np.testing.assert_array_equal(value[:, 1:], clean_value[:, 1:])
+    np.testing.assert_array_equal(grad[:, 1:], clean_grad[:, 1:])
+    # The NaN entry masked: as if it held 0.
+    masked = where & (np.arange(12)[:, None] != 2)
+    np.testing.assert_array_equal(fn(bad, labels, masked)[0],
+                                  fn(np.nan_to_num(bad), labels, masked)[0])
+  smooth = emoloss.smooth_f1_loss(bad, labels, where=where)
+  np.testing.assert_array_equal(smooth[1:],
+                                emoloss.smooth_f1_loss(logits, labels, where=where)[1:])
+  assert np.isnan(smooth[0])
+  smooth_grad = jax.grad(lambda z: emoloss.smooth_f1_loss(z, labels, where=where).sum())(bad)
+  assert np.isnan(smooth_grad[where[:, 0], 0]).all() and smooth_grad[6, 0] == 0
+
+
 def test_vmap_over_independent_batches():
   logits, labels = _binary(n=24, seed=4)
   batched = jax.vmap(emoloss.f1_weighted_binary_cross_entropy)(logits.reshape(3, 8),

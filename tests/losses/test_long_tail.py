@@ -140,6 +140,38 @@ def test_norm_aware_margin_matches_numpy_and_gradients():
       emoloss.margin_cross_entropy(logits, labels, np.full(5, 0.6)), rtol=1e-5)
 
 
+def test_norm_aware_margin_recipe_with_a_zero_initialised_head():
+  """Issue 20, item 7: the docstring's recipe gave NaN gradients when a class row of the head is
+  zero (a zero-initialised head), even with zero radii (``jnp.linalg.norm`` has a 0/0 gradient
+  there). With the documented ``optax.safe_norm(U, 0.0, axis=-1)`` the gradient is finite and,
+  where no row is zero, equal to that of ``jnp.linalg.norm``; eagerly and under jit."""
+  rng = np.random.default_rng(4)
+  features = rng.normal(size=(6, 3)).astype(np.float32)
+  labels = rng.integers(0, 5, size=6)
+
+  def recipe(u, radii, norm=lambda u: optax.safe_norm(u, 0.0, axis=-1)):
+    return jnp.sum(emoloss.norm_aware_margin_cross_entropy(features @ u.T, labels, norm(u),
+                                                           radii))
+
+  naive = lambda u, radii: recipe(u, radii, norm=lambda u: jnp.linalg.norm(u, axis=-1))
+  grad, jit_grad, naive_grad = jax.grad(recipe), jax.jit(jax.grad(recipe)), jax.jit(jax.grad(naive))
+  zero_head = np.zeros((5, 3), np.float32)
+  partly_zero = rng.normal(size=(5, 3)).astype(np.float32)
+  partly_zero[2] = 0.0
+  for radii in (np.zeros(5, np.float32), np.linspace(0.0, 1.0, 5, dtype=np.float32)):
+    assert np.isnan(naive_grad(zero_head, radii)).any()  # the old recipe
+    for head in (zero_head, partly_zero):
+      for fn in (grad, jit_grad):
+        assert np.all(np.isfinite(fn(head, radii)))
+    # Zero head: the loss is log V whatever the radii, its gradient that of cross-entropy.
+    ce_grad = jax.grad(lambda u: jnp.sum(optax.losses.softmax_cross_entropy_with_integer_labels(
+        features @ u.T, labels)))(zero_head)
+    np.testing.assert_allclose(jit_grad(zero_head, radii), ce_grad, rtol=1e-6, atol=1e-7)
+    head = rng.normal(size=(5, 3)).astype(np.float32)
+    np.testing.assert_allclose(jit_grad(head, radii), naive_grad(head, radii), rtol=1e-6,
+                               atol=1e-7)
+
+
 def test_norm_aware_margin_is_the_worst_case_of_per_logit_perturbations():
   """Brute force on a tiny problem: each logit perturbed by its own δ_i, ‖δ_i‖ = r_y (the loss
   is monotone in each logit, so the worst case takes each extreme separately), and one shared δ

@@ -52,6 +52,43 @@ def test_gamma_zero_with_grad_check_and_vmap():
   np.testing.assert_allclose(per_row, emoloss.tailr_loss(logits, labels), rtol=1e-6)
 
 
+def _tailr_value_and_grad(logits, labels, where):
+  def total(z):
+    value = emoloss.tailr_loss(z, labels, where=where)
+    return value.sum(), value
+
+  grad, value = jax.grad(total, has_aux=True)(logits)
+  return value, grad
+
+
+def test_a_nan_logit_gives_nan_not_a_zero_weight():
+  """Issue 20, item 3: ``tailr_weight(NaN)`` was 0, so a NaN logit in an unmasked row gave loss
+  0 (with a NaN gradient). Now NaN in value and every gradient entry of that row (NaN in the
+  target's logit, a competitor's, all of them; eagerly and under jit; bf16 and float64 in the
+  NaN rule of tests/test_reliability.py); other rows bit for bit unchanged; a masked NaN row
+  inert. ``tailr_weight`` keeps its ``p = 0`` limits."""
+  logits, labels = random_problem(n=4, v=5, seed=3)
+  where = np.array([True, True, True, False])
+  jitted = jax.jit(_tailr_value_and_grad)
+  for fn, positions in ((_tailr_value_and_grad, [[labels[0]]]),
+                        (jitted, [[labels[0]], [(labels[0] + 1) % 5], slice(None)])):
+    clean_value, clean_grad = fn(logits, labels, where)
+    for columns in positions:  # the target's logit, a competitor's, all of them
+      bad = logits.copy()
+      bad[0, columns] = np.nan
+      value, grad = map(np.asarray, fn(bad, labels, where))
+      assert np.isnan(value[0]) and np.isnan(grad[0]).all(), (value, grad)
+      np.testing.assert_array_equal(value[1:], clean_value[1:])
+      np.testing.assert_array_equal(grad[1:], clean_grad[1:])
+      masked = np.array([False, True, True, False])
+      np.testing.assert_array_equal(fn(bad, labels, masked)[1],
+                                    fn(np.nan_to_num(bad), labels, masked)[1])
+  for gamma, min_weight in ((0.0, 0.0), (0.8, 0.0), (1.0, 0.0), (0.8, 0.2)):
+    weight = emoloss.tailr_weight(jnp.array([np.nan, -np.inf, 0.0]), gamma, min_weight)
+    assert np.isnan(weight[0])
+    np.testing.assert_array_equal(weight[1:], np.float32([1.0 if gamma == 0 else min_weight, 1.0]))
+
+
 def test_out_of_range_hyperparameters_and_soft_labels_rejected():
   logits, labels = random_problem()
   for kwargs, name in [({"gamma": 1.5}, "gamma"), ({"gamma": -0.1}, "gamma"),

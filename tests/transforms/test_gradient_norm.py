@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from emoloss.transforms import normalize_by_running_gradient_norm
+from emoloss.transforms.gradient_norm import global_norm
 
 
 def normaliser_numpy(grads_seq, momentum, floor):
@@ -50,6 +51,62 @@ def test_constant_norm_gives_unit_norm_and_first_step_is_not_biased():
     out, state = tx.update(g, state)
     assert out["a"].dtype == jnp.bfloat16  # leaf dtype kept
     np.testing.assert_allclose(optax.tree.norm(out), 1.0, rtol=1e-2)
+
+
+@pytest.mark.parametrize("dtype,value", [(jnp.float16, 10.0), (jnp.bfloat16, 1e19),
+                                         (jnp.float32, 1e19)], ids=["f16", "bf16", "f32"])
+def test_an_overflowing_squared_norm_does_not_freeze_training(dtype, value):
+  """Issue 20, item 4: ``optax.tree.norm`` squares in the leaf dtype, so one finite gradient whose
+  squared norm overflows (float16 from a norm of ~256: ``{"w": jnp.full(1000, 10., float16)}``;
+  float32/bf16 from ~1.8e19) made the running norm inf and every later update 0, which
+  ``apply_if_finite`` cannot catch. The norm is accumulated in float32 without overflow: the step
+  is divided by the true norm, and the next steps are not frozen (eagerly and under jit)."""
+  grads = {"w": jnp.full(1000, value, dtype), "b": jnp.full(3, value, dtype)}
+  true_norm = np.sqrt(1003.0) * float(jnp.asarray(value, dtype))
+  assert not np.isfinite(float(optax.tree.norm(grads)))  # what the issue saw
+  tx = normalize_by_running_gradient_norm(momentum=0.5)
+  for update in (tx.update, jax.jit(tx.update)):
+    state = tx.init(grads)
+    out, state = update(grads, state)
+    np.testing.assert_allclose(state.running_norm, true_norm, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(out["w"], np.float32), value / true_norm, rtol=1e-2)
+    assert out["w"].dtype == dtype
+    small = jax.tree.map(lambda g: jnp.ones_like(g), grads)
+    out, state = update(small, state)
+    running = 0.5 * true_norm + 0.5 * np.sqrt(1003.0)
+    np.testing.assert_allclose(state.running_norm, running, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(out["w"], np.float32), 1.0 / running, rtol=1e-2)
+    assert np.all(np.asarray(out["w"], np.float32) > 0)
+
+
+def test_global_norm_in_float32_without_overflow():
+  """The norm every transform takes: equal bit for bit to ``optax.tree.norm`` on float32 trees
+  where that does not overflow (the rescaling by a power of two is exact), to a float64 NumPy
+  norm on mixed-dtype trees at any scale; a finite norm beyond the float32 range gives the largest
+  float32, a non-finite leaf inf or NaN; float64 leaves (x64 mode) accumulate in float64."""
+  rng = np.random.default_rng(1)
+  tree = {"a": jnp.asarray(rng.normal(size=(7, 3)), jnp.float32), "b": jnp.arange(4.0)}
+  assert global_norm(tree) == optax.tree.norm(tree)
+  assert jax.jit(global_norm)(tree) == optax.tree.norm(tree)
+  for scale in (1e-30, 1.0, 1e4, 1e30):
+    mixed = {"a": rng.normal(size=5) * scale, "b": rng.normal(size=(2, 2)) * scale}
+    want = np.sqrt(sum(np.sum(np.float64(x) ** 2) for x in mixed.values()))
+    for dtype, rtol in ((jnp.float32, 1e-6), (jnp.bfloat16, 1e-2), (jnp.float16, 1e-3)):
+      if dtype == jnp.float16 and scale != 1.0:
+        continue  # outside the float16 range
+      cast = jax.tree.map(lambda x, dtype=dtype: jnp.asarray(x, dtype), mixed)
+      got = global_norm(cast)
+      assert got.dtype == jnp.float32
+      np.testing.assert_allclose(got, want, rtol=rtol)
+  assert global_norm({"a": jnp.full(4, 3e38)}) == np.finfo(np.float32).max
+  assert global_norm({"a": jnp.array([1.0, jnp.inf])}) == np.inf
+  assert np.isnan(global_norm({"a": jnp.array([1.0, jnp.nan])}))
+  assert global_norm({}) == 0 and global_norm({"a": jnp.zeros(3)}) == 0
+  with jax.enable_x64(True):
+    np.testing.assert_allclose(global_norm({"a": jnp.full(3, 1e160)}), np.finfo(np.float32).max)
+    np.testing.assert_allclose(global_norm({"a": jnp.full(3, 1e-170)}), 0.0)
+    np.testing.assert_allclose(global_norm({"a": jnp.full(3, 1e20)}), np.sqrt(3) * 1e20,
+                               rtol=1e-7)
 
 
 def test_in_chain_with_sgd_and_checks():
