@@ -469,23 +469,22 @@ INJECTABLE = {
     "backstitch": (emoloss.backstitch, {"learning_rate": 0.1, "alpha": 0.3}, {},
                    {"learning_rate": 0.05, "alpha": 0.6}),
     "tiger": (emoloss.tiger, {"learning_rate": 0.1, "beta": 0.9, "weight_decay": 0.01,
-                              "min_rms": 1e-3, "shrink_ratio": 0.99, "shrink_center": 0.0},
+                              "min_rms": 1e-3, "shrink_ratio": 0.99, "shrink_center": 0.0,
+                              "accumulation_steps": 1},
               {"rms_scaling": True},
               {"learning_rate": 0.05, "beta": 0.8, "weight_decay": 0.02, "min_rms": 1e-2,
                "shrink_ratio": 0.9, "shrink_center": 1.0}),
     "normalize_by_running_gradient_norm": (
         emoloss.normalize_by_running_gradient_norm, {"momentum": 0.8, "floor": 0.01}, {},
         {"momentum": 0.5, "floor": 0.5}),
-    # added at merge: tiger helper fixes labels default (issue 20 item 5)
-    # "grouped_tiger": (emoloss.grouped_tiger, {"learning_rate": 0.1, "beta": 0.9,
-    #                                           "weight_decay": 0.01}, {},
-    #                   {"learning_rate": 0.05, "beta": 0.8, "weight_decay": 0.02}),
+    "grouped_tiger": (emoloss.grouped_tiger, {"learning_rate": 0.1, "beta": 0.9,
+                                              "weight_decay": 0.01, "min_rms": 1e-3,
+                                              "shrink_ratio": 0.99, "accumulation_steps": 1}, {},
+                      {"learning_rate": 0.05, "beta": 0.8, "weight_decay": 0.02, "min_rms": 1e-2,
+                       "shrink_ratio": 0.9}),
 }
-INJECTION_PENDING = {"grouped_tiger"}  # remove at merge with the entry above
-
-
 def test_every_transformation_is_checked_under_inject_hyperparams():
-  missing = set(TRANSFORMS) - set(INJECTABLE) - INJECTION_PENDING
+  missing = set(TRANSFORMS) - set(INJECTABLE)
   assert not missing, f"add these to INJECTABLE in tests/test_reliability.py: {sorted(missing)}"
 
 

@@ -107,7 +107,7 @@ def losses() -> dict[str, Any]:
 
 def norm_aware_objective(logits, batch, params) -> jax.Array:
   """Mean norm-aware margin CE with the output layer's class-weight norms ``‖u_i‖``."""
-  norms = jnp.linalg.norm(common.output_kernel(params), axis=0)
+  norms = optax.safe_norm(common.output_kernel(params), 0.0, axis=0)  # finite at a zero column
   return jnp.mean(emoloss.norm_aware_margin_cross_entropy(
       logits, batch["y"], norms, batch["radii"]))
 
