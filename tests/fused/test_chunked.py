@@ -21,25 +21,48 @@ def make_problem(n=12, v=37, d=8, k=5, seed=0, scale=1.0):
   return (*helpers.make_problem(n, v, d, k, seed, scale), helpers.cotangents(n, seed))
 
 
-def naive_outputs(hidden, head, labels, cost, where=None):
-  """The naive path: logits materialised, then optax / emoloss.losses."""
+OPTIONS = {  # name: keyword arguments of the fused functions (the reference applies the same)
+    "plain": {},
+    "softcap": {"softcap": 2.0},
+    "temperature": {"temperature": 0.6},
+    "label smoothing": {"label_smoothing": 0.1},
+    "all three": {"softcap": 3.0, "temperature": 1.7, "label_smoothing": 0.2},
+}
+
+
+def transformed_logits(hidden, head, softcap=None, temperature=1.0, **_):
+  """Materialised logits with the soft-cap, then the temperature, written out."""
   logits = jnp.dot(hidden, head.T, preferred_element_type=jnp.float32)
+  if softcap is not None:
+    logits = softcap * jnp.tanh(logits / softcap)
+  return logits / temperature
+
+
+def naive_outputs(hidden, head, labels, cost, where=None, **options):
+  """The naive path: transformed logits materialised, then optax (smoothed targets from
+  optax.smooth_labels) / emoloss.emo_loss, and the entropy from log_softmax."""
+  logits = transformed_logits(hidden, head, **options)
   mask = (lambda x: x) if where is None else (lambda x: jnp.where(where, x, 0.0))
-  nll = mask(optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels))
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, head.shape[0]),
+                                options.get("label_smoothing", 0.0))
+  nll = mask(optax.losses.softmax_cross_entropy(logits, targets))
   lse = mask(jax.nn.logsumexp(logits, axis=-1))
   emo = None if cost is None else emo_loss(logits, labels, cost, where=where)
-  return nll, emo, lse
+  log_p = jax.nn.log_softmax(logits)
+  entropy = mask(-jnp.sum(jnp.exp(log_p) * log_p, axis=-1))
+  return nll, emo, lse, entropy
 
 
-def fused_outputs(hidden, head, labels, cost, where=None, chunk_size=8):
+def fused_outputs(hidden, head, labels, cost, where=None, chunk_size=8, **options):
   return tuple(emoloss.fused_ce_emo(hidden, head, labels, cost, where=where,
-                                    chunk_size=chunk_size))
+                                    chunk_size=chunk_size, **options))
 
 
 def weighted_sum(outputs, weights):
   """A scalar using every output with its own per-token cotangent (z-loss style on lse)."""
-  nll, emo, lse = outputs
-  total = jnp.sum(weights[0] * nll) + jnp.sum(weights[2] * lse) + 0.1 * jnp.sum(lse ** 2)
+  nll, emo, lse, entropy = outputs
+  total = (jnp.sum(weights[0] * nll) + jnp.sum(weights[2] * lse) + 0.1 * jnp.sum(lse ** 2)
+           + 0.3 * jnp.sum(weights[1] * entropy))
   return total if emo is None else total + jnp.sum(weights[1] * emo)
 
 
@@ -62,7 +85,7 @@ def assert_close(actual, expected, rtol=RTOL, name=""):
 
 def assert_match(fused, naive, rtol=RTOL):
   (f_out, f_grads), (n_out, n_grads) = fused, naive
-  for name, a, b in zip(("nll", "emo", "lse"), f_out, n_out):
+  for name, a, b in zip(("nll", "emo", "lse", "entropy"), f_out, n_out):
     if b is None:
       assert a is None, name
     else:
@@ -172,7 +195,7 @@ def test_bfloat16_hidden_and_head():
                            hidden16, head16, weights)
   exact = values_and_grads(lambda h, w: naive_outputs(h, w, labels, cost),
                            hidden16.astype(jnp.float32), head16.astype(jnp.float32), weights)
-  for name, a, b in zip(("nll", "emo", "lse"), fused[0], exact[0]):
+  for name, a, b in zip(("nll", "emo", "lse", "entropy"), fused[0], exact[0]):
     assert a.dtype == jnp.float32
     assert_close(a, b, RTOL, name)
   for name, a, b in zip(("d hidden", "d head"), fused[1], exact[1]):
