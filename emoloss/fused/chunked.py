@@ -2,22 +2,15 @@
 
 The ``[N, V]`` logits ``z = h Wᵀ`` are never held: the forward pass scans over vocabulary chunks
 with an online (running-max) log-sum-exp, and the backward pass recomputes each chunk's logits
-(the Cut Cross-Entropy schedule). Per token, the forward pass keeps four running statistics over
-the chunks seen so far, all relative to the running maximum ``m``:
-
-* ``m = max_v z_v``, ``s = Σ_v exp(z_v - m)`` (so ``lse = m + log s``),
-* ``t = Σ_v exp(z_v - m) (ê_v · ê_y)`` (so ``(p Ê) · ê_y = t / s`` and ``EMO = 1 - t / s``),
-* ``z_y`` (the target logit, found by comparing column ids with the label, no gather).
-
-Statistics of disjoint vocabulary ranges combine exactly (``m = max m_i``,
-``s = Σ s_i exp(m_i - m)``, the same for ``t``; ``z_y = Σ z_y,i``), which is what lets a
-tensor-parallel head combine its shards with one ``pmax`` and a few ``psum`` of ``[N]`` vectors.
+(the Cut Cross-Entropy schedule). Per token, the forward pass keeps running statistics over the
+chunks seen so far, relative to the running maximum (:class:`emoloss.fused.core.Partial`: the
+sum of exponentials, the cost-weighted sum for EMO, the entropy and logit sums); statistics of
+disjoint vocabulary ranges combine exactly, which is what lets a tensor-parallel head combine its
+shards with one ``pmax`` and a few ``psum`` of ``[N]`` vectors.
 
 The custom VJP takes a cotangent for each per-token output, so masks, reductions, z-loss and the
-EMO/CE mixing stay outside in plain JAX. With ``c'_v = ê_v · ê_y`` and ``p = softmax(z)``:
-
-  ``∂/∂z_v = g_nll (p_v - [v = y]) + g_lse p_v + g_emo p_v ((p Ê)·ê_y - c'_v)``,
-
+EMO/CE mixing stay outside in plain JAX; the logit gradient from those cotangents (with the
+options: soft-cap, temperature, label smoothing) is :func:`emoloss.fused.core.logit_grad`,
 accumulated into ``∂h`` (an ``[N, d]`` float32 carry) and emitted as ``∂W`` blocks chunk by chunk.
 """
 

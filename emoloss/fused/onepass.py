@@ -10,10 +10,10 @@ turns them into the chunk's loss, its ``∂h`` rows and its contribution to ``�
 linear cross-entropy schedule): ``3 N V d`` multiply-adds for CE and ``3 N V d + N V k`` for
 CE + EMO (each chunk's cosine row ``ê_y · ê_v`` is formed once and serves both ``(p Ê) · ê_y`` and
 the gradient), instead of the ``4 N V d (+ 2 N V k)`` of the recompute schedule of
-:func:`emoloss.fused_ce_emo`. With ``p = softmax(z)``, ``c'_v = ê_v · ê_y`` and the per-token
-cotangents ``(g_nll, g_emo, g_lse)``:
-
-  ``∂/∂z_v = g_nll (p_v - [v = y]) + g_lse p_v + g_emo p_v ((p Ê)·ê_y - c'_v)``.
+:func:`emoloss.fused_ce_emo`. The per-token statistics, the logit options (soft-cap,
+temperature, label smoothing, entropy) and the logit gradient from the per-token cotangents
+``(g_nll, g_emo, g_lse, g_entropy)`` are those of :mod:`emoloss.fused.core`, shared with the
+recompute schedule.
 
 The custom VJP's forward pass computes the scalar loss and saves ``(∂h, ∂W)``; its backward pass
 only scales them by the incoming scalar cotangent.
@@ -427,10 +427,24 @@ def onepass_loss(
   ``per_token`` must act elementwise on ``[n]`` vectors (token ``i`` of the output depends only
   on token ``i`` of the inputs) and may use ``jax.lax.stop_gradient`` (per-token weights such as
   the EMO/CE ratio of :func:`emo_ce_per_token` or TaiLr's ``p_y``-based weight via
-  ``exp(-nll)``); ``emo`` is ``None`` without ``cost_embeddings``. Matmuls run in the promoted
-  dtype of ``hidden`` and ``head`` with float32 accumulation; statistics, the loss and the ``∂W``
-  accumulator are float32. Labels are not shifted (pass ``hidden[:, :-1]``, ``tokens[:, 1:]`` for
-  a causal LM) and must lie in ``[0, V)``.
+  ``exp(-nll)``); ``emo`` is ``None`` without ``cost_embeddings``. With ``entropy=True`` it is
+  called as ``f(nll, emo, lse, entropy)`` with the per-token entropy ``-Σ p log p`` (an entropy
+  bonus: ``per_token=lambda nll, emo, lse, entropy: nll - 0.01 * entropy``). It receives ``nll``,
+  ``emo`` and ``entropy`` clamped at 0 on both the value-only and the gradient path (float32
+  rounding makes them about -1e-6 for confident tokens), so ``sqrt`` or ``log`` of them is safe.
+  It may close over arrays, including values being differentiated (a learned weight under
+  ``jax.grad``): such values are passed to the custom VJP as explicit arguments
+  (``jax.closure_convert``) and get their gradient, ``Σ_n w_n ∂f_n/∂a``.
+
+  The options act on ``z = h Wᵀ`` in this order: ``softcap`` (``z' = c · tanh(z / c)``), then
+  ``temperature`` (``z' / T``), then ``label_smoothing`` (``nll`` against the targets
+  ``(1 - ε) onehot(y) + ε / V``); ``lse``, EMO and the entropy are of ``softmax(z')``, the
+  distribution the model predicts. ``freeze_head=True`` (or simply not differentiating with
+  respect to ``head``) skips the ``∂W`` accumulation, a third of the work, and gives the head a
+  zero cotangent. Matmuls run in the promoted dtype of ``hidden`` and ``head`` with float32
+  accumulation; statistics, the loss and the ``∂W`` accumulator are float32, and so are the
+  normalised cost embedding rows whatever the embeddings' dtype. Labels are not shifted (pass
+  ``hidden[:, :-1]``, ``tokens[:, 1:]`` for a causal LM) and must lie in ``[0, V)``.
 
   Args:
     hidden: ``[..., d]`` final hidden states (float32 or bfloat16).
@@ -441,10 +455,16 @@ def onepass_loss(
     reduction: ``"mean"`` over unmasked tokens (0 when all are masked) or ``"sum"``.
     where: optional boolean mask ``[...]``; masked tokens contribute nothing and get zero
       gradient whatever their content.
-    token_chunk_size: tokens per chunk (static); default :func:`default_token_chunk_size` of
-      ``V``. Temporary memory grows as ``token_chunk_size * V``.
+    token_chunk_size: tokens per chunk (static; a Python or NumPy integer); default
+      :func:`default_token_chunk_size` of ``V``. Temporary memory grows as
+      ``token_chunk_size * V``.
     vocab_block_size: rows of the ``∂W`` accumulator updated in place per step (static); a
       temporary ``[vocab_block_size, d]`` float32 block.
+    softcap: ``c`` of the logit soft-cap ``c · tanh(z / c)`` (Gemma 2: 30.0), or ``None``.
+    temperature: ``T`` dividing the (soft-capped) logits.
+    label_smoothing: ``ε ∈ [0, 1]`` of the cross-entropy targets (EMO keeps the target ``y``).
+    entropy: if True, ``per_token`` takes a fourth argument, the per-token entropy.
+    freeze_head: if True, no gradient (and no ``∂W`` work) for ``head``.
 
   Returns:
     float32 scalar loss.
@@ -531,6 +551,11 @@ def sharded_onepass_loss(
     where: optional boolean mask ``[N]``.
     token_chunk_size: tokens per chunk on each device (default from the local vocabulary).
     vocab_block_size: rows of the local ``∂W`` accumulator updated per step.
+    softcap: logit soft-cap ``c`` or ``None`` (see :func:`onepass_loss`).
+    temperature: logit temperature ``T``.
+    label_smoothing: ``ε`` of the smoothed targets (``ε / V`` with the global ``V``).
+    entropy: if True, ``per_token`` takes the per-token entropy as a fourth argument.
+    freeze_head: if True, no gradient (and no ``∂W`` work) for ``head``.
 
   Returns:
     float32 scalar loss (replicated).
