@@ -191,15 +191,16 @@ def _local_forward(hidden, head, labels, cost_embeddings, config: _Config,
   size = min(config.chunk_size, local_vocab)
   overlaps = local_vocab % size != 0
   dtype = _compute_dtype(hidden.dtype, head.dtype)
-  hidden = hidden.astype(dtype)
+  options = config.options
+  scale = core.scaling(options, dtype)
+  hidden = core.scale_hidden(hidden.astype(dtype), scale)
   offset = _vocab_offset(local_vocab, vocab_axis)
   with_emo = cost_embeddings is not None
   target_unit = _target_unit(cost_embeddings, labels, offset, vocab_axis) if with_emo else None
-  options = config.options
 
   def body(carry, start, fresh):
     logits, _ = _chunk_logits(hidden, head, start, size, dtype)
-    logits, _ = core.transform(logits, options)
+    logits, _ = core.transform(logits, options, scale)
     cosines = _chunk_cosines(target_unit, cost_embeddings, start, size) if with_emo else None
     valid = _fresh_columns(start, fresh, size) if overlaps else None
     chunk, _ = core.partial_stats(logits, options, cosines, valid)
@@ -207,9 +208,12 @@ def _local_forward(hidden, head, labels, cost_embeddings, config: _Config,
 
   init = core.empty(num_tokens, options, with_emo)
   stats, _ = _for_each_chunk(body, init, local_vocab, size)
+  linear_sum = core.linear_logit_sum(hidden, core.head_sum(head.astype(dtype), options), scale)
+  if linear_sum is not None:
+    stats = stats._replace(logit_sum=linear_sum)
   stats = core.merge_over(stats, vocab_axis)
   target_logit, _ = core.transform(
-      _target_logit(hidden, head, labels, offset, vocab_axis, dtype), options)
+      _target_logit(hidden, head, labels, offset, vocab_axis, dtype), options, scale)
   return core.finish(stats, target_logit, local_vocab * _axis_count(vocab_axis), options)
 
 
@@ -229,7 +233,8 @@ def _local_backward(hidden, head, labels, cost_embeddings, stats: core.Stats,
   size = min(config.chunk_size, local_vocab)
   overlaps = local_vocab % size != 0
   dtype = _compute_dtype(hidden.dtype, head.dtype)
-  hidden_c = hidden.astype(dtype)
+  scale = core.scaling(config.options, dtype)
+  hidden_c = core.scale_hidden(hidden.astype(dtype), scale)
   offset = _vocab_offset(local_vocab, vocab_axis)
   with_emo = cot.emo is not None
   target_unit = _target_unit(cost_embeddings, labels, offset, vocab_axis) if with_emo else None
@@ -237,7 +242,7 @@ def _local_backward(hidden, head, labels, cost_embeddings, stats: core.Stats,
 
   def body(grad_hidden, start, fresh):
     raw, rows = _chunk_logits(hidden_c, head, start, size, dtype)
-    logits, slope = core.transform(raw, config.options)
+    logits, slope = core.transform(raw, config.options, scale)
     probs = jnp.exp(logits - stats.lse[:, None])
     cosines = _chunk_cosines(target_unit, cost_embeddings, start, size) if with_emo else None
     # The overlap of a moved-back last chunk gets its true gradient too (it is rewritten into ∂W
@@ -257,7 +262,10 @@ def _local_backward(hidden, head, labels, cost_embeddings, stats: core.Stats,
   init = jnp.zeros(hidden.shape if want_hidden else (0,), jnp.float32)
   grad_hidden, grad_head = _for_each_chunk(
       body, init, local_vocab, size, head.shape[1:] if want_head else None, head.dtype)
-  grad_hidden = _psum(grad_hidden, vocab_axis).astype(hidden.dtype) if want_hidden else None
+  if want_hidden:
+    grad_hidden = (_psum(grad_hidden, vocab_axis) * scale.pre).astype(hidden.dtype)
+  else:
+    grad_hidden = None
   return grad_hidden, grad_head
 
 

@@ -9,6 +9,9 @@ per-token cotangents back to the logits' gradient. Both schedules use it on thei
 * temperature ``T``: ``z ↦ z / T``,
 
 so ``z' = c tanh(z / c) / T`` with ``dz'/dz = (1 - tanh²(z / c)) / T`` (``1 / T`` without cap).
+The linear factor (``1 / T``, or ``1 / c`` inside the cap) is applied to the hidden states before
+the matmul when they are float32 (:class:`Scaling`), so a temperature costs no pass over the
+logits.
 
 **Per-token statistics** of ``p = softmax(z')`` (:class:`Partial` over a block of columns,
 relative to the block's maximum ``m``; :func:`merge` and :func:`merge_over` combine disjoint blocks
@@ -82,18 +85,44 @@ def make_options(softcap, temperature, label_smoothing, entropy: bool = True) ->
                  entropy=bool(entropy))
 
 
-def transform(logits: jax.Array, options: Options) -> tuple[jax.Array, jax.Array | None]:
-  """``(z', dz'/dz)`` for float32 raw logits ``z``: ``z' = c tanh(z / c) / T`` (the cap only with
-  ``softcap``); the derivative is ``None`` when it is 1 (no option), a scalar ``1 / T`` without
-  cap, else the array ``(1 - tanh²(z / c)) / T``."""
-  inverse_t = 1.0 / options.temperature
+class Scaling(NamedTuple):
+  """Where the linear part of the transform, ``z ↦ s z`` with ``s = 1 / T`` (no cap) or
+  ``1 / c`` (cap), is applied: ``pre`` multiplies the hidden states before the matmul (an
+  ``[n, d]`` operation instead of ``[n, V]``; float32 only, where it changes ``z`` by rounding
+  alone), ``post`` the raw logits (bfloat16 inputs, whose scaled copy would round). ``∂h`` of
+  the scaled hidden states is multiplied by ``pre``."""
+  pre: float
+  post: float
+
+
+NO_SCALING = Scaling(1.0, 1.0)
+
+
+def scaling(options: Options, dtype) -> Scaling:
+  """:class:`Scaling` of the options for matmul inputs of ``dtype``."""
+  s = 1.0 / (options.temperature if options.softcap is None else options.softcap)
+  if s == 1.0:
+    return NO_SCALING
+  return Scaling(s, 1.0) if jnp.dtype(dtype) == jnp.float32 else Scaling(1.0, s)
+
+
+def scale_hidden(hidden: jax.Array, scale: Scaling) -> jax.Array:
+  """The hidden states times ``scale.pre`` (the matmul then yields ``z · pre``)."""
+  return hidden if scale.pre == 1.0 else hidden * jnp.asarray(scale.pre, hidden.dtype)
+
+
+def transform(raw: jax.Array, options: Options, scale: Scaling = NO_SCALING
+              ) -> tuple[jax.Array, jax.Array | None]:
+  """``(z', dz'/draw)`` for float32 raw logits ``raw = (h · pre) Wᵀ``: with ``u = raw · post``
+  (so ``u = z / c`` with a cap, ``z / T`` without), ``z' = u`` or ``z' = (c / T) tanh(u)``.
+  The derivative is ``None`` when it is 1, a scalar ``post`` without cap, else the array
+  ``post · (c / T)(1 - tanh²(u))``, computed from ``z'`` so that only ``z'`` stays live."""
+  u = raw if scale.post == 1.0 else raw * scale.post
   if options.softcap is None:
-    if options.temperature == 1.0:
-      return logits, None
-    return logits * inverse_t, jnp.float32(inverse_t)
-  cap = options.softcap
-  tanh = jnp.tanh(logits * (1.0 / cap))
-  return tanh * (cap * inverse_t), (1.0 - tanh * tanh) * inverse_t
+    return u, (None if scale.post == 1.0 else jnp.float32(scale.post))
+  ratio = options.softcap / options.temperature
+  logits = jnp.tanh(u) * ratio
+  return logits, (ratio - logits * logits * (1.0 / ratio)) * scale.post
 
 
 class Partial(NamedTuple):
@@ -106,13 +135,36 @@ class Partial(NamedTuple):
   logit_sum: jax.Array | None
 
 
+def sums_logits(options: Options) -> bool:
+  """Whether a block's ``Σ_v z'_v`` must be summed over its columns: only with label smoothing
+  and a soft-cap. Without a cap ``z'`` is linear in ``h`` and :func:`linear_logit_sum` gives the
+  sum over the whole vocabulary from ``h · Σ_v W_v`` in ``O(n d)``."""
+  return bool(options.label_smoothing) and options.softcap is not None
+
+
+def head_sum(head: jax.Array, options: Options) -> jax.Array | None:
+  """``Σ_v W_v`` (float32 ``[d]``) when :func:`linear_logit_sum` will need it, else ``None``."""
+  if not options.label_smoothing or sums_logits(options):
+    return None
+  return jnp.sum(head.astype(jnp.float32), axis=0)
+
+
+def linear_logit_sum(hidden: jax.Array, column_sum: jax.Array | None, scale: Scaling
+                     ) -> jax.Array | None:
+  """``Σ_v z'_v`` for uncapped logits, ``(h · pre) · Σ_v W_v · post`` (float32 ``[n]``) from
+  :func:`head_sum` (``None`` passes through)."""
+  if column_sum is None:
+    return None
+  return jnp.dot(hidden.astype(jnp.float32), column_sum) * scale.post
+
+
 def empty(num_tokens: int, options: Options, with_emo: bool) -> Partial:
   """Statistics of no column (the initial carry of an online merge)."""
   zeros = jnp.zeros((num_tokens,), jnp.float32)
   return Partial(max=jnp.full((num_tokens,), -jnp.inf, jnp.float32), sum_exp=zeros,
                  cos_sum=zeros if with_emo else None,
                  ent_sum=zeros if options.entropy else None,
-                 logit_sum=zeros if options.label_smoothing else None)
+                 logit_sum=zeros if sums_logits(options) else None)
 
 
 def partial_stats(logits: jax.Array, options: Options, cosines: jax.Array | None = None,
@@ -133,7 +185,7 @@ def partial_stats(logits: jax.Array, options: Options, cosines: jax.Array | None
       cos_sum=None if cosines is None else total(exps * cosines),
       ent_sum=total(exps * (logits - row_max[:, None])) if options.entropy else None,
       logit_sum=(total(logits if valid is None else jnp.where(valid[None, :], logits, 0.0))
-                 if options.label_smoothing else None),
+                 if sums_logits(options) else None),
   ), exps
 
 

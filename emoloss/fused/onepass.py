@@ -151,7 +151,8 @@ def _local_onepass(hidden, head, labels, weights, cost_embeddings, consts, confi
   want_hidden, want_head, want_consts = wants
   num_tokens, dim = hidden.shape
   dtype = jnp.result_type(hidden.dtype, head.dtype)
-  hidden = hidden.astype(dtype)
+  scale = core.scaling(config.options, dtype)
+  hidden = core.scale_hidden(hidden.astype(dtype), scale)
   head_c = head.astype(dtype)
   local_vocab = head.shape[0]
   num_classes = local_vocab * chunked._axis_count(vocab_axis)
@@ -162,13 +163,14 @@ def _local_onepass(hidden, head, labels, weights, cost_embeddings, consts, confi
   if with_emo:  # cosines ê_y · ê_v = (ê_y · e_v) / ||e_v||, all float32: no normalised copy
     inv_norms = _inverse_norms(cost_embeddings)
     cost_f32 = cost_embeddings.astype(jnp.float32)
+  column_sum = core.head_sum(head_c, options)  # label smoothing without a cap: Σ_v W_v, once
   num_chunks, rows = _token_chunks(num_tokens, config.token_chunk_size)
   xs = tuple(_chunked_rows(x, num_chunks, rows) for x in (hidden, labels, weights))
 
   def body(carry, chunk):
     total, grad_head, grad_consts = carry
     h, y, w = chunk
-    logits, slope = core.transform(_dot_rows(h, head_c), options)  # [n, V_local]
+    logits, slope = core.transform(_dot_rows(h, head_c), options, scale)  # [n, V_local]
     target = columns[None, :] == y[:, None]
     row_max = _pmax(jnp.max(logits, axis=-1), vocab_axis)
     cosines = None
@@ -176,6 +178,9 @@ def _local_onepass(hidden, head, labels, weights, cost_embeddings, consts, confi
       target_unit = chunked._target_unit(cost_embeddings, y, offset, vocab_axis)
       cosines = _dot_rows(target_unit, cost_f32) * inv_norms[None, :]
     part, exps = core.partial_stats(logits, options, cosines, row_max=row_max)
+    linear_sum = core.linear_logit_sum(h, column_sum, scale)
+    if linear_sum is not None:
+      part = part._replace(logit_sum=linear_sum)
     part = core.Partial(part.max, *(core.psum(x, vocab_axis) for x in part[1:]))
     target_logit = _psum(jnp.sum(jnp.where(target, logits, 0.0), axis=-1), vocab_axis)
     stats = core.finish(part, target_logit, num_classes, options)
@@ -204,7 +209,7 @@ def _local_onepass(hidden, head, labels, weights, cost_embeddings, consts, confi
   (total, grad_head, grad_consts), grad_hidden = jax.lax.scan(body, init, xs)
   if want_hidden:
     grad_hidden = grad_hidden.reshape(num_chunks * rows, dim)[:num_tokens]
-    grad_hidden = _psum(grad_hidden, vocab_axis)
+    grad_hidden = _psum(grad_hidden, vocab_axis) * scale.pre
   grad_head = None if grad_head is None else _psum(grad_head, token_axis)
   grad_consts = [None if g is None else _psum(g, token_axis) for g in grad_consts]
   return _psum(total, token_axis), grad_hidden, grad_head, tuple(grad_consts)
