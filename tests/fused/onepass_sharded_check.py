@@ -81,6 +81,10 @@ def check_closed_over_weight(mesh):
   single = jax.grad(lambda a: loss(a, emoloss.onepass_loss))(2.0)
   sharded = jax.jit(jax.grad(lambda a: loss(a, emoloss.sharded_onepass_loss, mesh=mesh)))(2.0)
   assert abs(float(sharded) - float(single)) <= 1e-5 * abs(float(single)), (sharded, single)
+  # The value alone (no gradient: the vocabulary-chunked forward pass), the weight a jit argument.
+  value = jax.jit(lambda a: loss(a, emoloss.sharded_onepass_loss, mesh=mesh))(2.0)
+  expected = loss(2.0, emoloss.onepass_loss)
+  assert abs(float(value) - float(expected)) <= 1e-5 * abs(float(expected)), (value, expected)
   print("ok closed-over weight", dict(mesh.shape))
 
 
