@@ -11,7 +11,8 @@ per-token cotangents back to the logits' gradient. Both schedules use it on thei
 so ``z' = c tanh(z / c) / T`` with ``dz'/dz = (1 - tanh²(z / c)) / T`` (``1 / T`` without cap).
 The linear factor (``1 / T``, or ``1 / c`` inside the cap) is applied to the hidden states before
 the matmul when they are float32 (:class:`Scaling`), so a temperature costs no pass over the
-logits.
+logits; without a cap the mean logit of label smoothing is ``h · Σ_v W_v`` (:func:`head_sum`),
+``O(n d)`` instead of a pass over the block.
 
 **Per-token statistics** of ``p = softmax(z')`` (:class:`Partial` over a block of columns,
 relative to the block's maximum ``m``; :func:`merge` and :func:`merge_over` combine disjoint blocks
@@ -277,10 +278,11 @@ class Cotangents(NamedTuple):
 def logit_grad(logits: jax.Array, slope: jax.Array | None, probs: jax.Array,
                target: jax.Array, stats: Stats, cot: Cotangents, num_classes: int,
                options: Options, cosines: jax.Array | None = None) -> jax.Array:
-  """float32 ``∂/∂z [n, c]`` of the raw logits of a block (formula in the module docstring).
+  """float32 gradient ``[n, c]`` with respect to the block's raw matmul output (formula in the
+  module docstring).
 
-  ``logits`` are the block's transformed ``z'``, ``slope`` their ``dz'/dz`` from
-  :func:`transform`, ``probs = softmax(z')`` on the block, ``target [n, c]`` the one-hot of the
+  ``logits`` are the block's transformed ``z'``, ``slope`` their derivative with respect to the
+  raw output from :func:`transform`, ``probs = softmax(z')`` on the block, ``target [n, c]`` the one-hot of the
   labels (boolean), ``stats`` the rows' :class:`Stats` and ``cosines`` ``ê_y · ê_v`` (EMO)."""
   column = lambda x: x[:, None]
   coef = None
