@@ -26,7 +26,14 @@ with ``--scaling``).
   python benchmarks/fused_bench.py            # default grid (a few minutes on 2 CPU cores)
   python benchmarks/fused_bench.py --quick    # tiny grid, seconds
   python benchmarks/fused_bench.py --scaling  # N, V, d scaling of the one-pass path
-  python benchmarks/fused_bench.py --backend gpu --dtype bfloat16   # on a GPU machine
+  python benchmarks/fused_bench.py --options  # cost of each fused option, side by side
+  # On a GPU (not run yet): the Llama-3 vocabulary shape and a smaller one, bf16, % of the
+  # dense bf16 peak (H100 SXM: 989 TFLOP/s; H200: the same), naive XLA CE and jax-cce alongside:
+  python benchmarks/fused_bench.py --backend gpu --dtype bfloat16 --repeats 10 \
+      --sizes 8192x128256x4096x4096 2048x32768x2048x2048 --memory-sizes \
+      --max-naive-gib 64 --peak-tflops 989 --chunk-size 8192
+  python benchmarks/fused_bench.py --backend gpu --dtype bfloat16 --options \
+      --sizes 8192x128256x4096x4096 --peak-tflops 989
 """
 
 from __future__ import annotations
@@ -63,6 +70,18 @@ MATMUL_WORK = {
     "one-pass CE": (3, 0), "one-pass CE+EMO": (3, 1), "jax-cce CE": (4, 0),
 }
 MiB = 2.0 ** 20
+# --options: the cost of each fused option side by side, each against its own baseline (the same
+# path without the option).
+OPTION_METHODS = ("one-pass CE", "one-pass CE softcap 30", "one-pass CE temperature 0.7",
+                  "one-pass CE label smoothing 0.1", "one-pass CE frozen head",
+                  "fused CE+EMO no entropy statistic", "fused CE+EMO",
+                  "fused CE+EMO + entropy bonus")
+OPTION_BASE = {name: "one-pass CE" for name in OPTION_METHODS if name.startswith("one-pass")}
+OPTION_BASE.update({name: "fused CE+EMO no entropy statistic" for name in OPTION_METHODS
+                    if name.startswith("fused")})
+MATMUL_WORK.update({name: (3, 0) for name in OPTION_METHODS if name.startswith("one-pass")})
+MATMUL_WORK.update({name: (4, 2) for name in OPTION_METHODS if name.startswith("fused")})
+MATMUL_WORK["one-pass CE frozen head"] = (2, 0)
 
 
 def _jax_cce():
@@ -105,6 +124,37 @@ def loss_functions(chunk_size: int, token_chunk_size: int | None = None) -> dict
   if cce is not None:
     functions["jax-cce CE"] = lambda h, w, y, e: cce(h, w, y, chunk_size=chunk_size)
   return functions
+
+
+def option_functions(chunk_size: int, token_chunk_size: int | None = None) -> dict:
+  """Scalar token-mean losses of :data:`OPTION_METHODS` (see :func:`loss_functions`)."""
+  def onepass(**options):
+    return lambda h, w, y, e: emoloss.onepass_loss(h, w, y, token_chunk_size=token_chunk_size,
+                                                   **options)
+
+  def fused(h, w, y, e, entropy_weight=None):
+    out = emoloss.fused_ce_emo(h, w, y, e, chunk_size=chunk_size)
+    loss = emoloss.emo_ce_combination(out.nll, out.emo)
+    return jnp.mean(loss if entropy_weight is None else loss - entropy_weight * out.entropy)
+
+  def fused_without_entropy(h, w, y, e):
+    """The same kernel with the entropy statistic switched off (private configuration): what
+    the fused path cost before it had an entropy output."""
+    from emoloss.fused import chunked, core
+    config = chunked._Config(chunk_size=chunk_size, options=core.Options(entropy=False))
+    nll, emo, _, _ = chunked._fused(config, h, w, y, jax.lax.stop_gradient(e))
+    return jnp.mean(emoloss.emo_ce_combination(jnp.maximum(nll, 0.0), jnp.maximum(emo, 0.0)))
+
+  return {
+      "one-pass CE": onepass(),
+      "one-pass CE softcap 30": onepass(softcap=30.0),
+      "one-pass CE temperature 0.7": onepass(temperature=0.7),
+      "one-pass CE label smoothing 0.1": onepass(label_smoothing=0.1),
+      "one-pass CE frozen head": onepass(freeze_head=True),
+      "fused CE+EMO no entropy statistic": fused_without_entropy,
+      "fused CE+EMO": fused,
+      "fused CE+EMO + entropy bonus": lambda h, w, y, e: fused(h, w, y, e, entropy_weight=0.01),
+  }
 
 
 def abstract_inputs(n, v, d, k, dtype):
@@ -164,8 +214,15 @@ def matmul_flops(name: str, n: int, v: int, d: int, k: int) -> float:
   return 2.0 * n * v * (per_d * d + per_k * k)
 
 
-def _summarise(row: dict, times: dict, sizes) -> None:
-  """Adds median/min seconds, ratios to naive CE and GFLOP/s to ``row['methods']``."""
+def useful_flops(name: str, n: int, v: int, d: int, k: int) -> float:
+  """FLOPs of the loss's value and gradient however it is scheduled: ``6 N V d`` (logits, ∂h,
+  ∂W), ``+ 2 N V k`` with EMO (``p Ê``): the numerator of the percent of the peak."""
+  return 6.0 * n * v * d + (2.0 * n * v * k if "EMO" in name else 0.0)
+
+
+def _summarise(row: dict, times: dict, sizes, peak_tflops: float | None = None) -> None:
+  """Adds median/min seconds, ratios to naive CE (and, for the option methods, to their own
+  baseline), GFLOP/s and percent of ``peak_tflops`` to ``row['methods']``."""
   n, v, d, k = sizes
   matmul = min(times.pop("matmul h Wᵀ"))
   row["matmul_gflops"] = 2.0 * n * v * d / matmul / 1e9
@@ -176,15 +233,26 @@ def _summarise(row: dict, times: dict, sizes) -> None:
     m["seconds_min"] = min(values)
     m["gflops"] = matmul_flops(name, n, v, d, k) / m["seconds_min"] / 1e9
     m["fraction_of_matmul"] = m["gflops"] / row["matmul_gflops"]
+    if peak_tflops:
+      m["percent_of_peak"] = 100.0 * useful_flops(name, n, v, d, k) / m["seconds_min"] / (
+          peak_tflops * 1e12)
     if base is not None:
       m["time_vs_naive_ce"] = m["seconds_median"] / statistics.median(base)
       m["min_time_vs_naive_ce"] = m["seconds_min"] / min(base)
+    if name in OPTION_BASE and OPTION_BASE[name] in times:
+      reference = times[OPTION_BASE[name]]
+      m["time_vs_base"] = m["seconds_median"] / statistics.median(reference)
+      m["min_time_vs_base"] = m["seconds_min"] / min(reference)
 
 
 def run(args) -> dict:
   dtype = jnp.dtype(args.dtype)
-  functions = loss_functions(args.chunk_size, args.token_chunk_size)
-  names = [name for name in (SCALING_METHODS if args.scaling else METHODS) if name in functions]
+  if args.options:
+    functions, methods = option_functions(args.chunk_size, args.token_chunk_size), OPTION_METHODS
+  else:
+    functions = loss_functions(args.chunk_size, args.token_chunk_size)
+    methods = SCALING_METHODS if args.scaling else METHODS
+  names = [name for name in methods if name in functions]
   _, cce_error = _jax_cce()
   load_before = os.getloadavg()
   rows = []
@@ -206,7 +274,7 @@ def run(args) -> dict:
     if timed:
       compiled["matmul h Wᵀ"] = compile_matmul(inputs)
       times = time_methods(compiled, concrete_inputs(n, v, d, k, dtype), args.repeats)
-      _summarise(row, times, (n, v, d, k))
+      _summarise(row, times, (n, v, d, k), args.peak_tflops)
     rows.append(row)
   device = jax.devices()[0]
   return {
@@ -222,6 +290,8 @@ def run(args) -> dict:
       "load_average": {"before": [round(x, 2) for x in load_before],
                        "after": [round(x, 2) for x in os.getloadavg()]},
       "scaling": bool(args.scaling),
+      "options": bool(args.options),
+      "peak_tflops": args.peak_tflops,
       "rows": rows,
   }
 
@@ -230,7 +300,39 @@ def _cell(m: dict, key: str, fmt: str) -> str:
   return format(m[key], fmt) if key in m else "—"
 
 
+def options_markdown(result: dict) -> str:
+  """The --options table: each option's time against the same path without it."""
+  load = result["load_average"]
+  lines = [
+      (f"Machine: {result['machine']}; jax {result['jax']}; {result['dtype']}; fused vocabulary "
+       f"chunk {result['chunk_size']}; one-pass token chunk {result['token_chunk_size']}; "
+       "value-and-grad w.r.t. hidden states and head of the token-mean loss. Time: median (and "
+       f"minimum) of {result['repeats']} interleaved calls in one process, as a ratio to the same "
+       "path without the option (one-pass CE, or fused CE+EMO without the entropy statistic). "
+       f"Load average (1, 5, 15 min) before {load['before']}, after {load['after']} (a shared "
+       "machine: other jobs ran beside it)."),
+      "",
+      "| N | V | d | k | method | s (median) | s (min) | time / baseline | (min) | temp MiB |",
+      "|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+  ]
+  for row in result["rows"]:
+    size = f"| {row['N']} | {row['V']} | {row['d']} | {row['k']} |"
+    for name in OPTION_METHODS:
+      m = row["methods"].get(name)
+      if m is None or "error" in m:
+        lines.append(f"{size} {name} | fails: {(m or {}).get('error', 'missing')[:80]} "
+                     "| | | | |")
+        continue
+      lines.append(
+          f"{size} {name} | {_cell(m, 'seconds_median', '.3f')} | "
+          f"{_cell(m, 'seconds_min', '.3f')} | {_cell(m, 'time_vs_base', '.3f')} | "
+          f"{_cell(m, 'min_time_vs_base', '.3f')} | {m['temp_bytes'] / MiB:.1f} |")
+  return "\n".join(lines) + "\n"
+
+
 def markdown(result: dict) -> str:
+  if result.get("options"):
+    return options_markdown(result)
   load = result["load_average"]
   lines = [
       (f"Machine: {result['machine']}; jax {result['jax']}; {result['dtype']}; fused vocabulary "
@@ -272,7 +374,13 @@ def markdown(result: dict) -> str:
           f"{size} {name} | {_cell(m, 'seconds_min', '.2f')} | {_cell(m, 'time_vs_naive_ce', '.2f')} | "
           f"{_cell(m, 'min_time_vs_naive_ce', '.2f')} | {same} | {_cell(m, 'gflops', '.1f')} | "
           f"{fraction} | {m['temp_bytes'] / MiB:.1f} | {100 * ratio:.1f}% | "
-          f"{m['peak_bytes'] / MiB:.1f} |")
+          f"{m['peak_bytes'] / MiB:.1f} |"
+          + (f" {_cell(m, 'percent_of_peak', '.1f')} |" if result.get("peak_tflops") else ""))
+  if result.get("peak_tflops"):  # one more column: percent of the device's dense peak
+    lines[2] += " % of peak |"
+    lines[3] += "---:|"
+    lines[0] += (f" % of peak: 6 N V d (+ 2 N V k with EMO) FLOPs over the minimum time, "
+                 f"against {result['peak_tflops']} TFLOP/s.")
   return "\n".join(lines) + "\n"
 
 
@@ -324,6 +432,13 @@ def main(argv=None):
                       help="JAX backend to run on (default: JAX's default)")
   parser.add_argument("--scaling", action="store_true",
                       help="time naive and one-pass CE, CE+EMO as N, V and d grow")
+  parser.add_argument("--options", action="store_true",
+                      help="time the fused options (soft-cap, temperature, label smoothing, "
+                           "frozen head, entropy) against the same path without them")
+  parser.add_argument("--peak-tflops", type=float, default=None,
+                      help="the device's dense peak in TFLOP/s for --dtype (e.g. 989 for an "
+                           "H100 SXM in bf16): adds the percent of peak, counting 6 N V d "
+                           "(+ 2 N V k with EMO) FLOPs")
   parser.add_argument("--max-naive-gib", type=float, default=3.0,
                       help="naive methods needing more temporary memory are compiled only")
   parser.add_argument("--quick", action="store_true",
@@ -341,8 +456,10 @@ def main(argv=None):
     args.token_chunk_size = args.token_chunk_size or 128
     if args.scaling:
       args.sizes, args.memory_sizes = [(128, 1000, 32, 32), (256, 2000, 32, 32)], []
+  if args.options:
+    args.memory_sizes = []  # timed sizes only
   result = run(args)
-  kind = "fused_scaling" if args.scaling else "fused"
+  kind = "fused_scaling" if args.scaling else "fused_options" if args.options else "fused"
   suffix = "" if args.dtype == "float32" else f"_{args.dtype}"
   stem = args.output or RESULTS / f"{kind}_{result['platform']}{suffix}"
   stem.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fused_bench.py"
 
 
@@ -57,3 +59,18 @@ def test_quick_scaling_run_with_the_gpu_command_options(tmp_path):
     assert set(row["methods"]) == {"naive CE", "naive CE+EMO", "one-pass CE", "one-pass CE+EMO"}
     assert all(m["seconds_min"] > 0 for m in row["methods"].values())
   assert "| one-pass CE+EMO |" in stem.with_suffix(".md").read_text()
+
+
+@pytest.mark.experiments
+def test_quick_options_run(tmp_path):
+  """--options: every option method runs beside its baseline (the ratios' units are 1)."""
+  stem = tmp_path / "options"
+  _load_script().main(["--quick", "--options", "--memory-sizes", "--output", str(stem)])
+  result = json.loads(stem.with_suffix(".json").read_text())
+  module = _load_script()
+  (row,) = result["rows"]
+  assert set(row["methods"]) == set(module.OPTION_METHODS)
+  for name, base in module.OPTION_BASE.items():
+    assert row["methods"][name]["time_vs_base"] > 0, name
+    assert row["methods"][base]["time_vs_base"] == 1.0, base
+  assert "| one-pass CE frozen head |" in stem.with_suffix(".md").read_text()

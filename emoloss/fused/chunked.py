@@ -2,22 +2,15 @@
 
 The ``[N, V]`` logits ``z = h Wᵀ`` are never held: the forward pass scans over vocabulary chunks
 with an online (running-max) log-sum-exp, and the backward pass recomputes each chunk's logits
-(the Cut Cross-Entropy schedule). Per token, the forward pass keeps four running statistics over
-the chunks seen so far, all relative to the running maximum ``m``:
-
-* ``m = max_v z_v``, ``s = Σ_v exp(z_v - m)`` (so ``lse = m + log s``),
-* ``t = Σ_v exp(z_v - m) (ê_v · ê_y)`` (so ``(p Ê) · ê_y = t / s`` and ``EMO = 1 - t / s``),
-* ``z_y`` (the target logit, found by comparing column ids with the label, no gather).
-
-Statistics of disjoint vocabulary ranges combine exactly (``m = max m_i``,
-``s = Σ s_i exp(m_i - m)``, the same for ``t``; ``z_y = Σ z_y,i``), which is what lets a
-tensor-parallel head combine its shards with one ``pmax`` and a few ``psum`` of ``[N]`` vectors.
+(the Cut Cross-Entropy schedule). Per token, the forward pass keeps running statistics over the
+chunks seen so far, relative to the running maximum (:class:`emoloss.fused.core.Partial`: the
+sum of exponentials, the cost-weighted sum for EMO, the entropy and logit sums); statistics of
+disjoint vocabulary ranges combine exactly, which is what lets a tensor-parallel head combine its
+shards with one ``pmax`` and a few ``psum`` of ``[N]`` vectors.
 
 The custom VJP takes a cotangent for each per-token output, so masks, reductions, z-loss and the
-EMO/CE mixing stay outside in plain JAX. With ``c'_v = ê_v · ê_y`` and ``p = softmax(z)``:
-
-  ``∂/∂z_v = g_nll (p_v - [v = y]) + g_lse p_v + g_emo p_v ((p Ê)·ê_y - c'_v)``,
-
+EMO/CE mixing stay outside in plain JAX; the logit gradient from those cotangents (with the
+options: soft-cap, temperature, label smoothing) is :func:`emoloss.fused.core.logit_grad`,
 accumulated into ``∂h`` (an ``[N, d]`` float32 carry) and emitted as ``∂W`` blocks chunk by chunk.
 """
 
@@ -29,9 +22,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero, custom_vjp_primal_tree_values
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from emoloss import _checks
+from emoloss.fused import core
 from emoloss.losses.emo import MODE1_MAX_RATIO, emo_ce_combination, normalize_embeddings
 
 ArrayLike = jax.typing.ArrayLike
@@ -46,14 +41,20 @@ DEFAULT_CHUNK_SIZE = 1024
 class FusedOutput(NamedTuple):
   """Per-token results of :func:`fused_ce_emo` (all float32, shape ``[...]`` of the labels).
 
+  With ``softcap``/``temperature`` every output is of the transformed logits ``z'``.
+
   Attributes:
-    nll: cross-entropy ``lse - z_y``.
-    emo: EMO ``1 - (softmax(z) Ê) · ê_y``, or ``None`` when no cost embeddings were given.
-    lse: ``logsumexp(z)`` (add ``z_loss_weight * lse**2`` for a z-loss).
+    nll: cross-entropy ``lse - z'_y`` (with ``label_smoothing = ε``: against the targets
+      ``(1 - ε) onehot(y) + ε / V``, ``lse - (1 - ε) z'_y - ε mean(z')``).
+    emo: EMO ``1 - (softmax(z') Ê) · ê_y``, or ``None`` when no cost embeddings were given.
+    lse: ``logsumexp(z')`` (add ``z_loss_weight * lse**2`` for a z-loss).
+    entropy: entropy of the predictive distribution, ``-Σ p log p = lse - Σ p z'``
+      (differentiable; an unused output costs nothing in the backward pass).
   """
   nll: jax.Array
   emo: jax.Array | None
   lse: jax.Array
+  entropy: jax.Array
 
 
 class _Config(NamedTuple):
@@ -62,6 +63,7 @@ class _Config(NamedTuple):
   mesh: Mesh | None = None
   data_axis: AxisName = None
   model_axis: AxisName = None
+  options: core.Options = core.Options()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -135,13 +137,14 @@ def _chunk_logits(hidden, head, start, size, dtype):
 
 
 def _unit_rows(rows):
-  """Rows L2-normalised in float32 (a zero row stays zero), returned in the rows' dtype."""
-  return normalize_embeddings(rows).astype(rows.dtype)
+  """Rows L2-normalised, in float32 whatever their dtype (a zero row stays zero): rounding the
+  unit rows of bfloat16 embeddings back to bfloat16 would cost EMO ~1e-3."""
+  return normalize_embeddings(rows)
 
 
 def _chunk_cosines(target_unit, cost_embeddings, start, size):
   """``ê_y · ê_v`` for the chunk's columns, float32 ``[N, size]``; the chunk's cost embedding
-  rows are normalised here (``O(size k)``), so no normalised ``[V, k]`` copy is ever held."""
+  rows are normalised here in float32 (``O(size k)``), so no normalised ``[V, k]`` copy is held."""
   rows = jax.lax.dynamic_slice_in_dim(cost_embeddings, start, size, axis=0)
   return jnp.dot(target_unit, _unit_rows(rows).T, preferred_element_type=jnp.float32)
 
@@ -156,12 +159,13 @@ def _held_rows(table, labels, offset):
 
 
 def _target_unit(cost_embeddings, labels, offset, vocab_axis):
-  """``ê_y [N, k]``: each device gathers the targets it holds; a ``psum`` completes the rows."""
+  """``ê_y [N, k]`` (float32): each device gathers the targets it holds; a ``psum`` completes
+  the rows."""
   return _psum(_unit_rows(_held_rows(cost_embeddings, labels, offset)), vocab_axis)
 
 
 def _target_logit(hidden, head, labels, offset, vocab_axis, dtype):
-  """``z_y = h · W_y`` from one gathered row per token (``O(N d)``, float32 accumulation); a
+  """Raw ``z_y = h · W_y`` from one gathered row per token (``O(N d)``, float32 accumulation); a
   ``psum`` of ``[N]`` completes it across vocabulary shards."""
   rows = _held_rows(head, labels, offset).astype(dtype).astype(jnp.float32)
   return _psum(jnp.sum(hidden.astype(jnp.float32) * rows, axis=-1), vocab_axis)
@@ -179,93 +183,89 @@ def _is_target(offset, start, size, labels):
 
 
 def _local_forward(hidden, head, labels, cost_embeddings, config: _Config,
-                   vocab_axis: AxisName):
-  """Per-token ``(nll, emo or None, lse, expected_cos)`` with the vocabulary split over
-  ``vocab_axis``; ``expected_cos = (p Ê) · ê_y`` is kept for the backward pass."""
+                   vocab_axis: AxisName) -> core.Stats:
+  """Per-token :class:`core.Stats` with the vocabulary split over ``vocab_axis``: the chunks'
+  statistics merged online (:func:`core.merge`), then over the devices."""
   num_tokens = hidden.shape[0]
   local_vocab = head.shape[0]
   size = min(config.chunk_size, local_vocab)
   overlaps = local_vocab % size != 0
   dtype = _compute_dtype(hidden.dtype, head.dtype)
-  hidden = hidden.astype(dtype)
+  options = config.options
+  scale = core.scaling(options, dtype)
+  hidden = core.scale_hidden(hidden.astype(dtype), scale)
   offset = _vocab_offset(local_vocab, vocab_axis)
   with_emo = cost_embeddings is not None
   target_unit = _target_unit(cost_embeddings, labels, offset, vocab_axis) if with_emo else None
 
   def body(carry, start, fresh):
-    running_max, sum_exp, cos_sum = carry
     logits, _ = _chunk_logits(hidden, head, start, size, dtype)
-    if overlaps:
-      logits = jnp.where(_fresh_columns(start, fresh, size)[None, :], logits, -jnp.inf)
-    new_max = jnp.maximum(running_max, jnp.max(logits, axis=-1))
-    rescale = jnp.exp(running_max - new_max)
-    exps = jnp.exp(logits - new_max[:, None])
-    sum_exp = rescale * sum_exp + jnp.sum(exps, axis=-1)
-    if with_emo:
-      cosines = _chunk_cosines(target_unit, cost_embeddings, start, size)
-      cos_sum = rescale * cos_sum + jnp.sum(exps * cosines, axis=-1)
-    return (new_max, sum_exp, cos_sum), None
+    logits, _ = core.transform(logits, options, scale)
+    cosines = _chunk_cosines(target_unit, cost_embeddings, start, size) if with_emo else None
+    valid = _fresh_columns(start, fresh, size) if overlaps else None
+    chunk, _ = core.partial_stats(logits, options, cosines, valid)
+    return core.merge(carry, chunk), None
 
-  zeros = jnp.zeros((num_tokens,), jnp.float32)
-  init = (jnp.full((num_tokens,), -jnp.inf, jnp.float32), zeros, zeros)
-  (running_max, sum_exp, cos_sum), _ = _for_each_chunk(body, init, local_vocab, size)
-
-  # Combine the vocabulary shards: one pmax, then psums of rescaled [N] partials.
-  global_max = _pmax(running_max, vocab_axis)
-  rescale = jnp.exp(running_max - global_max)
-  sum_exp = _psum(sum_exp * rescale, vocab_axis)
-  target_logit = _target_logit(hidden, head, labels, offset, vocab_axis, dtype)
-  lse = global_max + jnp.log(sum_exp)
-  nll = lse - target_logit
-  if not with_emo:
-    return nll, None, lse, None
-  expected_cos = _psum(cos_sum * rescale, vocab_axis) / sum_exp
-  return nll, 1.0 - expected_cos, lse, expected_cos
+  init = core.empty(num_tokens, options, with_emo)
+  stats, _ = _for_each_chunk(body, init, local_vocab, size)
+  linear_sum = core.linear_logit_sum(hidden, core.head_sum(head.astype(dtype), options), scale)
+  if linear_sum is not None:
+    stats = stats._replace(logit_sum=linear_sum)
+  stats = core.merge_over(stats, vocab_axis)
+  target_logit, _ = core.transform(
+      _target_logit(hidden, head, labels, offset, vocab_axis, dtype), options, scale)
+  return core.finish(stats, target_logit, local_vocab * _axis_count(vocab_axis), options)
 
 
-def _local_backward(hidden, head, labels, cost_embeddings, lse, expected_cos, cotangents,
-                    config: _Config, vocab_axis: AxisName, token_axis: AxisName):
-  """``(∂h, ∂W)`` for per-token cotangents ``(g_nll, g_emo or None, g_lse)``, recomputing each
-  chunk's logits. ``∂h`` is summed over ``vocab_axis``, each ``∂W`` chunk over ``token_axis``."""
-  g_nll, g_emo, g_lse = cotangents
+def _axis_count(axis: AxisName):
+  """Number of devices along a mesh axis inside ``shard_map`` (1 for ``None``)."""
+  return 1 if axis is None else jax.lax.axis_size(axis)
+
+
+def _local_backward(hidden, head, labels, cost_embeddings, stats: core.Stats,
+                    cot: core.Cotangents, wants, config: _Config, vocab_axis: AxisName,
+                    token_axis: AxisName):
+  """``(∂h or None, ∂W or None)`` for per-token cotangents ``cot``, recomputing each chunk's
+  logits (:func:`core.logit_grad`). ``∂h`` is summed over ``vocab_axis``, each ``∂W`` chunk
+  over ``token_axis``; ``wants = (hidden?, head?)`` skips the matmul of an unneeded one."""
+  want_hidden, want_head = wants
   local_vocab = head.shape[0]
   size = min(config.chunk_size, local_vocab)
   overlaps = local_vocab % size != 0
   dtype = _compute_dtype(hidden.dtype, head.dtype)
-  hidden_c = hidden.astype(dtype)
+  scale = core.scaling(config.options, dtype)
+  hidden_c = core.scale_hidden(hidden.astype(dtype), scale)
   offset = _vocab_offset(local_vocab, vocab_axis)
-  with_emo = cost_embeddings is not None
+  with_emo = cot.emo is not None
   target_unit = _target_unit(cost_embeddings, labels, offset, vocab_axis) if with_emo else None
-  g_prob = g_nll + g_lse
-  if with_emo:
-    g_prob = g_prob + g_emo * expected_cos
-  g_prob = g_prob[:, None]
+  num_classes = local_vocab * _axis_count(vocab_axis)
 
   def body(grad_hidden, start, fresh):
-    logits, rows = _chunk_logits(hidden_c, head, start, size, dtype)
-    probs = jnp.exp(logits - lse[:, None])
-    # ∂/∂z_v = p_v (g_nll + g_lse + g_emo ((pÊ)·ê_y - ê_v·ê_y)) - g_nll [v = y]. The overlap of
-    # a moved-back last chunk gets its true gradient too (it is rewritten into ∂W with the same
-    # values) ...
-    target = jnp.where(_is_target(offset, start, size, labels), g_nll[:, None], 0.0)
-    if with_emo:
-      cosines = _chunk_cosines(target_unit, cost_embeddings, start, size)
-      grad_logits = probs * (g_prob - g_emo[:, None] * cosines) - target
-    else:
-      grad_logits = probs * g_prob - target
-    grad_logits = grad_logits.astype(dtype)
-    # ... but those rows must not add into ∂h twice.
-    if overlaps:
-      rows = jnp.where(_fresh_columns(start, fresh, size)[:, None], rows, 0)
-    grad_hidden = grad_hidden + jnp.dot(grad_logits, rows, preferred_element_type=jnp.float32)
+    raw, rows = _chunk_logits(hidden_c, head, start, size, dtype)
+    logits, slope = core.transform(raw, config.options, scale)
+    probs = jnp.exp(logits - stats.lse[:, None])
+    cosines = _chunk_cosines(target_unit, cost_embeddings, start, size) if with_emo else None
+    # The overlap of a moved-back last chunk gets its true gradient too (it is rewritten into ∂W
+    # with the same values) ...
+    grad_logits = core.logit_grad(logits, slope, probs, _is_target(offset, start, size, labels),
+                                  stats, cot, num_classes, config.options, cosines).astype(dtype)
+    if want_hidden:
+      if overlaps:  # ... but those rows must not add into ∂h twice.
+        rows = jnp.where(_fresh_columns(start, fresh, size)[:, None], rows, 0)
+      grad_hidden = grad_hidden + jnp.dot(grad_logits, rows, preferred_element_type=jnp.float32)
+    if not want_head:
+      return grad_hidden, None
     grad_rows = jax.lax.dot_general(grad_logits, hidden_c, (((0,), (0,)), ((), ())),
                                     preferred_element_type=jnp.float32)
     return grad_hidden, _psum(grad_rows, token_axis).astype(head.dtype)
 
-  init = jnp.zeros(hidden.shape, jnp.float32)
-  grad_hidden, grad_head = _for_each_chunk(body, init, local_vocab, size, head.shape[1:],
-                                           head.dtype)
-  grad_hidden = _psum(grad_hidden, vocab_axis).astype(hidden.dtype)
+  init = jnp.zeros(hidden.shape if want_hidden else (0,), jnp.float32)
+  grad_hidden, grad_head = _for_each_chunk(
+      body, init, local_vocab, size, head.shape[1:] if want_head else None, head.dtype)
+  if want_hidden:
+    grad_hidden = (_psum(grad_hidden, vocab_axis) * scale.pre).astype(hidden.dtype)
+  else:
+    grad_hidden = None
   return grad_hidden, grad_head
 
 
@@ -280,6 +280,11 @@ def _specs(config: _Config):
   return tokens, token_rows, vocab_rows
 
 
+def _spec_like(tree, spec):
+  """``spec`` for every array of ``tree`` and ``None`` where the tree holds ``None``."""
+  return jax.tree.map(lambda x: None if x is None else spec, tree, is_leaf=lambda x: x is None)
+
+
 def _placed(config: _Config, args, specs):
   """Reshards ``args`` to ``specs`` on the mesh (needed before ``shard_map`` when mesh axes are
   ``Explicit``, the default of ``jax.make_mesh``; a no-op when they already match)."""
@@ -292,63 +297,85 @@ def _placed(config: _Config, args, specs):
   return jax.tree.map(place, args, specs, is_leaf=lambda x: x is None)
 
 
-def _forward_all(config: _Config, hidden, head, labels, cost_embeddings):
+def _stats_specs(config: _Config, with_emo: bool) -> core.Stats:
+  """Partition specs of the per-token :class:`core.Stats` (``None`` for absent fields)."""
+  tokens = PartitionSpec(config.data_axis)
+  emo = tokens if with_emo else None
+  specs = (tokens, emo, tokens, tokens if config.options.entropy else None, emo)
+  return core.Stats(*specs)  # type: ignore[arg-type]  # a tree of specs, not of arrays
+
+
+def _forward_all(config: _Config, hidden, head, labels, cost_embeddings) -> core.Stats:
   if config.mesh is None:
     return _local_forward(hidden, head, labels, cost_embeddings, config, None)
-  tokens, token_rows, vocab_rows = _specs(config)
+  _, token_rows, vocab_rows = _specs(config)
+  tokens = PartitionSpec(config.data_axis)
   with_emo = cost_embeddings is not None
-  out_specs = (tokens, tokens if with_emo else None, tokens, tokens if with_emo else None)
+  in_specs = (token_rows, vocab_rows, tokens, vocab_rows if with_emo else None)
   fn = jax.shard_map(
       functools.partial(_local_forward, config=config, vocab_axis=config.model_axis),
-      mesh=config.mesh,
-      in_specs=(token_rows, vocab_rows, tokens, vocab_rows if with_emo else None),
-      out_specs=out_specs,
+      mesh=config.mesh, in_specs=in_specs, out_specs=_stats_specs(config, with_emo),
       # No autodiff runs through this shard_map (the VJP below is another shard_map), and every
       # output is made replicated over the model axis by explicit pmax/psum.
       check_vma=False,
   )
-  in_specs = (token_rows, vocab_rows, tokens, vocab_rows if with_emo else None)
   return fn(*_placed(config, (hidden, head, labels, cost_embeddings), in_specs))
+
+
+def _outputs(stats: core.Stats):
+  """The per-token outputs ``(nll, emo, lse, entropy)`` (not yet clamped)."""
+  return stats.nll, stats.emo, stats.lse, stats.entropy
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _fused(config: _Config, hidden, head, labels, cost_embeddings):
-  nll, emo, lse, _ = _forward_all(config, hidden, head, labels, cost_embeddings)
-  return nll, emo, lse
+  return _outputs(_forward_all(config, hidden, head, labels, cost_embeddings))
 
 
 def _fused_fwd(config: _Config, hidden, head, labels, cost_embeddings):
-  nll, emo, lse, expected_cos = _forward_all(config, hidden, head, labels, cost_embeddings)
-  return (nll, emo, lse), (hidden, head, labels, cost_embeddings, lse, expected_cos)
+  # symbolic_zeros: each argument comes as CustomVJPPrimal(value, perturbed). An unperturbed
+  # hidden or head (a frozen head, or jax.grad with respect to one of them) needs no gradient
+  # matmul; the choice reaches the backward pass in the residuals' structure (None for no).
+  wants = tuple(jnp.zeros((0,)) if x.perturbed else None for x in (hidden, head))
+  hidden, head, labels, cost_embeddings = custom_vjp_primal_tree_values(
+      (hidden, head, labels, cost_embeddings))
+  stats = _forward_all(config, hidden, head, labels, cost_embeddings)
+  return _outputs(stats), (hidden, head, labels, cost_embeddings, stats, wants)
+
+
+def symbolic_zero_to_none(g):
+  """A cotangent as float32, or ``None`` for a symbolic zero (an unused output)."""
+  return None if g is None or isinstance(g, SymbolicZero) else g.astype(jnp.float32)
 
 
 def _fused_bwd(config: _Config, residuals, cotangents):
-  hidden, head, labels, cost_embeddings, lse, expected_cos = residuals
-  g_nll, g_emo, g_lse = (None if g is None else g.astype(jnp.float32) for g in cotangents)
-  if cost_embeddings is not None and g_emo is None:  # pragma: no cover (JAX passes zeros, not None)
-    g_emo = jnp.zeros_like(lse)
+  hidden, head, labels, cost_embeddings, stats, wants = residuals
+  cot = core.Cotangents(*(symbolic_zero_to_none(g) for g in cotangents))
+  wants = tuple(w is not None for w in wants)
+  if cost_embeddings is None:
+    cot = cot._replace(emo=None)
   if config.mesh is None:
-    grad_hidden, grad_head = _local_backward(
-        hidden, head, labels, cost_embeddings, lse, expected_cos, (g_nll, g_emo, g_lse), config,
-        None, None)
+    grad_hidden, grad_head = _local_backward(hidden, head, labels, cost_embeddings, stats, cot,
+                                             wants, config, None, None)
   else:
     tokens, token_rows, vocab_rows = _specs(config)
     with_emo = cost_embeddings is not None
-    in_specs = (token_rows, vocab_rows, tokens, vocab_rows if with_emo else None, tokens,
-                tokens if with_emo else None, (tokens, tokens if with_emo else None, tokens))
+    in_specs = (token_rows, vocab_rows, tokens, vocab_rows if with_emo else None,
+                _stats_specs(config, with_emo), core.Cotangents(*_spec_like(cot, tokens)))
     fn = jax.shard_map(
-        functools.partial(_local_backward, config=config, vocab_axis=config.model_axis,
-                          token_axis=config.data_axis),
-        mesh=config.mesh, in_specs=in_specs, out_specs=(token_rows, vocab_rows),
+        functools.partial(_local_backward, wants=wants, config=config,
+                          vocab_axis=config.model_axis, token_axis=config.data_axis),
+        mesh=config.mesh, in_specs=in_specs,
+        out_specs=(token_rows if wants[0] else None, vocab_rows if wants[1] else None),
         check_vma=False,
     )
-    args = (hidden, head, labels, cost_embeddings, lse, expected_cos, (g_nll, g_emo, g_lse))
+    args = (hidden, head, labels, cost_embeddings, stats, cot)
     grad_hidden, grad_head = fn(*_placed(config, args, in_specs))
   # No cotangent for the integer labels nor the (stop-gradient) cost embeddings.
   return grad_hidden, grad_head, None, None
 
 
-_fused.defvjp(_fused_fwd, _fused_bwd)
+_fused.defvjp(_fused_fwd, _fused_bwd, symbolic_zeros=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -389,25 +416,34 @@ def _check_inputs(hidden, head, labels, cost_embeddings, where, chunk_size):
   return hidden, head, labels, where
 
 
-def _prepare(hidden, head, labels, cost_embeddings, where):
+def _prepare(hidden, head, labels, cost_embeddings, where, freeze_head=False):
   """Masked tokens get zero hidden states and label 0 (nothing NaN can come from them); so do
   unmasked labels outside ``[0, V)``, whose outputs :func:`_finish` sets to NaN (the label rule
   of :func:`emoloss.check_label_range`). The cost embeddings are held constant (they are
-  normalised chunk by chunk inside the kernel). Returns ``(hidden, labels, cost, rows)``."""
+  normalised chunk by chunk inside the kernel), and so is a frozen head (its ``∂W`` matmul is
+  then skipped). Returns ``(hidden, head, labels, cost, rows)``."""
   hidden = _checks.mask_inputs(hidden, where)
   labels, invalid = _checks.sanitise_labels(labels, where, head.shape[0])
   if cost_embeddings is not None:
     cost_embeddings = jax.lax.stop_gradient(jnp.asarray(cost_embeddings))
-  return hidden, labels, cost_embeddings, _checks.Rows(keep=where, invalid=invalid)
+  if freeze_head:
+    head = jax.lax.stop_gradient(head)
+  return hidden, head, labels, cost_embeddings, _checks.Rows(keep=where, invalid=invalid)
 
 
-def _finish(nll, emo, lse, rows: _checks.Rows, batch_shape) -> FusedOutput:
-  """Masks and reshapes the outputs; ``nll`` and ``emo`` are clamped at 0, which they are
-  mathematically (in float32 ``lse - z_y`` can round to -2e-6 for a confident token)."""
+def _finish(nll, emo, lse, entropy, rows: _checks.Rows, batch_shape) -> FusedOutput:
+  """Masks and reshapes the outputs; ``nll``, ``emo`` and ``entropy`` are clamped at 0, which
+  they are mathematically (in float32 ``lse - z_y`` can round to -2e-6 for a confident token)."""
   mask = lambda x: _checks.mask_loss(x, rows).reshape(batch_shape)
-  clamp = lambda x: jnp.maximum(x, 0.0)
+  clamp = core.nonnegative
   return FusedOutput(nll=mask(clamp(nll)), emo=None if emo is None else mask(clamp(emo)),
-                     lse=mask(lse))
+                     lse=mask(lse), entropy=mask(clamp(entropy)))
+
+
+def _check_freeze(freeze_head) -> bool:
+  if not isinstance(freeze_head, (bool, np.bool_)):
+    raise TypeError(f"`freeze_head` must be a bool (got {freeze_head!r}).")
+  return bool(freeze_head)
 
 
 def fused_ce_emo(
@@ -418,15 +454,24 @@ def fused_ce_emo(
     *,
     where: ArrayLike | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    label_smoothing: float = 0.0,
+    freeze_head: bool = False,
 ) -> FusedOutput:
-  r"""Per-token cross-entropy, EMO and log-sum-exp of ``z = h Wᵀ`` without materialising ``z``.
+  r"""Per-token cross-entropy, EMO, log-sum-exp and entropy of ``z = h Wᵀ`` without
+  materialising ``z``.
 
   .. math::
-    \mathrm{lse} = \log \sum_v e^{z_v}, \quad \mathrm{nll} = \mathrm{lse} - z_y, \quad
-    \mathrm{EMO} = 1 - (\mathrm{softmax}(z)\,\hat E) \cdot \hat e_y
+    z' = \frac{c \tanh(z / c)}{T}, \quad \mathrm{lse} = \log \sum_v e^{z'_v}, \quad
+    \mathrm{nll} = \mathrm{lse} - (1 - \varepsilon) z'_y - \tfrac{\varepsilon}{V} \sum_v z'_v,
+    \quad \mathrm{EMO} = 1 - (\mathrm{softmax}(z')\,\hat E) \cdot \hat e_y, \quad
+    H = \mathrm{lse} - \mathrm{softmax}(z') \cdot z'
 
-  equal (values and gradients with respect to ``hidden`` and ``head``) to materialising the
-  logits and calling ``optax.losses.softmax_cross_entropy_with_integer_labels`` and
+  (the soft-cap ``c`` only when ``softcap`` is set; ``T = temperature``,
+  ``ε = label_smoothing``), equal (values and gradients with respect to ``hidden`` and ``head``)
+  to materialising the transformed logits and calling
+  ``optax.losses.softmax_cross_entropy`` with ``optax.smooth_labels`` targets and
   :func:`emoloss.losses.emo_loss`. The vocabulary is processed in chunks of ``chunk_size`` rows
   of ``head`` with an online log-sum-exp; the backward pass recomputes each chunk's logits, so
   memory beyond the inputs and gradients is ``O(N (d + k) + N · chunk_size)`` instead of
@@ -434,12 +479,17 @@ def fused_ce_emo(
   multiple of ``chunk_size``.
 
   Each output has its own cotangent in the custom VJP, so any weighting, masked mean, z-loss
-  (``lse**2``) or per-token mix (:func:`emoloss.losses.emo_ce_combination`) can be applied to the
-  outputs in plain JAX. Matmuls run in the promoted dtype of their operands with float32
-  accumulation (bfloat16 ``hidden`` and ``head`` give bfloat16 matmuls); all statistics are
-  float32. Labels are not shifted: for a causal LM pass ``hidden[:, :-1]`` and ``tokens[:, 1:]``.
-  An unmasked label outside ``[0, V)`` gives NaN outputs for its token (the label rule of
-  :func:`emoloss.check_label_range`); masked tokens are inert whatever their label.
+  (``lse**2``), entropy bonus or per-token mix (:func:`emoloss.losses.emo_ce_combination`) can be
+  applied to the outputs in plain JAX; an output that is not used costs nothing in the backward
+  pass, and neither does the gradient of an argument that is not differentiated
+  (``freeze_head=True`` stops the head's gradient: its cotangent is zero and the ``∂W`` matmul,
+  a third of the backward work, is skipped). Matmuls run in the promoted dtype of their operands
+  with float32 accumulation (bfloat16 ``hidden`` and ``head`` give bfloat16 matmuls); all
+  statistics are float32, and the normalised cost embedding rows are kept in float32 whatever
+  the embeddings' dtype. Labels are not shifted: for a causal LM pass ``hidden[:, :-1]`` and
+  ``tokens[:, 1:]``. An unmasked label outside ``[0, V)`` gives NaN outputs for its token (the
+  label rule of :func:`emoloss.check_label_range`); masked tokens are inert whatever their label.
+  ``nll``, ``emo`` and ``entropy`` are clamped at 0 (float32 rounding can make them -1e-6).
 
   Args:
     hidden: ``[..., d]`` final hidden states (float32 or bfloat16).
@@ -448,14 +498,20 @@ def fused_ce_emo(
     cost_embeddings: optional ``[V, k]`` frozen embeddings defining the EMO cost
       ``1 - cos(e_i, e_j)`` (normalised here, no gradient). EMO is computed only when given.
     where: optional boolean mask ``[...]``; masked tokens output 0 and get zero gradient.
-    chunk_size: vocabulary rows per chunk (static). Peak temporary memory grows as
-      ``N * chunk_size``.
+    chunk_size: vocabulary rows per chunk (static; a Python or NumPy integer). Peak temporary
+      memory grows as ``N * chunk_size``.
+    softcap: ``c`` of the logit soft-cap ``c · tanh(z / c)`` (Gemma 2: 30.0), or ``None``.
+    temperature: ``T`` dividing the (soft-capped) logits.
+    label_smoothing: ``ε ∈ [0, 1]`` of the cross-entropy targets ``(1 - ε) onehot + ε / V``
+      (EMO keeps the target ``y``).
+    freeze_head: if True, no gradient flows to ``head`` (zero cotangent, no ``∂W`` work).
 
   Returns:
-    :class:`FusedOutput` ``(nll, emo, lse)`` of float32 ``[...]`` arrays; ``emo`` is ``None``
-    without ``cost_embeddings``.
+    :class:`FusedOutput` ``(nll, emo, lse, entropy)`` of float32 ``[...]`` arrays; ``emo`` is
+    ``None`` without ``cost_embeddings``.
 
   Examples:
+    >>> import jax
     >>> import jax.numpy as jnp
     >>> import numpy as np
     >>> import optax
@@ -469,22 +525,33 @@ def fused_ce_emo(
     >>> emo = emoloss.emo_loss(hidden @ head.T, labels, head)
     >>> print(jnp.allclose(out.nll, ce, atol=1e-4), jnp.allclose(out.emo, emo, atol=1e-5))
     True True
+    >>> capped = emoloss.fused_ce_emo(hidden, head, labels, softcap=3.0, chunk_size=8)
+    >>> z = 3.0 * jnp.tanh(hidden @ head.T / 3.0)  # the soft-capped logits
+    >>> p = jax.nn.softmax(z)
+    >>> entropy = -jnp.sum(p * jnp.log(p), axis=-1)
+    >>> print(jnp.allclose(capped.entropy, entropy, atol=1e-5))
+    True
 
   References:
     Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models", ICLR 2025
     (arXiv 2411.09009); Ren et al., "EMO: Earth Mover Distance Optimization for Auto-Regressive
     Language Modeling", ICLR 2024 (arXiv 2310.04691); Milakov & Gimelshein, "Online normalizer
-    calculation for softmax" (arXiv 1805.02867).
+    calculation for softmax" (arXiv 1805.02867); Gemma Team, "Gemma 2" (arXiv 2408.00118),
+    logit soft-capping; Szegedy et al., "Rethinking the Inception Architecture" (arXiv
+    1512.00567), label smoothing.
   """
   hidden, head, labels, where = _check_inputs(hidden, head, labels, cost_embeddings, where,
                                               chunk_size)
+  options = core.make_options(softcap, temperature, label_smoothing)
   batch_shape = labels.shape
-  hidden, labels, cost_embeddings, rows = _prepare(hidden, head, labels, cost_embeddings, where)
+  hidden, head, labels, cost_embeddings, rows = _prepare(
+      hidden, head, labels, cost_embeddings, where, _check_freeze(freeze_head))
   flat_hidden = hidden.reshape(-1, hidden.shape[-1])
-  config = _Config(chunk_size=int(chunk_size))
-  nll, emo, lse = _fused(config, flat_hidden, head, labels.reshape(-1), cost_embeddings)
+  config = _Config(chunk_size=int(chunk_size), options=options)
+  nll, emo, lse, entropy = _fused(config, flat_hidden, head, labels.reshape(-1),
+                                  cost_embeddings)
   flat_rows = jax.tree.map(lambda x: x.reshape(-1), rows)
-  return _finish(nll, emo, lse, flat_rows, batch_shape)
+  return _finish(nll, emo, lse, entropy, flat_rows, batch_shape)
 
 
 def _axis_size(mesh: Mesh, axis: AxisName) -> int:
@@ -525,6 +592,10 @@ def sharded_fused_ce_emo(
     model_axis: AxisName = "model",
     where: ArrayLike | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    label_smoothing: float = 0.0,
+    freeze_head: bool = False,
 ) -> FusedOutput:
   r""":func:`fused_ce_emo` with tokens split over ``data_axis`` and the vocabulary (rows of
   ``head`` and ``cost_embeddings``) over ``model_axis`` of ``mesh`` (a tensor-parallel head).
@@ -549,6 +620,10 @@ def sharded_fused_ce_emo(
     model_axis: mesh axis name(s) splitting the vocabulary, or ``None`` (head replicated).
     where: optional boolean mask ``[N]``.
     chunk_size: vocabulary rows per chunk within each device's shard.
+    softcap: logit soft-cap ``c`` or ``None`` (see :func:`fused_ce_emo`).
+    temperature: logit temperature ``T``.
+    label_smoothing: ``ε`` of the smoothed cross-entropy targets (``ε / V`` with the global V).
+    freeze_head: if True, no gradient (and no ``∂W`` work) for ``head``.
 
   Returns:
     :class:`FusedOutput` of float32 ``[N]`` arrays sharded over ``data_axis``.
@@ -578,11 +653,13 @@ def sharded_fused_ce_emo(
   hidden, head, labels, where = _check_inputs(hidden, head, labels, cost_embeddings, where,
                                               chunk_size)
   _check_mesh(hidden, head, mesh, data_axis, model_axis)
-  hidden, labels, cost_embeddings, rows = _prepare(hidden, head, labels, cost_embeddings, where)
+  options = core.make_options(softcap, temperature, label_smoothing)
+  hidden, head, labels, cost_embeddings, rows = _prepare(
+      hidden, head, labels, cost_embeddings, where, _check_freeze(freeze_head))
   config = _Config(chunk_size=int(chunk_size), mesh=mesh, data_axis=data_axis,
-                   model_axis=model_axis)
-  nll, emo, lse = _fused(config, hidden, head, labels, cost_embeddings)
-  return _finish(nll, emo, lse, rows, labels.shape)
+                   model_axis=model_axis, options=options)
+  nll, emo, lse, entropy = _fused(config, hidden, head, labels, cost_embeddings)
+  return _finish(nll, emo, lse, entropy, rows, labels.shape)
 
 
 def fused_emo_ce_loss(
@@ -595,6 +672,10 @@ def fused_emo_ce_loss(
     max_ratio: float | None = MODE1_MAX_RATIO,
     where: ArrayLike | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    label_smoothing: float = 0.0,
+    freeze_head: bool = False,
 ) -> jax.Array:
   r"""Per-token published EMO + CE mix from hidden states (fused :func:`emoloss.emo_ce_loss`).
 
@@ -618,6 +699,11 @@ def fused_emo_ce_loss(
     max_ratio: cap of the mode-1 ratio (default 3.0), ``None`` for uncapped.
     where: optional boolean mask ``[...]``; masked tokens give exactly 0.
     chunk_size: vocabulary rows per chunk.
+    softcap: logit soft-cap ``c`` or ``None``; CE and EMO both see ``softmax(z')``
+      (see :func:`fused_ce_emo`).
+    temperature: logit temperature ``T``.
+    label_smoothing: ``ε``: CE is taken against the smoothed targets.
+    freeze_head: if True, no gradient (and no ``∂W`` work) for ``head``.
 
   Returns:
     ``[...]`` float32 per-token loss.
@@ -641,7 +727,9 @@ def fused_emo_ce_loss(
   """
   if cost_embeddings is None:
     raise ValueError("`cost_embeddings` is required for the EMO + CE loss.")
-  out = fused_ce_emo(hidden, head, labels, cost_embeddings, where=where, chunk_size=chunk_size)
+  out = fused_ce_emo(hidden, head, labels, cost_embeddings, where=where, chunk_size=chunk_size,
+                     softcap=softcap, temperature=temperature, label_smoothing=label_smoothing,
+                     freeze_head=freeze_head)
   assert out.emo is not None  # computed whenever cost_embeddings are given
   loss = emo_ce_combination(out.nll, out.emo, mode=mode, max_ratio=max_ratio)
   # The label rule, applied again on the output (the mix's clamps may drop a NaN).

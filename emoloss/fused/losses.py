@@ -20,6 +20,10 @@ def fused_mixce_loss(
     eta: float = 0.5,
     where: ArrayLike | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    label_smoothing: float = 0.0,
+    freeze_head: bool = False,
 ) -> jax.Array:
   r"""Per-token MixCE loss from hidden states (fused :func:`emoloss.mixce_loss`).
 
@@ -37,6 +41,11 @@ def fused_mixce_loss(
     eta: mixing ratio ``η ∈ [0, 1]`` (1 is cross-entropy).
     where: optional boolean mask ``[...]``; masked tokens give exactly 0.
     chunk_size: vocabulary rows per chunk.
+    softcap: logit soft-cap ``c`` or ``None`` (see :func:`emoloss.fused_ce_emo`).
+    temperature: logit temperature ``T``.
+    label_smoothing: ``ε``: ``nll`` is the cross-entropy against the smoothed targets (and the
+      weight uses ``exp(-nll)`` of it).
+    freeze_head: if True, no gradient (and no ``∂W`` work) for ``head``.
 
   Returns:
     ``[...]`` float32 per-token loss.
@@ -59,6 +68,8 @@ def fused_mixce_loss(
     Cross-Entropies", ACL 2023 (arXiv 2305.16958).
   """
   _checks.check_scalar_range(eta, "eta", 0.0, 1.0)
-  nll = fused_ce_emo(hidden, head, labels, where=where, chunk_size=chunk_size).nll
+  nll = fused_ce_emo(hidden, head, labels, where=where, chunk_size=chunk_size, softcap=softcap,
+                     temperature=temperature, label_smoothing=label_smoothing,
+                     freeze_head=freeze_head).nll
   loss = mixce_weight(-nll, eta) * nll
   return loss if where is None else jnp.where(where, loss, 0.0)

@@ -10,10 +10,10 @@ turns them into the chunk's loss, its ``∂h`` rows and its contribution to ``�
 linear cross-entropy schedule): ``3 N V d`` multiply-adds for CE and ``3 N V d + N V k`` for
 CE + EMO (each chunk's cosine row ``ê_y · ê_v`` is formed once and serves both ``(p Ê) · ê_y`` and
 the gradient), instead of the ``4 N V d (+ 2 N V k)`` of the recompute schedule of
-:func:`emoloss.fused_ce_emo`. With ``p = softmax(z)``, ``c'_v = ê_v · ê_y`` and the per-token
-cotangents ``(g_nll, g_emo, g_lse)``:
-
-  ``∂/∂z_v = g_nll (p_v - [v = y]) + g_lse p_v + g_emo p_v ((p Ê)·ê_y - c'_v)``.
+:func:`emoloss.fused_ce_emo`. The per-token statistics, the logit options (soft-cap,
+temperature, label smoothing, entropy) and the logit gradient from the per-token cotangents
+``(g_nll, g_emo, g_lse, g_entropy)`` are those of :mod:`emoloss.fused.core`, shared with the
+recompute schedule.
 
 The custom VJP's forward pass computes the scalar loss and saves ``(∂h, ∂W)``; its backward pass
 only scales them by the incoming scalar cotangent.
@@ -27,9 +27,11 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.custom_derivatives import SymbolicZero, custom_vjp_primal_tree_values
 from jax.sharding import Mesh
 
-from emoloss.fused import chunked
+from emoloss.fused import chunked, core
 from emoloss.fused.chunked import AxisName, _pmax, _psum, _vocab_offset
 from emoloss.losses import emo as emo_module
 
@@ -64,12 +66,13 @@ def ce_per_token(nll, emo, lse):
 
 class _Config(NamedTuple):
   """Static (hashable) settings of one one-pass call."""
-  per_token: PerToken
+  per_token: Callable  # f(nll, emo, lse, entropy, *consts), see _convert_per_token
   token_chunk_size: int
   vocab_block_size: int = VOCAB_BLOCK
   mesh: Mesh | None = None
   data_axis: AxisName = None
   model_axis: AxisName = None
+  options: core.Options = core.Options(entropy=False)
 
 
 def default_token_chunk_size(vocab_size: int) -> int:
@@ -132,64 +135,100 @@ def _add_head_grad(grad_head, grad_logits, h, block):
   return grad_head
 
 
-def _local_onepass(hidden, head, labels, weights, cost_embeddings, config: _Config,
-                   vocab_axis: AxisName, token_axis: AxisName):
-  """Per-device loss (summed over ``token_axis``), ``∂h`` (summed over ``vocab_axis``) and ``∂W``
-  (summed over ``token_axis``) of ``Σ_n w_n f(nll_n, emo_n, lse_n)``, one token chunk at a time.
-  """
+def _apply_per_token(config: _Config, stats: core.Stats, consts):
+  """``f(nll, emo, lse, entropy, *consts)`` on ``[n]`` statistics; ``nll``, ``emo`` and
+  ``entropy`` clamped at 0 (so a ``sqrt`` or ``log`` in ``f`` never sees -1e-6)."""
+  nn = core.nonnegative
+  return config.per_token(nn(stats.nll), nn(stats.emo), stats.lse, nn(stats.entropy), *consts)
+
+
+def _local_onepass(hidden, head, labels, weights, cost_embeddings, consts, config: _Config,
+                   vocab_axis: AxisName, token_axis: AxisName, wants):
+  """Per-device loss (summed over ``token_axis``), ``∂h`` (summed over ``vocab_axis``), ``∂W``
+  (summed over ``token_axis``) and the cotangents of ``per_token``'s hoisted constants of
+  ``Σ_n w_n f(nll_n, emo_n, lse_n, entropy_n)``, one token chunk at a time. ``wants`` (static)
+  says which of ``∂h``, ``∂W`` and each constant's gradient to compute (``None`` otherwise)."""
+  want_hidden, want_head, want_consts = wants
   num_tokens, dim = hidden.shape
   dtype = jnp.result_type(hidden.dtype, head.dtype)
-  hidden = hidden.astype(dtype)
+  scale = core.scaling(config.options, dtype)
+  hidden = core.scale_hidden(hidden.astype(dtype), scale)
   head_c = head.astype(dtype)
   local_vocab = head.shape[0]
+  num_classes = local_vocab * chunked._axis_count(vocab_axis)
   offset = _vocab_offset(local_vocab, vocab_axis)
   columns = offset + jnp.arange(local_vocab, dtype=jnp.int32)
+  options = config.options
   with_emo = cost_embeddings is not None
-  if with_emo:  # cosines ê_y · ê_v = (ê_y · e_v) / ||e_v||: no normalised [V, k] copy is held
+  if with_emo:  # cosines ê_y · ê_v = (ê_y · e_v) / ||e_v||, all float32: no normalised copy
     inv_norms = _inverse_norms(cost_embeddings)
+    cost_f32 = cost_embeddings.astype(jnp.float32)
+  column_sum = core.head_sum(head_c, options)  # label smoothing without a cap: Σ_v W_v, once
   num_chunks, rows = _token_chunks(num_tokens, config.token_chunk_size)
   xs = tuple(_chunked_rows(x, num_chunks, rows) for x in (hidden, labels, weights))
 
   def body(carry, chunk):
-    total, grad_head = carry
+    total, grad_head, grad_consts = carry
     h, y, w = chunk
-    logits = _dot_rows(h, head_c)  # [n, V_local]
+    logits, slope = core.transform(_dot_rows(h, head_c), options, scale)  # [n, V_local]
     target = columns[None, :] == y[:, None]
     row_max = _pmax(jnp.max(logits, axis=-1), vocab_axis)
-    exps = jnp.exp(logits - row_max[:, None])
-    sum_exp = _psum(jnp.sum(exps, axis=-1), vocab_axis)
-    lse = row_max + jnp.log(sum_exp)
-    nll = lse - _psum(jnp.sum(jnp.where(target, logits, 0.0), axis=-1), vocab_axis)
-    emo = None
+    cosines = None
     if with_emo:
       target_unit = chunked._target_unit(cost_embeddings, y, offset, vocab_axis)
-      cosines = _dot_rows(target_unit.astype(cost_embeddings.dtype), cost_embeddings)
-      cosines = cosines * inv_norms[None, :]
-      expected_cos = _psum(jnp.sum(exps * cosines, axis=-1), vocab_axis) / sum_exp
-      emo = 1.0 - expected_cos
-    values, pullback = jax.vjp(config.per_token, nll, emo, lse)
+      cosines = _dot_rows(target_unit, cost_f32) * inv_norms[None, :]
+    part, exps = core.partial_stats(logits, options, cosines, row_max=row_max)
+    linear_sum = core.linear_logit_sum(h, column_sum, scale)
+    if linear_sum is not None:
+      part = part._replace(logit_sum=linear_sum)
+    part = core.Partial(part.max, *(core.psum(x, vocab_axis) for x in part[1:]))
+    target_logit = _psum(jnp.sum(jnp.where(target, logits, 0.0), axis=-1), vocab_axis)
+    stats = core.finish(part, target_logit, num_classes, options)
+    values, pullback = jax.vjp(lambda s, c: _apply_per_token(config, s, c), stats, consts)
     used = w != 0
-    g_nll, g_emo, g_lse = (None if g is None else jnp.where(used, g, 0.0).astype(jnp.float32)
-                           for g in pullback(w.astype(values.dtype)))
+    stats_bar, consts_bar = pullback(w.astype(values.dtype))
+    mask = lambda g: None if g is None else jnp.where(used, g, 0.0).astype(jnp.float32)
+    cot = core.Cotangents(mask(stats_bar.nll), mask(stats_bar.emo), mask(stats_bar.lse),
+                          mask(stats_bar.entropy))
     total = total + jnp.sum(jnp.where(used, w * values.astype(jnp.float32), 0.0))
-    probs = exps / sum_exp[:, None]
-    g_prob = g_nll + g_lse
-    if with_emo:
-      g_prob = g_prob + g_emo * expected_cos
-      grad_logits = probs * (g_prob[:, None] - g_emo[:, None] * cosines)
-    else:
-      grad_logits = probs * g_prob[:, None]
-    grad_logits = (grad_logits - jnp.where(target, g_nll[:, None], 0.0)).astype(dtype)
-    grad_h = jnp.dot(grad_logits, head_c, preferred_element_type=jnp.float32)
-    grad_head = _add_head_grad(grad_head, grad_logits, h, config.vocab_block_size)
-    return (total, grad_head), grad_h
+    grad_consts = [acc if acc is None else acc + g.astype(jnp.float32)
+                   for acc, g in zip(grad_consts, consts_bar)]
+    probs = exps / part.sum_exp[:, None]
+    grad_logits = core.logit_grad(logits, slope, probs, target, stats, cot, num_classes,
+                                  options, cosines).astype(dtype)
+    grad_h = jnp.dot(grad_logits, head_c, preferred_element_type=jnp.float32) \
+        if want_hidden else None
+    if want_head:
+      grad_head = _add_head_grad(grad_head, grad_logits, h, config.vocab_block_size)
+    return (total, grad_head, grad_consts), grad_h
 
-  init = (jnp.zeros((), jnp.float32), jnp.zeros((local_vocab, dim), jnp.float32))
-  (total, grad_head), grad_hidden = jax.lax.scan(body, init, xs)
-  grad_hidden = grad_hidden.reshape(num_chunks * rows, dim)[:num_tokens]
-  grad_hidden = _psum(grad_hidden, vocab_axis)
-  grad_head = _psum(grad_head, token_axis)
-  return _psum(total, token_axis), grad_hidden, grad_head
+  init = (jnp.zeros((), jnp.float32),
+          jnp.zeros((local_vocab, dim), jnp.float32) if want_head else None,
+          [jnp.zeros(jnp.shape(c), jnp.float32) if want else None
+           for c, want in zip(consts, want_consts)])
+  (total, grad_head, grad_consts), grad_hidden = jax.lax.scan(body, init, xs)
+  if want_hidden:
+    grad_hidden = grad_hidden.reshape(num_chunks * rows, dim)[:num_tokens]
+    grad_hidden = _psum(grad_hidden, vocab_axis) * scale.pre
+  grad_head = None if grad_head is None else _psum(grad_head, token_axis)
+  grad_consts = [None if g is None else _psum(g, token_axis) for g in grad_consts]
+  return _psum(total, token_axis), grad_hidden, grad_head, tuple(grad_consts)
+
+
+def _local_value(hidden, head, labels, weights, cost_embeddings, consts, config: _Config,
+                 vocab_axis: AxisName, token_axis: AxisName):
+  """The loss alone (no gradient wanted): the vocabulary-chunked forward pass of
+  :func:`emoloss.fused_ce_emo` (``N V d`` FLOPs, ``O(N (d + k))`` memory), then ``per_token``
+  on chunks of the same ``[n]`` shape as the gradient path, and the weighted sum."""
+  fused_config = chunked._Config(chunk_size=chunked.DEFAULT_CHUNK_SIZE, options=config.options)
+  stats = chunked._local_forward(hidden, head, labels, cost_embeddings, fused_config,
+                                 vocab_axis)
+  num_chunks, rows = _token_chunks(hidden.shape[0], config.token_chunk_size)
+  pieces = jax.tree.map(lambda x: _chunked_rows(x, num_chunks, rows), stats)
+  values = jax.vmap(lambda s: _apply_per_token(config, s, consts))(pieces).reshape(-1)
+  weights = _chunked_rows(weights, num_chunks, rows).reshape(-1)
+  total = jnp.sum(jnp.where(weights != 0, weights * values.astype(jnp.float32), 0.0))
+  return _psum(total, token_axis)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -200,59 +239,83 @@ def _specs(config: _Config):
   return chunked._specs(config)  # type: ignore[arg-type]  # (tokens, token rows, vocab rows)
 
 
-def _onepass_all(config: _Config, hidden, head, labels, weights, cost_embeddings):
+def _sharded(config: _Config, local, args, out_specs):
+  """``local(*args, config=, vocab_axis=, token_axis=)`` as a ``shard_map`` over the mesh (or
+  directly on one device)."""
   if config.mesh is None:
-    return _local_onepass(hidden, head, labels, weights, cost_embeddings, config, None, None)
+    return local(*args, config=config, vocab_axis=None, token_axis=None)
   tokens, token_rows, vocab_rows = _specs(config)
-  with_emo = cost_embeddings is not None
-  in_specs = (token_rows, vocab_rows, tokens, tokens, vocab_rows if with_emo else None)
+  with_emo = args[4] is not None
+  in_specs = (token_rows, vocab_rows, tokens, tokens, vocab_rows if with_emo else None,
+              (jax.sharding.PartitionSpec(),) * len(args[5]))
   fn = jax.shard_map(
-      functools.partial(_local_onepass, config=config, vocab_axis=config.model_axis,
+      functools.partial(local, config=config, vocab_axis=config.model_axis,
                         token_axis=config.data_axis),
-      mesh=config.mesh, in_specs=in_specs,
-      out_specs=(jax.sharding.PartitionSpec(), token_rows, vocab_rows),
+      mesh=config.mesh, in_specs=in_specs, out_specs=out_specs,
       # No autodiff runs through this shard_map, and the outputs are made replicated over the
-      # axes they do not vary along by the explicit psums in _local_onepass.
+      # axes they do not vary along by the explicit psums in the local functions.
       check_vma=False,
   )
-  args = (hidden, head, labels, weights, cost_embeddings)
   return fn(*chunked._placed(config, args, in_specs))  # type: ignore[arg-type]  # same mesh field
 
 
-def _value_only(config: _Config, hidden, head, labels, weights, cost_embeddings):
-  """The loss alone (no gradient wanted): the vocabulary-chunked forward pass of
-  :func:`emoloss.fused_ce_emo` (``N V d`` FLOPs, ``O(N (d + k))`` memory), then the per-token
-  function and the weighted sum in plain JAX."""
-  fused_config = chunked._Config(chunk_size=chunked.DEFAULT_CHUNK_SIZE, mesh=config.mesh,
-                                 data_axis=config.data_axis, model_axis=config.model_axis)
-  nll, emo, lse, _ = chunked._forward_all(fused_config, hidden, head, labels, cost_embeddings)
-  values = config.per_token(nll, emo, lse).astype(jnp.float32)
-  return jnp.sum(jnp.where(weights != 0, weights * values, 0.0))
+def _onepass_all(config: _Config, wants, *args):
+  _, token_rows, vocab_rows = _specs(config)
+  scalar = jax.sharding.PartitionSpec()
+  out_specs = (scalar, token_rows if wants[0] else None, vocab_rows if wants[1] else None,
+               tuple(scalar if want else None for want in wants[2]))
+  return _sharded(config, functools.partial(_local_onepass, wants=wants), args, out_specs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _onepass(config: _Config, hidden, head, labels, weights, cost_embeddings):
-  return _value_only(config, hidden, head, labels, weights, cost_embeddings)
+def _onepass(config: _Config, hidden, head, labels, weights, cost_embeddings, consts):
+  return _sharded(config, _local_value,
+                  (hidden, head, labels, weights, cost_embeddings, consts),
+                  jax.sharding.PartitionSpec())
 
 
-def _onepass_fwd(config: _Config, hidden, head, labels, weights, cost_embeddings):
-  total, grad_hidden, grad_head = _onepass_all(config, hidden, head, labels, weights,
-                                               cost_embeddings)
-  return total, (grad_hidden.astype(hidden.dtype), grad_head.astype(head.dtype))
+def _onepass_fwd(config: _Config, hidden, head, labels, weights, cost_embeddings, consts):
+  # symbolic_zeros: each argument comes as CustomVJPPrimal(value, perturbed); the gradient of an
+  # unperturbed one (a frozen head, a constant of per_token not being differentiated) is skipped.
+  wants = (hidden.perturbed, head.perturbed, tuple(c.perturbed for c in consts))
+  args = custom_vjp_primal_tree_values(
+      (hidden, head, labels, weights, cost_embeddings, consts))
+  total, grad_hidden, grad_head, grad_consts = _onepass_all(config, wants, *args)
+  hidden, head, consts = args[0], args[1], args[5]
+  cast = lambda g, x: None if g is None else g.astype(x.dtype)
+  return total, (cast(grad_hidden, hidden), cast(grad_head, head),
+                 tuple(cast(g, c) for g, c in zip(grad_consts, consts)))
 
 
 def _onepass_bwd(config: _Config, residuals, cotangent):
   del config
-  scale = lambda g: (cotangent.astype(jnp.float32) * g.astype(jnp.float32)).astype(g.dtype)
-  grad_hidden, grad_head = residuals
-  return scale(grad_hidden), scale(grad_head), None, None, None
+  grad_hidden, grad_head, grad_consts = residuals
+  zero = isinstance(cotangent, SymbolicZero)
+
+  def scale(g):
+    if g is None or zero:
+      return None
+    return (cotangent.astype(jnp.float32) * g.astype(jnp.float32)).astype(g.dtype)
+  return (scale(grad_hidden), scale(grad_head), None, None, None,
+          tuple(scale(g) for g in grad_consts))
 
 
-_onepass.defvjp(_onepass_fwd, _onepass_bwd)
+_onepass.defvjp(_onepass_fwd, _onepass_bwd, symbolic_zeros=True)
 
 
 # ----------------------------------------------------------------------------------------------
 # Public API.
+
+
+def _positive_int(value, name: str, allow_none: bool = False) -> int | None:
+  """A static positive Python or NumPy integer as ``int`` (``None`` passes when allowed)."""
+  if value is None and allow_none:
+    return None
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+      or value < 1:
+    raise ValueError(f"`{name}` must be a positive Python or NumPy int"
+                     f"{' or None' if allow_none else ''} (got {value!r}).")
+  return int(value)
 
 
 def _check_options(per_token, reduction, token_chunk_size, vocab_block_size):
@@ -260,15 +323,56 @@ def _check_options(per_token, reduction, token_chunk_size, vocab_block_size):
     raise TypeError(f"`per_token` must be a function f(nll, emo, lse) (got {per_token!r}).")
   if reduction not in REDUCTIONS:
     raise ValueError(f"`reduction` must be one of {REDUCTIONS} (got {reduction!r}).")
-  if token_chunk_size is not None and (
-      isinstance(token_chunk_size, bool) or not isinstance(token_chunk_size, int)
-      or token_chunk_size < 1):
-    raise ValueError(f"`token_chunk_size` must be a positive Python int or None (got "
-                     f"{token_chunk_size!r}).")
-  if isinstance(vocab_block_size, bool) or not isinstance(vocab_block_size, int) \
-      or vocab_block_size < 1:
-    raise ValueError(f"`vocab_block_size` must be a positive Python int (got "
-                     f"{vocab_block_size!r}).")
+  return (_positive_int(token_chunk_size, "token_chunk_size", allow_none=True),
+          _positive_int(vocab_block_size, "vocab_block_size"))
+
+
+def _convert_per_token(per_token, rows: int, with_emo: bool, entropy: bool):
+  """``per_token`` as ``f(nll, emo, lse, entropy, *consts)`` for ``[rows]`` inputs, and the
+  values it closes over that may be differentiated (``jax.closure_convert``): these become
+  explicit arguments of the custom VJP, so ``per_token`` may close over a value being
+  differentiated (e.g. a learned weight) and gets its gradient."""
+  def full(nll, emo, lse, ent):
+    return per_token(nll, emo, lse, ent) if entropy else per_token(nll, emo, lse)
+  x = jnp.zeros((rows,), jnp.float32)
+  example = (x, x if with_emo else None, x, x if entropy else None)
+  out = jax.eval_shape(full, *example)
+  if not hasattr(out, "shape") or out.shape != (rows,):
+    raise ValueError("`per_token` must return one value per token (an array of the shape of "
+                     f"`nll`, here ({rows},)), got {out}.")
+  converted, consts = jax.closure_convert(full, *example)
+  return converted, tuple(consts)
+
+
+def _call(hidden, head, labels, cost_embeddings, where, *, per_token, reduction,
+          token_chunk_size, vocab_block_size, softcap, temperature, label_smoothing, entropy,
+          freeze_head, mesh=None, data_axis=None, model_axis=None):
+  """The shared body of :func:`onepass_loss` and :func:`sharded_onepass_loss`."""
+  token_chunk_size, vocab_block_size = _check_options(per_token, reduction, token_chunk_size,
+                                                      vocab_block_size)
+  if not isinstance(entropy, (bool, np.bool_)):
+    raise TypeError(f"`entropy` must be a bool (got {entropy!r}).")
+  options = core.make_options(softcap, temperature, label_smoothing, entropy=bool(entropy))
+  hidden, head, labels, where = chunked._check_inputs(hidden, head, labels, cost_embeddings,
+                                                      where, token_chunk_size or 1)
+  data_size = model_size = 1
+  if mesh is not None:
+    model_size = chunked._check_mesh(hidden, head, mesh, data_axis, model_axis)
+    data_size = chunked._axis_size(mesh, data_axis)
+  hidden, head, labels, cost_embeddings, rows = chunked._prepare(
+      hidden, head, labels, cost_embeddings, where, chunked._check_freeze(freeze_head))
+  weights = _weights(where, labels.shape, reduction)
+  chunk = token_chunk_size or default_token_chunk_size(head.shape[0] // model_size)
+  hidden = hidden.reshape(-1, hidden.shape[-1])
+  _, chunk_rows = _token_chunks(hidden.shape[0] // data_size, chunk)
+  converted, consts = _convert_per_token(per_token, chunk_rows, cost_embeddings is not None,
+                                         options.entropy)
+  config = _Config(per_token=converted, token_chunk_size=chunk,
+                   vocab_block_size=vocab_block_size, mesh=mesh, data_axis=data_axis,
+                   model_axis=model_axis, options=options)
+  loss = _onepass(config, hidden, head, labels.reshape(-1), weights.reshape(-1),
+                  cost_embeddings, consts)
+  return _label_rule(loss, rows)
 
 
 def _weights(where, shape, reduction):
@@ -290,6 +394,11 @@ def onepass_loss(
     where: ArrayLike | None = None,
     token_chunk_size: int | None = None,
     vocab_block_size: int = VOCAB_BLOCK,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    label_smoothing: float = 0.0,
+    entropy: bool = False,
+    freeze_head: bool = False,
 ) -> jax.Array:
   r"""Scalar ``mean`` or ``sum`` over tokens of ``f(nll, emo, lse)`` of ``z = h Wᵀ``, its value
   and gradient computed in one pass over token chunks (nothing recomputed).
@@ -323,10 +432,24 @@ def onepass_loss(
   ``per_token`` must act elementwise on ``[n]`` vectors (token ``i`` of the output depends only
   on token ``i`` of the inputs) and may use ``jax.lax.stop_gradient`` (per-token weights such as
   the EMO/CE ratio of :func:`emo_ce_per_token` or TaiLr's ``p_y``-based weight via
-  ``exp(-nll)``); ``emo`` is ``None`` without ``cost_embeddings``. Matmuls run in the promoted
-  dtype of ``hidden`` and ``head`` with float32 accumulation; statistics, the loss and the ``∂W``
-  accumulator are float32. Labels are not shifted (pass ``hidden[:, :-1]``, ``tokens[:, 1:]`` for
-  a causal LM) and must lie in ``[0, V)``.
+  ``exp(-nll)``); ``emo`` is ``None`` without ``cost_embeddings``. With ``entropy=True`` it is
+  called as ``f(nll, emo, lse, entropy)`` with the per-token entropy ``-Σ p log p`` (an entropy
+  bonus: ``per_token=lambda nll, emo, lse, entropy: nll - 0.01 * entropy``). It receives ``nll``,
+  ``emo`` and ``entropy`` clamped at 0 on both the value-only and the gradient path (float32
+  rounding makes them about -1e-6 for confident tokens), so ``sqrt`` or ``log`` of them is safe.
+  It may close over arrays, including values being differentiated (a learned weight under
+  ``jax.grad``): such values are passed to the custom VJP as explicit arguments
+  (``jax.closure_convert``) and get their gradient, ``Σ_n w_n ∂f_n/∂a``.
+
+  The options act on ``z = h Wᵀ`` in this order: ``softcap`` (``z' = c · tanh(z / c)``), then
+  ``temperature`` (``z' / T``), then ``label_smoothing`` (``nll`` against the targets
+  ``(1 - ε) onehot(y) + ε / V``); ``lse``, EMO and the entropy are of ``softmax(z')``, the
+  distribution the model predicts. ``freeze_head=True`` (or simply not differentiating with
+  respect to ``head``) skips the ``∂W`` accumulation, a third of the work, and gives the head a
+  zero cotangent. Matmuls run in the promoted dtype of ``hidden`` and ``head`` with float32
+  accumulation; statistics, the loss and the ``∂W`` accumulator are float32, and so are the
+  normalised cost embedding rows whatever the embeddings' dtype. Labels are not shifted (pass
+  ``hidden[:, :-1]``, ``tokens[:, 1:]`` for a causal LM) and must lie in ``[0, V)``.
 
   Args:
     hidden: ``[..., d]`` final hidden states (float32 or bfloat16).
@@ -337,10 +460,16 @@ def onepass_loss(
     reduction: ``"mean"`` over unmasked tokens (0 when all are masked) or ``"sum"``.
     where: optional boolean mask ``[...]``; masked tokens contribute nothing and get zero
       gradient whatever their content.
-    token_chunk_size: tokens per chunk (static); default :func:`default_token_chunk_size` of
-      ``V``. Temporary memory grows as ``token_chunk_size * V``.
+    token_chunk_size: tokens per chunk (static; a Python or NumPy integer); default
+      :func:`default_token_chunk_size` of ``V``. Temporary memory grows as
+      ``token_chunk_size * V``.
     vocab_block_size: rows of the ``∂W`` accumulator updated in place per step (static); a
       temporary ``[vocab_block_size, d]`` float32 block.
+    softcap: ``c`` of the logit soft-cap ``c · tanh(z / c)`` (Gemma 2: 30.0), or ``None``.
+    temperature: ``T`` dividing the (soft-capped) logits.
+    label_smoothing: ``ε ∈ [0, 1]`` of the cross-entropy targets (EMO keeps the target ``y``).
+    entropy: if True, ``per_token`` takes a fourth argument, the per-token entropy.
+    freeze_head: if True, no gradient (and no ``∂W`` work) for ``head``.
 
   Returns:
     float32 scalar loss.
@@ -370,18 +499,10 @@ def onepass_loss(
     fused linear cross-entropy; Wijmans et al., "Cut Your Losses in Large-Vocabulary Language
     Models" (arXiv 2411.09009); Ren et al., "EMO" (arXiv 2310.04691).
   """
-  _check_options(per_token, reduction, token_chunk_size, vocab_block_size)
-  hidden, head, labels, where = chunked._check_inputs(hidden, head, labels, cost_embeddings,
-                                                      where, token_chunk_size or 1)
-  hidden, labels, cost_embeddings, rows = chunked._prepare(hidden, head, labels,
-                                                           cost_embeddings, where)
-  weights = _weights(where, labels.shape, reduction)
-  chunk = token_chunk_size or default_token_chunk_size(head.shape[0])
-  config = _Config(per_token=per_token, token_chunk_size=int(chunk),
-                   vocab_block_size=vocab_block_size)
-  loss = _onepass(config, hidden.reshape(-1, hidden.shape[-1]), head, labels.reshape(-1),
-                  weights.reshape(-1), cost_embeddings)
-  return _label_rule(loss, rows)
+  return _call(hidden, head, labels, cost_embeddings, where, per_token=per_token,
+               reduction=reduction, token_chunk_size=token_chunk_size,
+               vocab_block_size=vocab_block_size, softcap=softcap, temperature=temperature,
+               label_smoothing=label_smoothing, entropy=entropy, freeze_head=freeze_head)
 
 
 def _label_rule(loss: jax.Array, rows) -> jax.Array:
@@ -404,6 +525,11 @@ def sharded_onepass_loss(
     where: ArrayLike | None = None,
     token_chunk_size: int | None = None,
     vocab_block_size: int = VOCAB_BLOCK,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    label_smoothing: float = 0.0,
+    entropy: bool = False,
+    freeze_head: bool = False,
 ) -> jax.Array:
   r""":func:`onepass_loss` with tokens split over ``data_axis`` and the vocabulary (rows of
   ``head`` and ``cost_embeddings``) over ``model_axis`` of ``mesh``.
@@ -430,6 +556,11 @@ def sharded_onepass_loss(
     where: optional boolean mask ``[N]``.
     token_chunk_size: tokens per chunk on each device (default from the local vocabulary).
     vocab_block_size: rows of the local ``∂W`` accumulator updated per step.
+    softcap: logit soft-cap ``c`` or ``None`` (see :func:`onepass_loss`).
+    temperature: logit temperature ``T``.
+    label_smoothing: ``ε`` of the smoothed targets (``ε / V`` with the global ``V``).
+    entropy: if True, ``per_token`` takes the per-token entropy as a fourth argument.
+    freeze_head: if True, no gradient (and no ``∂W`` work) for ``head``.
 
   Returns:
     float32 scalar loss (replicated).
@@ -453,18 +584,11 @@ def sharded_onepass_loss(
     Hsu et al., "Liger Kernel" (arXiv 2410.10989); Shoeybi et al., "Megatron-LM"
     (arXiv 1909.08053), vocabulary-parallel cross-entropy.
   """
-  _check_options(per_token, reduction, token_chunk_size, vocab_block_size)
-  hidden, head, labels, where = chunked._check_inputs(hidden, head, labels, cost_embeddings,
-                                                      where, token_chunk_size or 1)
-  model_size = chunked._check_mesh(hidden, head, mesh, data_axis, model_axis)
-  hidden, labels, cost_embeddings, rows = chunked._prepare(hidden, head, labels,
-                                                           cost_embeddings, where)
-  weights = _weights(where, labels.shape, reduction)
-  chunk = token_chunk_size or default_token_chunk_size(head.shape[0] // model_size)
-  config = _Config(per_token=per_token, token_chunk_size=int(chunk),
-                   vocab_block_size=vocab_block_size, mesh=mesh, data_axis=data_axis,
-                   model_axis=model_axis)
-  return _label_rule(_onepass(config, hidden, head, labels, weights, cost_embeddings), rows)
+  return _call(hidden, head, labels, cost_embeddings, where, per_token=per_token,
+               reduction=reduction, token_chunk_size=token_chunk_size,
+               vocab_block_size=vocab_block_size, softcap=softcap, temperature=temperature,
+               label_smoothing=label_smoothing, entropy=entropy, freeze_head=freeze_head,
+               mesh=mesh, data_axis=data_axis, model_axis=model_axis)
 
 
 def emo_ce_per_token(mode: int = 1, max_ratio: float | None = 3.0) -> PerToken:

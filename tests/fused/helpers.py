@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 
@@ -59,3 +60,18 @@ def assert_only_small_all_reduces(hlo_text: str, limit: int, expect_some: bool =
     for dims in re.findall(r"\w+\[([\d,]*)\]", shapes):
       size = int(np.prod([int(x) for x in dims.split(",") if x])) if dims else 1
       assert size <= limit, (shapes, limit)
+
+
+def dot_flops(jaxpr, trips=1):
+  """FLOPs of every dot_general in a jaxpr, each multiplied by the trip count of its scans."""
+  total = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval.shape
+      out = eqn.outvars[0].aval.shape
+      total += 2 * trips * int(np.prod(out)) * int(np.prod([lhs[i] for i in lhs_contract]))
+    inner = trips * (eqn.params["length"] if eqn.primitive.name == "scan" else 1)
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      total += dot_flops(sub, inner)
+  return total

@@ -24,24 +24,27 @@ def program(fn, labels, cost, where, weights):
   """Outputs and gradients (w.r.t. hidden, head) of a scalar using every output."""
   def scalar(h, w):
     out = fn(h, w, labels, cost, where)
-    total = jnp.sum(weights[0] * out.nll) + jnp.sum(weights[2] * out.lse ** 2)
+    total = (jnp.sum(weights[0] * out.nll) + jnp.sum(weights[2] * out.lse ** 2)
+             + jnp.sum(weights[1] * out.entropy))
     return total if out.emo is None else total + jnp.sum(weights[1] * out.emo)
   return lambda h, w: (fn(h, w, labels, cost, where), jax.grad(scalar, argnums=(0, 1))(h, w))
 
 
-def check(mesh, data_axis, model_axis, n, v, d, k, chunk_size, with_emo, masked):
+def check(mesh, data_axis, model_axis, n, v, d, k, chunk_size, with_emo, masked, **options):
+  """Outputs (entropy included) and gradients of the sharded path against one device, with the
+  fused options (soft-cap, temperature, label smoothing over the global V, frozen head)."""
   hidden, head, labels, cost, weights = problem(n, v, d, k)
   cost = cost if with_emo else None
   where = (jnp.arange(n) % 5 != 2) if masked else None
   single = program(lambda h, w, y, e, m: emoloss.fused_ce_emo(
-      h, w, y, e, where=m, chunk_size=chunk_size), labels, cost, where, weights)
+      h, w, y, e, where=m, chunk_size=chunk_size, **options), labels, cost, where, weights)
   sharded = jax.jit(program(lambda h, w, y, e, m: emoloss.sharded_fused_ce_emo(
       h, w, y, e, mesh=mesh, data_axis=data_axis, model_axis=model_axis, where=m,
-      chunk_size=chunk_size), labels, cost, where, weights))
+      chunk_size=chunk_size, **options), labels, cost, where, weights))
   args = (jax.device_put(hidden, NamedSharding(mesh, P(data_axis, None))),
           jax.device_put(head, NamedSharding(mesh, P(model_axis, None))))
   expected, got = single(hidden, head), sharded(*args)
-  for name, a, b in zip(("nll", "emo", "lse", "d hidden", "d head"),
+  for name, a, b in zip(("nll", "emo", "lse", "entropy", "d hidden", "d head"),
                         jax.tree.leaves(got, is_leaf=lambda x: x is None),
                         jax.tree.leaves(expected, is_leaf=lambda x: x is None)):
     if b is None:
@@ -49,9 +52,13 @@ def check(mesh, data_axis, model_axis, n, v, d, k, chunk_size, with_emo, masked)
       continue
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     error, scale = np.max(np.abs(a - b)), np.max(np.abs(b))
+    if name == "d head" and options.get("freeze_head"):
+      assert np.all(a == 0.0) and np.all(b == 0.0), name
+      continue
     assert error <= 1e-5 * scale, f"{name}: {error} > 1e-5 * {scale} on {mesh}"
   head_sharding = NamedSharding(mesh, P(model_axis, None))  # ∂W stays sharded like W
-  assert got[1][1].sharding.is_equivalent_to(head_sharding, 2), got[1][1].sharding
+  if not options.get("freeze_head"):  # (a frozen head's zero cotangent is a broadcast constant)
+    assert got[1][1].sharding.is_equivalent_to(head_sharding, 2), got[1][1].sharding
   # Neither the head nor the logits is gathered: no all-gather/all-to-all at all, and every
   # all-reduce moves at most one device's token block of hidden- or cost-sized rows (partial
   # ∂hidden and p @ Ê, per-token max / sum-exp / target logit over the model axis) or one
@@ -65,7 +72,7 @@ def check(mesh, data_axis, model_axis, n, v, d, k, chunk_size, with_emo, masked)
   helpers.assert_only_small_all_reduces(sharded.lower(*args).compile().as_text(), limit,
                                         expect_some=True)
   print("ok", {"mesh": dict(mesh.shape), "emo": with_emo, "masked": masked, "v": v,
-              "chunk": chunk_size})
+              "chunk": chunk_size, **options})
 
 
 def main():
@@ -81,6 +88,10 @@ def main():
   check(auto, "data", "model", n=32, v=88, d=8, k=4, chunk_size=8, with_emo=False, masked=True)
   check(vocab_only, None, "model", n=16, v=96, d=8, k=4, chunk_size=5, with_emo=True,
         masked=True)
+  check(explicit, "data", "model", n=32, v=88, d=8, k=4, chunk_size=4, with_emo=True,
+        masked=True, softcap=2.0, temperature=0.7, label_smoothing=0.1)
+  check(auto, "data", "model", n=32, v=88, d=8, k=4, chunk_size=8, with_emo=False,
+        masked=False, softcap=30.0, freeze_head=True)
   print("ALL OK")
 
 

@@ -5,6 +5,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import jax.test_util
 import numpy as np
 import optax
 import pytest
@@ -21,25 +22,48 @@ def make_problem(n=12, v=37, d=8, k=5, seed=0, scale=1.0):
   return (*helpers.make_problem(n, v, d, k, seed, scale), helpers.cotangents(n, seed))
 
 
-def naive_outputs(hidden, head, labels, cost, where=None):
-  """The naive path: logits materialised, then optax / emoloss.losses."""
+OPTIONS = {  # name: keyword arguments of the fused functions (the reference applies the same)
+    "plain": {},
+    "softcap": {"softcap": 2.0},
+    "temperature": {"temperature": 0.6},
+    "label smoothing": {"label_smoothing": 0.1},
+    "all three": {"softcap": 3.0, "temperature": 1.7, "label_smoothing": 0.2},
+}
+
+
+def transformed_logits(hidden, head, softcap=None, temperature=1.0, **_):
+  """Materialised logits with the soft-cap, then the temperature, written out."""
   logits = jnp.dot(hidden, head.T, preferred_element_type=jnp.float32)
+  if softcap is not None:
+    logits = softcap * jnp.tanh(logits / softcap)
+  return logits / temperature
+
+
+def naive_outputs(hidden, head, labels, cost, where=None, **options):
+  """The naive path: transformed logits materialised, then optax (smoothed targets from
+  optax.smooth_labels) / emoloss.emo_loss, and the entropy from log_softmax."""
+  logits = transformed_logits(hidden, head, **options)
   mask = (lambda x: x) if where is None else (lambda x: jnp.where(where, x, 0.0))
-  nll = mask(optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels))
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, head.shape[0]),
+                                options.get("label_smoothing", 0.0))
+  nll = mask(optax.losses.softmax_cross_entropy(logits, targets))
   lse = mask(jax.nn.logsumexp(logits, axis=-1))
   emo = None if cost is None else emo_loss(logits, labels, cost, where=where)
-  return nll, emo, lse
+  log_p = jax.nn.log_softmax(logits)
+  entropy = mask(-jnp.sum(jnp.exp(log_p) * log_p, axis=-1))
+  return nll, emo, lse, entropy
 
 
-def fused_outputs(hidden, head, labels, cost, where=None, chunk_size=8):
+def fused_outputs(hidden, head, labels, cost, where=None, chunk_size=8, **options):
   return tuple(emoloss.fused_ce_emo(hidden, head, labels, cost, where=where,
-                                    chunk_size=chunk_size))
+                                    chunk_size=chunk_size, **options))
 
 
 def weighted_sum(outputs, weights):
   """A scalar using every output with its own per-token cotangent (z-loss style on lse)."""
-  nll, emo, lse = outputs
-  total = jnp.sum(weights[0] * nll) + jnp.sum(weights[2] * lse) + 0.1 * jnp.sum(lse ** 2)
+  nll, emo, lse, entropy = outputs
+  total = (jnp.sum(weights[0] * nll) + jnp.sum(weights[2] * lse) + 0.1 * jnp.sum(lse ** 2)
+           + 0.3 * jnp.sum(weights[1] * entropy))
   return total if emo is None else total + jnp.sum(weights[1] * emo)
 
 
@@ -62,7 +86,7 @@ def assert_close(actual, expected, rtol=RTOL, name=""):
 
 def assert_match(fused, naive, rtol=RTOL):
   (f_out, f_grads), (n_out, n_grads) = fused, naive
-  for name, a, b in zip(("nll", "emo", "lse"), f_out, n_out):
+  for name, a, b in zip(("nll", "emo", "lse", "entropy"), f_out, n_out):
     if b is None:
       assert a is None, name
     else:
@@ -81,6 +105,108 @@ def test_values_and_grads_match_naive(vocab, chunk_size, masked):
       lambda h, w: fused_outputs(h, w, labels, cost, where, chunk_size), hidden, head, weights)
   naive = values_and_grads(
       lambda h, w: naive_outputs(h, w, labels, cost, where), hidden, head, weights)
+  assert_match(fused, naive)
+
+
+@pytest.mark.parametrize("option, vocab, chunk_size, masked",
+                         [(option, 37, 8, True) for option in OPTIONS if option != "plain"]
+                         + [("all three", 40, 8, False)])
+def test_options_match_naive(option, vocab, chunk_size, masked):
+  """Soft-cap, temperature and label smoothing: every output (entropy included) and the
+  gradient of a scalar using all of them equal the naive path on the transformed logits, with V
+  a multiple of the chunk or not, with and without a mask."""
+  options = OPTIONS[option]
+  hidden, head, labels, cost, weights = make_problem(v=vocab, scale=3.0)  # logits near the cap
+  where = (jnp.arange(hidden.shape[0]) % 3 != 1) if masked else None
+  fused = values_and_grads(
+      lambda h, w: fused_outputs(h, w, labels, cost, where, chunk_size, **options), hidden, head,
+      weights)
+  naive = values_and_grads(
+      lambda h, w: naive_outputs(h, w, labels, cost, where, **options), hidden, head, weights)
+  assert_match(fused, naive)
+
+
+@pytest.mark.parametrize("name", ["fused_emo_ce_loss", "fused_mixce_loss"])
+def test_losses_built_on_the_fused_path_take_the_options(name):
+  options = OPTIONS["all three"]
+  hidden, head, labels, cost, weights = make_problem(v=41, seed=8, scale=3.0)
+  where = jnp.arange(hidden.shape[0]) != 2
+
+  def naive(h, w):
+    nll, emo, _, _ = naive_outputs(h, w, labels, cost, where, **options)
+    if name == "fused_emo_ce_loss":
+      return jnp.where(where, emoloss.emo_ce_combination(nll, emo), 0.0)
+    return jnp.where(where, emoloss.mixce_weight(-nll, 0.5) * nll, 0.0)
+
+  def fused(h, w):
+    if name == "fused_emo_ce_loss":
+      return emoloss.fused_emo_ce_loss(h, w, labels, cost, where=where, chunk_size=8, **options)
+    return emoloss.fused_mixce_loss(h, w, labels, where=where, chunk_size=8, **options)
+
+  def run(fn):
+    return jax.jit(lambda h, w: (fn(h, w), jax.grad(
+        lambda h, w: jnp.sum(weights[0] * fn(h, w)), argnums=(0, 1))(h, w)))(hidden, head)
+  for a, b in zip(jax.tree.leaves(run(fused)), jax.tree.leaves(run(naive))):
+    assert_close(a, b)
+
+
+def test_entropy_matches_float64_numpy_and_its_gradient_the_closed_form():
+  """H = -Σ p log p and ∂H/∂z_v = -p_v (log p_v + H), written out in float64 NumPy."""
+  hidden, head, labels, _, weights = make_problem(n=9, v=23, d=6, seed=3, scale=2.0)
+  g = weights[0]
+  out = emoloss.fused_ce_emo(hidden, head, labels, chunk_size=5)
+  d_hidden = jax.grad(lambda h: jnp.sum(
+      g * emoloss.fused_ce_emo(h, head, labels, chunk_size=5).entropy))(hidden)
+  h, w, gn = (np.asarray(x, np.float64) for x in (hidden, head, g))
+  logits = h @ w.T
+  log_p = logits - logits.max(1, keepdims=True)
+  log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
+  p = np.exp(log_p)
+  entropy = -(p * log_p).sum(1)
+  assert_close(out.entropy, entropy, name="entropy")
+  d_logits = -gn[:, None] * p * (log_p + entropy[:, None])
+  assert_close(d_hidden, d_logits @ w, name="d hidden")
+
+
+def test_softcap_gradient_matches_finite_differences():
+  """The soft-cap's derivative (1 - tanh²) / T through the custom VJP, against float32 finite
+  differences of the fused outputs themselves (``jax.test_util.check_grads``, reverse mode)."""
+  hidden, head, labels, cost, weights = make_problem(n=5, v=13, d=4, k=3, seed=9, scale=2.0)
+  fn = lambda h, w: weighted_sum(fused_outputs(h, w, labels, cost, None, 4, softcap=2.5,
+                                               temperature=0.8, label_smoothing=0.1), weights)
+  jax.test_util.check_grads(fn, (hidden, head), order=1, modes=["rev"], atol=2e-2, rtol=2e-2,
+                            eps=1e-2)
+
+
+def test_freeze_head_skips_the_head_gradient():
+  """freeze_head: zero cotangent for the head, the same ∂h, and one N V d matmul fewer in the
+  value-and-grad program (the ∂W matmul is not traced at all)."""
+  n, v, d, k = 12, 40, 6, 5
+  hidden, head, labels, cost, weights = make_problem(n=n, v=v, d=d, k=k)
+
+  def loss(h, w, freeze):
+    out = emoloss.fused_ce_emo(h, w, labels, cost, chunk_size=8, freeze_head=freeze)
+    return weighted_sum(tuple(out), weights)
+  trained = jax.grad(loss, argnums=(0, 1))(hidden, head, False)
+  frozen = jax.grad(loss, argnums=(0, 1))(hidden, head, True)
+  np.testing.assert_array_equal(frozen[1], np.zeros_like(head))
+  assert_close(frozen[0], trained[0], name="d hidden")
+  flops = {freeze: helpers.dot_flops(jax.make_jaxpr(jax.value_and_grad(
+      functools.partial(loss, freeze=freeze), argnums=(0, 1)))(hidden, head).jaxpr)
+      for freeze in (False, True)}
+  assert flops[False] - flops[True] == 2 * n * v * d, flops
+
+
+def test_bfloat16_cost_embeddings_keep_float32_unit_rows():
+  """bf16 cost embeddings: the normalised rows stay float32, so EMO equals emo_loss on the same
+  bf16 values (upcast) to float32 accuracy (rounding the unit rows to bf16 was off by ~1e-3)."""
+  hidden, head, labels, cost, weights = make_problem(n=16, v=50, d=16, k=8, seed=5)
+  cost16 = cost.astype(jnp.bfloat16)
+  fused = values_and_grads(lambda h, w: fused_outputs(h, w, labels, cost16, chunk_size=16),
+                           hidden, head, weights)
+  naive = values_and_grads(lambda h, w: naive_outputs(h, w, labels, cost16.astype(jnp.float32)),
+                           hidden, head, weights)
+  assert float(jnp.max(jnp.abs(fused[0][1] - naive[0][1]))) <= 2e-6
   assert_match(fused, naive)
 
 
@@ -161,18 +287,21 @@ def test_leading_batch_dimensions():
     np.testing.assert_array_equal(np.asarray(a).reshape(-1), b)
 
 
-def test_bfloat16_hidden_and_head():
+@pytest.mark.parametrize("with_options", [False, True])
+def test_bfloat16_hidden_and_head(with_options):
   """bf16 matmul inputs with float32 accumulation. Values are compared with the float32 naive
   path on the same (upcast) numbers to 1e-5 relative (bf16 x bf16 products are exact in float32);
   gradients come back in bfloat16, so they agree to bf16 rounding: 1e-2 relative to the largest
   entry."""
   hidden, head, labels, cost, weights = make_problem(n=16, v=50, d=16, k=8, seed=5)
   hidden16, head16 = hidden.astype(jnp.bfloat16), head.astype(jnp.bfloat16)
-  fused = values_and_grads(lambda h, w: fused_outputs(h, w, labels, cost, chunk_size=16),
-                           hidden16, head16, weights)
-  exact = values_and_grads(lambda h, w: naive_outputs(h, w, labels, cost),
+  options = OPTIONS["all three"] if with_options else {}
+  fused = values_and_grads(
+      lambda h, w: fused_outputs(h, w, labels, cost, chunk_size=16, **options),
+      hidden16, head16, weights)
+  exact = values_and_grads(lambda h, w: naive_outputs(h, w, labels, cost, **options),
                            hidden16.astype(jnp.float32), head16.astype(jnp.float32), weights)
-  for name, a, b in zip(("nll", "emo", "lse"), fused[0], exact[0]):
+  for name, a, b in zip(("nll", "emo", "lse", "entropy"), fused[0], exact[0]):
     assert a.dtype == jnp.float32
     assert_close(a, b, RTOL, name)
   for name, a, b in zip(("d hidden", "d head"), fused[1], exact[1]):
@@ -235,6 +364,21 @@ def test_argument_errors():
     emoloss.fused_ce_emo(hidden.astype(jnp.int32), head, labels)
   with pytest.raises(ValueError, match="mode"):
     emoloss.fused_emo_ce_loss(hidden, head, labels, cost, mode=3)
+  with pytest.raises(ValueError, match="softcap"):
+    emoloss.fused_ce_emo(hidden, head, labels, softcap=0.0)
+  with pytest.raises(ValueError, match="temperature"):
+    emoloss.fused_ce_emo(hidden, head, labels, temperature=-1.0)
+  with pytest.raises(ValueError, match="label_smoothing"):
+    emoloss.fused_ce_emo(hidden, head, labels, label_smoothing=1.5)
+  with pytest.raises(TypeError, match="temperature"):
+    jax.jit(lambda t: emoloss.fused_ce_emo(hidden, head, labels, temperature=t).nll)(2.0)
+  with pytest.raises(TypeError, match="freeze_head"):
+    emoloss.fused_ce_emo(hidden, head, labels, freeze_head="yes")
+  # NumPy integers and floats are static values like Python ones.
+  np.testing.assert_array_equal(
+      emoloss.fused_ce_emo(hidden, head, labels, chunk_size=np.int64(8),
+                           temperature=np.float32(2.0)).nll,
+      emoloss.fused_ce_emo(hidden, head, labels, chunk_size=8, temperature=2.0).nll)
 
 
 def test_sharded_matches_single_device_on_8_cpu_devices():

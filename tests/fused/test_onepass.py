@@ -3,7 +3,6 @@
 import functools
 
 import jax
-import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -52,13 +51,23 @@ PER_TOKEN = {
 }
 
 
-def naive_loss(hidden, head, labels, cost, reference, where=None, reduction="mean"):
-  """The naive path: logits materialised, per-token statistics from optax / emo_loss."""
+def naive_loss(hidden, head, labels, cost, reference, where=None, reduction="mean",
+               softcap=None, temperature=1.0, label_smoothing=0.0, entropy=False):
+  """The naive path: (transformed) logits materialised, per-token statistics from optax
+  (smoothed targets from optax.smooth_labels) / emo_loss, entropy from log_softmax."""
   logits = jnp.dot(hidden.astype(jnp.float32), head.astype(jnp.float32).T)
-  ce = optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
+  if softcap is not None:
+    logits = softcap * jnp.tanh(logits / softcap)
+  logits = logits / temperature
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, head.shape[0]), label_smoothing)
+  ce = optax.losses.softmax_cross_entropy(logits, targets)
   lse = jax.nn.logsumexp(logits, axis=-1)
   emo = None if cost is None else emo_loss(logits, labels, cost)
-  values = reference(ce, emo, lse)
+  if entropy:
+    log_p = jax.nn.log_softmax(logits)
+    values = reference(ce, emo, lse, -jnp.sum(jnp.exp(log_p) * log_p, axis=-1))
+  else:
+    values = reference(ce, emo, lse)
   mask = jnp.ones(labels.shape) if where is None else where.astype(jnp.float32)
   total = jnp.sum(jnp.where(mask > 0, values, 0.0))
   return total if reduction == "sum" else total / jnp.maximum(jnp.sum(mask), 1.0)
@@ -198,6 +207,146 @@ def test_confident_tokens_are_finite_under_jit(mode, max_ratio):
   assert float(jnp.max(jnp.abs(grads[0]))) <= 1e-6
 
 
+OPTIONS = {"softcap": 2.0, "temperature": 0.7, "label_smoothing": 0.1}
+
+
+@pytest.mark.parametrize("name, options", [
+    ("ce", OPTIONS), ("ce", {"softcap": 30.0}), ("ce", {"label_smoothing": 0.3}),
+    ("emo-ce mode 1", OPTIONS), ("z-loss", {"temperature": 1.5})])
+def test_options_match_naive(name, options):
+  """Soft-cap, temperature, label smoothing (applied in that order; EMO sees the same
+  distribution) against the naive computation on the transformed logits; masked, token chunks
+  not dividing N, ∂W blocks not dividing V."""
+  per_token, reference, with_emo = PER_TOKEN[name]
+  hidden, head, labels, cost = make_problem(scale=3.0)
+  cost = cost if with_emo else None
+  where = jnp.arange(hidden.shape[0]) % 3 != 1
+  onepass = functools.partial(emoloss.onepass_loss, labels=labels, cost_embeddings=cost,
+                              per_token=per_token, where=where, token_chunk_size=4,
+                              vocab_block_size=16, **options)
+  naive = functools.partial(naive_loss, labels=labels, cost=cost, reference=reference,
+                            where=where, **options)
+  expected = value_and_grads(naive, hidden, head)
+  assert_match(value_and_grads(onepass, hidden, head), expected)
+  assert_close(jax.jit(onepass)(hidden, head), expected[0], name="value only")
+
+
+def entropy_bonus(nll, emo, lse, entropy):
+  """CE minus an entropy bonus (the one-liner of the docs)."""
+  del emo, lse
+  return nll - 0.1 * entropy
+
+
+@pytest.mark.parametrize("options", [{}, OPTIONS])
+def test_entropy_per_token_matches_naive(options):
+  hidden, head, labels, _ = make_problem(scale=2.0)
+  where = jnp.arange(hidden.shape[0]) != 5
+  onepass = functools.partial(emoloss.onepass_loss, labels=labels, per_token=entropy_bonus,
+                              entropy=True, where=where, token_chunk_size=5, **options)
+  naive = functools.partial(naive_loss, labels=labels, cost=None, reference=entropy_bonus,
+                            where=where, entropy=True, **options)
+  expected = value_and_grads(naive, hidden, head)
+  assert_match(value_and_grads(onepass, hidden, head), expected)
+  assert_close(jax.jit(onepass)(hidden, head), expected[0], name="value only")
+
+
+def test_bfloat16_with_options():
+  per_token, reference, _ = PER_TOKEN["emo-ce mode 1"]
+  hidden, head, labels, cost = make_problem(n=16, v=50, d=16, k=8, seed=5, scale=2.0)
+  hidden16, head16 = hidden.astype(jnp.bfloat16), head.astype(jnp.bfloat16)
+  loss, grads = value_and_grads(
+      lambda h, w: emoloss.onepass_loss(h, w, labels, cost, per_token=per_token,
+                                        token_chunk_size=8, **OPTIONS), hidden16, head16)
+  ref_loss, ref_grads = value_and_grads(
+      lambda h, w: naive_loss(h, w, labels, cost, reference, **OPTIONS),
+      hidden16.astype(jnp.float32), head16.astype(jnp.float32))
+  assert_close(loss, ref_loss, name="loss")
+  for name, a, b in zip(("d hidden", "d head"), grads, ref_grads):
+    assert a.dtype == jnp.bfloat16, name
+    assert_close(a, b, 1e-2, name)
+
+
+def test_bfloat16_cost_embeddings_keep_float32_unit_rows():
+  """bf16 cost embeddings: EMO + CE and its gradients equal the naive path on the same bf16
+  values (upcast) to float32 accuracy (bf16 unit rows were off by 2-3e-4 relative)."""
+  per_token, reference, _ = PER_TOKEN["emo-ce mode 2"]
+  hidden, head, labels, cost = make_problem(n=16, v=50, d=16, k=8, seed=5)
+  cost16 = cost.astype(jnp.bfloat16)
+  got = value_and_grads(lambda h, w: emoloss.onepass_loss(
+      h, w, labels, cost16, per_token=per_token, token_chunk_size=8), hidden, head)
+  expected = value_and_grads(lambda h, w: naive_loss(
+      h, w, labels, cost16.astype(jnp.float32), reference), hidden, head)
+  assert_match(got, expected)
+  emo_only = lambda nll, emo, lse: emo
+  value = emoloss.onepass_loss(hidden, head, labels, cost16, per_token=emo_only)
+  logits = hidden @ head.T
+  assert abs(float(value) - float(jnp.mean(emo_loss(logits, labels, cost16)))) <= 2e-6
+
+
+def test_freeze_head_skips_the_head_gradient():
+  """freeze_head: zero head cotangent, the same ∂h, and 2 N V d (+ N V k) matmul work instead of
+  3 N V d (+ N V k): the ∂W accumulation is not traced."""
+  n, v, d, k, chunk = 24, 40, 6, 5, 8
+  hidden, head, labels, cost = make_problem(n=n, v=v, d=d, k=k)
+  loss = lambda h, w, freeze: emoloss.onepass_loss(
+      h, w, labels, cost, per_token=emoloss.emo_ce_per_token(1), token_chunk_size=chunk,
+      freeze_head=freeze)
+  trained = value_and_grads(functools.partial(loss, freeze=False), hidden, head)
+  frozen = value_and_grads(functools.partial(loss, freeze=True), hidden, head)
+  np.testing.assert_array_equal(frozen[1][1], np.zeros_like(head))
+  assert_close(frozen[0], trained[0], name="loss")
+  assert_close(frozen[1][0], trained[1][0], name="d hidden")
+  jaxpr = jax.make_jaxpr(jax.value_and_grad(functools.partial(loss, freeze=True),
+                                            argnums=(0, 1)))(hidden, head).jaxpr
+  assert helpers.dot_flops(jaxpr) == 2 * (2 * n * v * d + n * v * k)
+
+
+@pytest.mark.parametrize("with_grad", [False, True])
+def test_per_token_never_sees_a_negative_nll_or_emo(with_grad):
+  """Confident tokens (margins 30-100): lse - z_y and 1 - (p Ê)·ê_y round to about -1e-6 in
+  float32; per_token gets them clamped at 0 on both the value-only and the gradient path, so a
+  sqrt (or a NaN flag for negatives, as here) stays finite."""
+  hidden, head, labels, cost = make_problem(n=8, v=20, d=20, seed=7)
+  head = jnp.eye(20)
+  hidden = jnp.linspace(30.0, 100.0, 8)[:, None] * jax.nn.one_hot(labels, 20)
+  def flag(nll, emo, lse, entropy):
+    bad = (nll < 0) | (emo < 0) | (entropy < 0)
+    return jnp.where(bad, jnp.nan, jnp.sqrt(nll) + jnp.sqrt(emo) + entropy)
+  loss = lambda h: emoloss.onepass_loss(h, head, labels, cost, per_token=flag, entropy=True,
+                                        token_chunk_size=3)
+  value = jax.jit(jax.value_and_grad(loss))(hidden)[0] if with_grad else jax.jit(loss)(hidden)
+  assert np.isfinite(float(value)) and float(value) >= 0.0
+
+
+def test_per_token_may_close_over_a_differentiated_value():
+  """jax.grad through a weight that per_token closes over (the custom VJP takes it as an
+  explicit argument): d/da of mean(a nll + a² EMO) = mean(nll) + 2 a mean(EMO), eagerly and
+  under jit, together with the gradient with respect to the hidden states."""
+  hidden, head, labels, cost = make_problem()
+  def loss(a, h):
+    per_token = lambda nll, emo, lse: a * nll + a ** 2 * emo
+    return emoloss.onepass_loss(h, head, labels, cost, per_token=per_token, token_chunk_size=4)
+  def naive(a, h):
+    return naive_loss(h, head, labels, cost, lambda ce, emo, lse: a * ce + a ** 2 * emo)
+  for fn in (jax.grad(loss, argnums=(0, 1)), jax.jit(jax.grad(loss, argnums=(0, 1)))):
+    got = fn(jnp.float32(2.0), hidden)
+    expected = jax.grad(naive, argnums=(0, 1))(jnp.float32(2.0), hidden)
+    assert_close(got[0], expected[0], name="d a")
+    assert_close(got[1], expected[1], name="d hidden")
+  # The issue's example: a scalar Python float closed over under jax.grad.
+  d_a = jax.grad(lambda a: emoloss.onepass_loss(hidden, head, labels,
+                                                per_token=lambda n, e, l: a * n))(2.0)
+  assert_close(d_a, naive_loss(hidden, head, labels, None, lambda ce, emo, lse: ce), name="d a")
+
+
+def test_numpy_integer_chunk_sizes():
+  hidden, head, labels, cost = make_problem()
+  fn = lambda c, b: value_and_grads(lambda h, w: emoloss.onepass_loss(
+      h, w, labels, cost, token_chunk_size=c, vocab_block_size=b), hidden, head)
+  for a, b in zip(jax.tree.leaves(fn(np.int64(4), np.int32(16))), jax.tree.leaves(fn(4, 16))):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_masked_tokens_are_inert_and_fully_masked_is_zero():
   per_token, _, _ = PER_TOKEN["emo-ce mode 2"]
   hidden, head, labels, cost = make_problem(v=30)
@@ -235,21 +384,6 @@ def test_no_gradient_to_cost_embeddings():
   np.testing.assert_array_equal(d_cost, np.zeros_like(cost))
 
 
-def _dot_flops(jaxpr, trips=1):
-  """FLOPs of every dot_general in a jaxpr, each multiplied by the trip count of its scans."""
-  total = 0
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "dot_general":
-      (lhs_contract, _), _ = eqn.params["dimension_numbers"]
-      lhs = eqn.invars[0].aval.shape
-      out = eqn.outvars[0].aval.shape
-      total += 2 * trips * int(np.prod(out)) * int(np.prod([lhs[i] for i in lhs_contract]))
-    inner = trips * (eqn.params["length"] if eqn.primitive.name == "scan" else 1)
-    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-      total += _dot_flops(sub, inner)
-  return total
-
-
 @pytest.mark.parametrize("with_emo", [False, True])
 def test_logits_are_computed_once(with_emo):
   """The value-and-grad program's matmuls do exactly the multiply-adds of the one-pass schedule,
@@ -264,11 +398,11 @@ def test_logits_are_computed_once(with_emo):
                                            token_chunk_size=chunk)
   jaxpr = jax.make_jaxpr(jax.value_and_grad(loss, argnums=(0, 1)))(hidden, head).jaxpr
   expected = 2 * (3 * n * v * d + (n * v * k if with_emo else 0))
-  assert _dot_flops(jaxpr) == expected
+  assert helpers.dot_flops(jaxpr) == expected
   recompute = jax.make_jaxpr(jax.value_and_grad(
       lambda h, w: jnp.mean(emoloss.fused_ce_emo(h, w, labels, cost, chunk_size=8).nll),
       argnums=(0, 1)))(hidden, head).jaxpr
-  assert _dot_flops(recompute) >= expected + 2 * n * v * d  # the check can tell them apart
+  assert helpers.dot_flops(recompute) >= expected + 2 * n * v * d  # the check can tell them apart
 
 
 def test_compiled_memory_is_a_few_token_chunks():
@@ -306,6 +440,16 @@ def test_argument_errors():
     emoloss.onepass_loss(hidden, head, labels, where=jnp.ones(3, bool))
   with pytest.raises(ValueError, match="vocab_block_size"):
     emoloss.onepass_loss(hidden, head, labels, vocab_block_size=0)
+  with pytest.raises(ValueError, match="token_chunk_size"):
+    emoloss.onepass_loss(hidden, head, labels, token_chunk_size=np.float64(4.0))
+  with pytest.raises(ValueError, match="per_token"):
+    emoloss.onepass_loss(hidden, head, labels, per_token=lambda nll, emo, lse: jnp.sum(nll))
+  with pytest.raises(TypeError, match="entropy"):
+    emoloss.onepass_loss(hidden, head, labels, entropy=None)
+  with pytest.raises(ValueError, match="softcap"):
+    emoloss.onepass_loss(hidden, head, labels, softcap=-30.0)
+  with pytest.raises(ValueError, match="label_smoothing"):
+    emoloss.onepass_loss(hidden, head, labels, label_smoothing=-0.1)
   with pytest.raises(ValueError, match="mode"):
     emoloss.emo_ce_per_token(3)
   with pytest.raises(ValueError, match="max_ratio"):
