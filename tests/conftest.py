@@ -15,28 +15,40 @@ hypothesis.settings.register_profile("explore", derandomize=False, print_blob=Tr
 hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "derandomized"))
 
 
-# The suite runs in two pytest-xdist workers, one test file at a time each (--dist loadfile),
+# Two test lanes (markers in pyproject.toml): `python -m pytest -q` runs the library's own tests
+# (pyproject's addopts: `-m 'not slow and not experiments'`); `python -m pytest -q -m experiments`
+# runs the end-to-end experiment runs and the 8-device subprocess checks. A `-m` expression that
+# does not name `slow` leaves the `slow` tests (full-size experiments) out, so the second lane does
+# not start them; `-m slow` runs them.
+#
+# Each lane runs in two pytest-xdist workers, one test file at a time each (--dist loadfile),
 # handed out in collection order (--no-loadscope-reorder: xdist would otherwise order the files by
 # their number of tests, which puts the few long experiment tests last, where one worker is left
-# running them while the other idles). The files below take the most CPU time (pytest
-# --durations on 2 cores), longest first; the others follow in their usual order. Ordering only:
-# every test still runs.
+# running them while the other idles). The files below take the most CPU time (per-test process
+# CPU time on the shared 2-core machine), longest first, per lane; the others follow in their usual
+# order. A new long file belongs in its lane's list. Ordering only: every selected test runs.
 LONGEST_FIRST = (
+    # library lane
     "tests/test_reliability.py",
     "tests/fused/test_chunked.py",
-    "tests/test_lm_finetune.py",
     "tests/fused/test_onepass.py",
-    "tests/test_classification_experiments.py",
     "tests/losses/test_common.py",
     "tests/losses/test_exact.py",
-    "tests/oracle/test_run.py",
     "tests/lm/test_model.py",
+    # experiments lane
+    "tests/test_lm_finetune.py",
+    "tests/test_classification_experiments.py",
+    "tests/oracle/test_run.py",
     "tests/test_fused_bench.py",
 )
 
 
 def pytest_collection_modifyitems(config, items):
-  del config
+  if "slow" not in (config.option.markexpr or ""):
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+      items[:] = [item for item in items if not item.get_closest_marker("slow")]
+      config.hook.pytest_deselected(items=slow)
   rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
 
   def key(item):

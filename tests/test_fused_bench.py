@@ -5,6 +5,10 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.experiments  # end-to-end --quick runs: second test lane
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fused_bench.py"
 
 
