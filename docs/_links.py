@@ -1,5 +1,5 @@
 """Sphinx extension: inline code naming a public function or class (`emo_loss`,
-`emoloss.emo_loss`, `emo_loss()`) becomes a link to its entry in the API reference, so every
+`emoloss.emo_loss`, `emo_loss()`, a call `emo_loss(logits, labels, embeddings)`) becomes a link to its entry in the API reference, so every
 guide links the API pages of the functions it mentions without markup in its text. The
 right-hand sidebar of such a page lists them ("API on this page", ``_templates/api-links.html``).
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import re
 
 import _gen
 from docutils import nodes
@@ -28,10 +29,14 @@ def api_targets() -> dict[str, str]:
   return targets
 
 
+CALL = re.compile(r"(?:emoloss\.)?(\w+)(?:\(.*\))?", re.DOTALL)
+
+
 def _name(text: str) -> str:
-  text = text.strip()
-  text = text.removeprefix("emoloss.")
-  return text.removesuffix("()")
+  """``emo_loss``, ``emoloss.emo_loss``, ``emo_loss()`` or a call ``emo_loss(z, y, e)`` -> its
+  name; anything else -> ``""``."""
+  match = CALL.fullmatch(text.strip())
+  return match.group(1) if match else ""
 
 
 def link_api_names(doctree: nodes.document, targets: dict[str, str]) -> list[str]:
