@@ -24,7 +24,7 @@ hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "derandomi
 # that does not name `slow` leaves the `slow` tests (full-size experiments) out, so the second lane
 # does not start them; `-m slow` runs them.
 EXPERIMENT_DIRS = ("tests/lm/", "tests/oracle/")
-#
+
 # Each lane runs in two pytest-xdist workers, one test file at a time each (--dist loadfile),
 # handed out in collection order (--no-loadscope-reorder: xdist would otherwise order the files by
 # their number of tests, which puts the few long experiment tests last, where one worker is left
