@@ -44,6 +44,7 @@ LIBRARY_LONGEST_FIRST = (
 EXPERIMENTS_LONGEST_FIRST = (
     "tests/test_lm_finetune.py",
     "tests/test_classification_experiments.py",
+    "tests/test_lm_training_example.py",
     "tests/fused/test_chunked.py",
     "tests/oracle/test_run.py",
     "tests/fused/test_onepass.py",
