@@ -41,8 +41,8 @@ napoleon_use_rtype = False
 add_module_names = False
 
 # The theme of optax's and flax's docs: a navigation sidebar, a per-page table of contents on the
-# right ("On this page", with "API on this page" below it), and (docs/_static/custom.css) an article column wide enough for the guides'
-# 100-character code lines at a 1280-pixel window.
+# right ("On this page", with "API on this page" below it), and (docs/_static/custom.css) an
+# article column wide enough for 100-character code lines at a 1280-pixel-wide window.
 html_theme = "sphinx_book_theme"
 html_title = f"emoloss {release}"
 html_static_path = ["_static"]

@@ -80,8 +80,8 @@ def test_every_public_function_has_a_doctested_example():
 
 def test_inline_names_of_public_functions_link_to_their_api_entries(monkeypatch):
   """docs/_links.py: `emo_loss`, `emoloss.tiger()`, `margin_cross_entropy(...)` become
-  cross-references to the entries the API
-  pages document; other code, code inside a title and code inside a link stay as they are."""
+  cross-references to the entries the API pages document; other code, code inside a title and
+  code inside a link stay as they are."""
   from docutils import nodes
   from sphinx import addnodes
 
