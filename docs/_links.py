@@ -1,11 +1,12 @@
 """Sphinx extension: inline code naming a public function or class (`emo_loss`,
-`emoloss.emo_loss`, `emo_loss()`, a call `emo_loss(logits, labels, embeddings)`) becomes a link to its entry in the API reference, so every
-guide links the API pages of the functions it mentions without markup in its text. The
-right-hand sidebar of such a page lists them ("API on this page", ``_templates/api-links.html``).
+`emoloss.emo_loss`, `emo_loss()`, a call `emo_loss(logits, labels, embeddings)`) becomes a link
+to its entry in the API reference, so every guide links the API pages of the functions it
+mentions without markup in its text. The right-hand sidebar of such a page lists them ("API on
+this page", ``_templates/api-links.html``).
 
-Only names in the ``__all__`` of the subpackages that have API pages are linked (``_gen.SUBPACKAGES``),
-only outside the API pages themselves, and never inside a link or a title (headings
-stay plain: they are the pages' tables of contents).
+Only names in the ``__all__`` of the subpackages that have API pages are linked
+(``_gen.SUBPACKAGES``), only outside the API pages themselves, and never inside a link or a title
+(headings stay plain: they are the pages' tables of contents).
 """
 
 from __future__ import annotations
