@@ -25,6 +25,7 @@ extensions = [
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
     "myst_parser",
+    "_links",  # docs/_links.py: inline `name` of a public function links to its API entry
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 exclude_patterns = ["_build"]
@@ -39,8 +40,24 @@ napoleon_numpy_docstring = False
 napoleon_use_rtype = False
 add_module_names = False
 
-html_theme = "alabaster"
+# The theme of optax's and flax's docs: a navigation sidebar, a per-page table of contents on the
+# right ("On this page", with "API on this page" below it), and (docs/_static/custom.css) an
+# article column wide enough for 100-character code lines at a 1280-pixel-wide window.
+html_theme = "sphinx_book_theme"
 html_title = f"emoloss {release}"
+html_static_path = ["_static"]
+templates_path = ["_templates"]
+html_css_files = ["custom.css"]
+html_theme_options = {
+    "home_page_in_toc": True,
+    "show_toc_level": 2,
+    "toc_title": "On this page",
+    # The page's sections, then the API entries of the functions it mentions (docs/_links.py).
+    "secondary_sidebar_items": ["page-toc", "api-links"],
+    "use_download_button": False,
+    "use_fullscreen_button": False,
+    "navbar_persistent": [],  # the sidebar has the search field; no second one in a header bar
+}
 
 # Generated pages (gitignored): the API reference from `__all__`, the results from the JSON.
 _gen.write_api_pages(HERE / "_generated" / "api")

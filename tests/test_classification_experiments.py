@@ -16,6 +16,8 @@ import pytest
 
 from benchmarks.classification import accuracy_vs_ce, exact_toy, flooding, long_tail, rare_f1
 
+pytestmark = pytest.mark.experiments  # end-to-end run: second test lane
+
 
 def run_quick(module, tmp_path, capsys) -> dict:
   """Runs ``module.main`` with ``--quick`` into ``tmp_path``; checks its files and table."""

@@ -76,3 +76,38 @@ def test_every_public_function_has_a_doctested_example():
              if ">>> " not in (inspect.getdoc(getattr(emoloss, name)) or "").partition(
                  "Examples:")[2]]
   assert not missing, f"no `Examples:` section with >>> lines: {missing}"
+
+
+def test_inline_names_of_public_functions_link_to_their_api_entries(monkeypatch):
+  """docs/_links.py: `emo_loss`, `emoloss.tiger()`, `margin_cross_entropy(...)` become
+  cross-references to the entries the API pages document; other code, code inside a title and
+  code inside a link stay as they are."""
+  from docutils import nodes
+  from sphinx import addnodes
+
+  monkeypatch.syspath_prepend(str(ROOT / "docs"))
+  links = importlib.import_module("_links")
+  literal = lambda text: nodes.literal(text, text)
+  section = nodes.section("", nodes.title("", "", literal("emo_loss")))
+  section += nodes.paragraph("", "", literal("emo_loss"), literal("emoloss.tiger()"),
+                             literal("logits.shape"), literal("emo_loss"),
+                             literal("margin_cross_entropy(logits, labels, margins)"),
+                             literal("argmax(z - tau)"),
+                             nodes.reference("", "", literal("fused_ce_emo")))
+  doc = nodes.document(None, None)
+  doc += section
+  linked = links.link_api_names(doc, links.api_targets())
+  assert linked == ["emoloss.losses.emo_loss", "emoloss.transforms.tiger",
+                    "emoloss.losses.margin_cross_entropy"]
+  xrefs = list(doc.findall(addnodes.pending_xref))
+  assert [x["reftarget"] for x in xrefs] == [
+      "emoloss.losses.emo_loss", "emoloss.transforms.tiger", "emoloss.losses.emo_loss",
+      "emoloss.losses.margin_cross_entropy"]
+  assert [x.astext() for x in xrefs] == [
+      "emo_loss", "emoloss.tiger()", "emo_loss", "margin_cross_entropy(logits, labels, margins)"]
+  assert all(x["refdomain"] == "py" for x in xrefs)
+  assert not list(section[0].findall(addnodes.pending_xref))  # the title stays plain
+  # Every target is a name the API pages document (write_api_pages lists each `__all__`).
+  for target in links.api_targets().values():
+    module_name, name = target.rsplit(".", 1)
+    assert name in importlib.import_module(module_name).__all__

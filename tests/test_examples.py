@@ -3,6 +3,10 @@
 import runpy
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.experiments  # end-to-end example run: second test lane
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.experiments  # end-to-end --quick runs: second test lane
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fused_bench.py"
 
 
@@ -61,7 +63,6 @@ def test_quick_scaling_run_with_the_gpu_command_options(tmp_path):
   assert "| one-pass CE+EMO |" in stem.with_suffix(".md").read_text()
 
 
-@pytest.mark.experiments
 def test_quick_options_run(tmp_path):
   """--options: every option method runs beside its baseline (the ratios' units are 1)."""
   stem = tmp_path / "options"

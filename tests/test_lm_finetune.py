@@ -27,6 +27,8 @@ from benchmarks.lm import run as lm_run
 from benchmarks.lm.config import QUICK
 from benchmarks.lm.objectives import OBJECTIVES
 
+pytestmark = pytest.mark.experiments  # end-to-end run: second test lane
+
 NAMES = [o.name for o in OBJECTIVES]
 
 

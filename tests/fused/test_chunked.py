@@ -381,6 +381,7 @@ def test_argument_errors():
       emoloss.fused_ce_emo(hidden, head, labels, chunk_size=8, temperature=2.0).nll)
 
 
+@pytest.mark.experiments  # 8-device subprocess: second test lane
 def test_sharded_matches_single_device_on_8_cpu_devices():
   """tests/fused/sharded_check.py in a subprocess with 8 simulated CPU devices."""
   helpers.run_on_8_cpu_devices("sharded_check.py")

@@ -461,6 +461,7 @@ def test_argument_errors():
     emoloss.sharded_onepass_loss(hidden, head, labels, mesh=mesh)
 
 
+@pytest.mark.experiments  # 8-device subprocess: second test lane
 def test_sharded_matches_single_device_on_8_cpu_devices():
   """tests/fused/onepass_sharded_check.py in a subprocess with 8 simulated CPU devices."""
   helpers.run_on_8_cpu_devices("onepass_sharded_check.py")

@@ -14,6 +14,8 @@ import pytest
 
 from benchmarks.oracle import report, run
 
+pytestmark = pytest.mark.experiments  # end-to-end run: second test lane
+
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
