@@ -192,7 +192,7 @@ def human_summary(base, ref: Reference, config: Config, tokenizer) -> dict:
       "ceiling_text": metrics.text_statistics(texts),
       "ceiling_mauve_hidden": ceiling["mauve_hidden"],
       "ceiling_mauve_tfidf": ceiling["mauve_tfidf"],
-      "samples_per_side": int(len(ref.prompts)),
+      "samples_per_side": len(ref.prompts),
       "prompts": [data_lib.decode(tokenizer, ref.prompts[i:i + 1, :p])[0] for i in ref.examples],
       "examples": [human_texts[i] for i in ref.examples],
   }
@@ -298,7 +298,7 @@ def select_eta(ctx: Context, regime: Regime, base_state, base, log) -> dict:
       log(f"regime {regime.key} MixCE η={eta:g}: validation MAUVE hidden "
           f"{result['mauve_hidden']:.3f}, TF-IDF {result['mauve_tfidf']:.3f}")
     best = max(scores, key=lambda e: scores[e]["mauve_hidden"])
-    return {"seed": seed, "validation_prompts": int(len(ref.prompts)), "scores": scores,
+    return {"seed": seed, "validation_prompts": len(ref.prompts), "scores": scores,
             "eta": float(best), "criterion": "validation MAUVE, hidden-state featuriser"}
 
   return data_lib.cached_json(os.path.join(ctx.out_dir, f"mixce_select_{regime.key}.json"),
@@ -383,8 +383,8 @@ def run_regime(ctx: Context, regime: Regime, bases: list[tuple], *, progress: bo
       runs = 2 if name == "ce" else 1  # CE's second run measures one sampling run's noise
       evaluated[name] = data_lib.cached_json(
           os.path.join(out_dir, f"eval_{regime.key}_s{seed}_{name}.json"),
-          lambda name=name, decodings=decodings, runs=runs, base=base, seed=seed:
-          evaluate_model(ctx, regime, models[name], base_models[0], ref, seed, decodings, runs))
+          lambda model=models[name], decodings=decodings, runs=runs, seed=seed:
+          evaluate_model(ctx, regime, model, base_models[0], ref, seed, decodings, runs))
     evaluated["pretrained"] = base_eval[b]
     per_seed.append({"seed": seed, "base": b, "models": evaluated, "records": records})
     log(f"regime {regime.key} seed {seed} done")

@@ -246,8 +246,8 @@ def _regime_markdown(key: str, regime: dict, summary: dict, config: dict) -> lis
                + ", ".join(f"η={e}: {v['mauve_hidden']:.3f}" for e, v in sel["scores"].items())
                + f" → η = {sel['eta']:g}, then fixed for every seed."), ""]
   lines += ["### Claims", "",
-            "| objective | claim (vs CE) | metric | difference to CE | margin | detectable | "
-            "verdict |", "|---|---|---|---|---:|---:|---|"]
+            ("| objective | claim (vs CE) | metric | difference to CE | margin | detectable | "
+             "verdict |"), "|---|---|---|---|---:|---:|---|"]
   for c in CLAIMS:
     if c.objective not in comparisons or c.metric not in comparisons[c.objective]:
       continue
@@ -267,8 +267,8 @@ def _regime_markdown(key: str, regime: dict, summary: dict, config: dict) -> lis
                     "authors' LLaMA script differs (it drops sg(p_y) from EMO's value)."
                     if "emo_cap3" in comparisons else "")), ""]
   lines += ["### Metrics (mean ± sd over seeds, test split; unbiased samples unless marked)", "",
-            "| model | test ppl | accuracy | ECE | MAUVE hidden | MAUVE TF-IDF | rep-2 | "
-            "distinct-2 | rep-2 greedy | code ppl (forgetting) |",
+            ("| model | test ppl | accuracy | ECE | MAUVE hidden | MAUVE TF-IDF | rep-2 | "
+             "distinct-2 | rep-2 greedy | code ppl (forgetting) |"),
             "|---|---|---|---|---|---|---|---|---|---|"]
   for name in ["pretrained", *regime["objectives"]]:
     rows = [s["models"][name] for s in regime["seeds"]]
@@ -283,9 +283,9 @@ def _regime_markdown(key: str, regime: dict, summary: dict, config: dict) -> lis
              _mean_sd(greedy) if greedy else "",
              _mean_sd([math.exp(r["pretrain_val"]["nll"]) for r in rows], 1)]
     lines.append(f"| {labels[name]} | " + " | ".join(cells) + " |")
-  lines += [f"| human | | | | {human['ceiling_mauve_hidden']:.3f} (ceiling) | "
-            f"{human['ceiling_mauve_tfidf']:.3f} (ceiling) | {human['text']['rep2']:.3f} | "
-            f"{human['text']['distinct2']:.3f} | | |", ""]
+  lines += [(f"| human | | | | {human['ceiling_mauve_hidden']:.3f} (ceiling) | "
+             f"{human['ceiling_mauve_tfidf']:.3f} (ceiling) | {human['text']['rep2']:.3f} | "
+             f"{human['text']['distinct2']:.3f} | | |"), ""]
   if any(o in comparisons for o in ABLATION[1:]):
     lines += ["### EMO's cost: ablation of the uncapped EMO+CE mix (same seeds)", "",
               "| cost embedding | MAUVE hidden − CE | MAUVE TF-IDF − CE | test NLL − CE |",
@@ -306,8 +306,8 @@ def _regime_markdown(key: str, regime: dict, summary: dict, config: dict) -> lis
     cells = [f"{stats.format_difference(comparisons[o][k])} {_short(comparisons[o][k])}"
              if k in comparisons[o] else "" for o in comparisons]
     lines.append(f"| {k} | " + " | ".join(cells) + " |")
-  lines += ["", f"### Samples (seed {regime['seeds'][0]['seed']}, unbiased, three random test "
-            "prompts; the prompt, then the human continuation, then each model's)", ""]
+  lines += ["", (f"### Samples (seed {regime['seeds'][0]['seed']}, unbiased, three random test "
+                 "prompts; the prompt, then the human continuation, then each model's)"), ""]
   for i, prompt in enumerate(human["prompts"]):
     lines += [f"**Prompt {i + 1}**", "", *_fence(prompt), "", "human:", "",
               *_fence(human["examples"][i]), ""]
@@ -324,8 +324,8 @@ def markdown(results: dict, plot_name: str) -> str:
   lines = ["# LM fine-tuning: CE vs EMO+CE vs TaiLr vs MixCE (paired seeds, two regimes)", "",
            f"Command: `{results['command']}`", ""]
   if not results.get("complete", True):
-    lines += ["**Partial results**: the run stopped before every regime was finished; the "
-              "regimes below are complete.", ""]
+    lines += [("**Partial results**: the run stopped before every regime was finished; the "
+               "regimes below are complete."), ""]
   lines += [("Differences are the objective minus CE per seed: mean [95% t-interval] (seeds "
              "improving / n); verdicts against margins declared in `benchmarks/lm/report.py` "
              "before the run: holds, does not hold, inconclusive at this size, not testable "

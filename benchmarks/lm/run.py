@@ -38,6 +38,8 @@ _FIELD_FLAGS = (
     ("--pretrain-chars", "pretrain_chars", int, "characters of pretraining text used"),
     ("--adapt-train-chars", "adapt_train_chars", int,
      "regime A: characters of held-out stdlib files to fine-tune on"),
+    ("--adapt-test-chars", "adapt_test_chars", int,
+     "regime A: characters of held-out stdlib files for testing (prompts and human sets)"),
     ("--vocab-size", "vocab_size", int, "BPE vocabulary size (>= 300)"),
     ("--seq-len", "seq_len", int, "context length"),
     ("--d-model", "d_model", int, "transformer width"),
@@ -129,7 +131,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
       raise UsageError("--seed-list needs at least two different seeds (paired comparisons).")
     overrides["seeds"] = len(overrides["seed_list"])
   config = Config(**overrides)
-  for field in ("pretrain_chars", "adapt_train_chars", "vocab_size", "seq_len", "d_model",
+  for field in ("pretrain_chars", "adapt_train_chars", "adapt_test_chars", "vocab_size", "seq_len", "d_model",
                 "num_layers", "num_heads", "batch_size", "bases", "pretrain_steps",
                 "finetune_steps", "shift_steps", "eval_every", "seeds", "shift_seeds",
                 "prefix_len", "new_tokens", "max_prompts", "mauve_seeds", "chunk_size"):
