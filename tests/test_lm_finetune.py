@@ -263,7 +263,7 @@ def test_an_interrupted_run_continues_from_its_checkpoint(quick, tmp_path, monke
     (["--quic"], "unrecognized arguments: --quic"),
     (["--objectives", "ce,focal"], "--objectives must be"),
     (["--vocab-size", "100"], "smaller than the model needs"),
-    (["--prefix-len", "40", "--new-tokens", "40"], "must fit in --seq-len"),
+    (["--prefix-len", "100", "--new-tokens", "40"], "must fit in --seq-len"),
     (["--seeds", "0"], "--seeds must be positive"),
     (["--regimes", "A,C"], "--regimes must be"),
 ])

@@ -143,6 +143,7 @@ def regime_check(regime: dict, tol: float) -> dict:
   base_ppl = float(np.mean([math.exp(b["test"]["nll"]) for b in regime["bases"]]))
   ce_ppl = float(np.mean([math.exp(s["models"]["ce"]["test"]["nll"]) for s in seeds]))
   drops = {n: [s["records"][n]["plateau_drop"] for s in seeds] for n in regime["objectives"]}
+  best_steps = [s["records"][n]["best_step"] for s in seeds for n in regime["objectives"]]
   best_at_end = {n: sum(s["records"][n]["best_step"] == regime["steps"] for s in seeds)
                  for n in regime["objectives"]}
   return {
@@ -151,6 +152,7 @@ def regime_check(regime: dict, tol: float) -> dict:
       "plateau_tol": tol, "plateau_drop_max": {n: float(max(v)) for n, v in drops.items()},
       "plateaued": all(max(v) <= tol for v in drops.values()),
       "best_at_last_step": best_at_end,
+      "best_step_range": [int(min(best_steps)), int(max(best_steps))],
   }
 
 
@@ -226,7 +228,8 @@ def _regime_markdown(key: str, regime: dict, summary: dict, config: dict) -> lis
            + ("every run plateaued" if check["plateaued"] else "**not every run plateaued**")
            + " (largest last-quarter drop per objective: "
            + ", ".join(f"{labels[o]} {v:.4f}" for o, v in check["plateau_drop_max"].items())
-           + ").", ""]
+           + f"); chosen checkpoints at steps {check['best_step_range'][0]}–"
+           f"{check['best_step_range'][1]} of {regime['steps']}.", ""]
   noise = regime["noise"]
   if noise:
     flags = [f for f, v in noise.items() if v >= MARGINS[f].margin]
