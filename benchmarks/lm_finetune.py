@@ -1,9 +1,11 @@
-"""Offline LM fine-tuning experiment: CE vs EMO+CE vs TaiLr vs MixCE over paired seeds.
+"""Offline LM fine-tuning experiment: CE vs EMO+CE vs TaiLr vs MixCE over paired seeds, in two
+regimes (A: light in-domain adaptation of a competent base, the papers' regime; B: a domain
+shift).
 
 One command, no download::
 
-  python benchmarks/lm_finetune.py            # default run (16.4 minutes on 2 idle CPU cores)
-  python benchmarks/lm_finetune.py --quick    # CI-sized run
+  python benchmarks/lm_finetune.py            # default run (timing: README, "Main experiment")
+  python benchmarks/lm_finetune.py --quick    # CI-sized run (the tests' second lane)
 
 The experiment lives in the package :mod:`benchmarks.lm` (data, model + KV-cached sampler,
 objectives, train, metrics, stats, report, evaluation, run); this file is its entry point (as is

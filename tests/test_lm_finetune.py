@@ -1,13 +1,17 @@
 """The LM fine-tuning experiment (benchmarks/lm, entry point benchmarks/lm_finetune.py) end to
-end, in its --quick mode.
+end, in its --quick mode (second test lane: ``-m experiments``).
 
-One quick run (module fixture) is checked for its files, for real properties -- every objective
-lowers the pretrained base's held-out perplexity, MAUVE of human vs human text exceeds MAUVE of
-the untrained model's samples with both featurisers, each run's reported checkpoint is its best
-by validation NLL, every metric is finite, the results name no path of the interpreter -- and for
-resuming (a rerun loads every phase; an interrupted fine-tuning run continues from its
-checkpoint to the same curve). Bad command lines exit with a message and status 2. The sampler's
-own test (cached logits equal the forward pass) is in tests/lm/test_model.py.
+One quick run (module fixture) is checked for its files and for real properties: the regime
+check of regime A (base-to-CE test perplexity ratio <= 1.5, every run's validation NLL on a
+plateau before its checkpoint is chosen), CE lowering the base's held-out perplexity in both
+regimes, the human ceiling above the base in the domain shift, MAUVE on equal sample counts per
+side, the measured sampling noise recomputed independently, MixCE's eta the argmax of its
+validation MAUVE, each run's checkpoint its best by validation NLL, the results summary for
+machines, the sample continuations in the Markdown, every metric finite; and resuming (a rerun
+loads every phase; an interrupted fine-tuning run continues from its checkpoint to the same
+curve). Bad command lines exit with a message and status 2. The sampler's own test (cached
+logits equal the forward pass) is in tests/lm/test_model.py; the cost-ablation losses are
+checked against independent formulas in tests/lm/test_objectives.py.
 """
 
 import json
@@ -24,12 +28,13 @@ import pytest
 
 from benchmarks.lm import data as data_lib
 from benchmarks.lm import run as lm_run
-from benchmarks.lm.config import QUICK
-from benchmarks.lm.objectives import OBJECTIVES
+from benchmarks.lm import stats
+from benchmarks.lm.config import QUICK, Config
+from benchmarks.lm.evaluation import MAIN_ORDER
 
 pytestmark = pytest.mark.experiments  # end-to-end run: second test lane
 
-NAMES = [o.name for o in OBJECTIVES]
+QUICK_CONFIG = Config(**QUICK)
 
 
 def _quick_args(out: Path) -> list[str]:
@@ -50,54 +55,140 @@ def quick(tmp_path_factory):
 
 def test_quick_run_writes_json_markdown_plot_and_names_no_interpreter_path(quick):
   stored = json.loads((quick.out / "results.json").read_text())
-  assert stored["comparisons"] == json.loads(json.dumps(quick.results["comparisons"]))
+  assert stored["claims"] == json.loads(json.dumps(quick.results["claims"]))
   png = (quick.out / "results.png").read_bytes()
   assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 20_000
   markdown = (quick.out / "results.md").read_text()
-  assert "results.png" in markdown and "## The papers' claims" in markdown
+  assert "results.png" in markdown and "## Regime A" in markdown and "## Regime B" in markdown
   for text in (markdown, json.dumps(stored)):
     for path in {sys.prefix, sys.base_prefix, os.path.dirname(sys.executable)}:
       assert path not in text
-  assert len(stored["seeds"]) == QUICK["seeds"]
-  assert {c["verdict"] for c in stored["claims"]} <= {
-      "holds", "does not hold", "inconclusive at this size"}
+  assert stored["complete"] is True
+  assert {c["verdict"] for c in stored["claims"]} <= set(stats.VERDICTS)
 
 
-def test_every_objective_lowers_the_pretrained_perplexity_on_held_out_text(quick):
-  """Every objective lowers the base's held-out NLL in every seed, except uncapped EMO+CE: at
-  the quick size (d=32, vocabulary 512) its validation NLL rises in seed 0, so its best
-  checkpoint is the base itself; it must lower the NLL in the other seed and never end above
-  the base. (In the default run it lowers it in every seed.)"""
-  lowered = []
-  for seed in quick.results["seeds"]:
-    base = seed["models"]["pretrained"]["test"]["nll"]
-    assert base < seed["models"]["untrained"]["test"]["nll"]
-    for name in NAMES:
-      nll = seed["models"][name]["test"]["nll"]
-      if name == "emo":
-        assert nll <= base
-        lowered.append(nll < base)
-      else:
-        assert nll < base, (seed["seed"], name)
-  assert any(lowered)
+def test_results_summary_for_machines(quick):
+  """A top-level "regimes" object with the sizes that make MAUVE comparable, and every claim
+  carrying its regime."""
+  regimes = quick.results["regimes"]
+  assert set(regimes) == {"A", "B"}
+  for key, summary in regimes.items():
+    for field in ("base_test_ppl", "ce_test_ppl", "mauve_samples_per_side",
+                  "human_ceiling_samples_per_side", "kmeans_seeds", "continuation_tokens",
+                  "seeds"):
+      assert field in summary, (key, field)
+    assert summary["kmeans_seeds"] == QUICK["mauve_seeds"] >= 3
+    assert summary["continuation_tokens"] == QUICK["new_tokens"]
+    assert summary["human_ceiling_samples_per_side"] == summary["mauve_samples_per_side"]
+  assert regimes["A"]["mauve_samples_per_side"] == QUICK["max_prompts"]
+  assert regimes["A"]["seeds"] == list(QUICK_CONFIG.seed_values())
+  assert {c["regime"] for c in quick.results["claims"]} == {"A", "B"}
+  assert all(c["regime"] in regimes for c in quick.results["claims"])
 
 
-def test_human_mauve_exceeds_the_untrained_models(quick):
-  for seed in quick.results["seeds"]:
-    untrained = seed["models"]["untrained"]["samples"]["unbiased"]
-    for features in ("hidden", "tfidf"):
-      assert seed["human"][f"mauve_{features}_halves"] > untrained[f"mauve_{features}"] + 0.2
+def test_regime_check_of_regime_a(quick):
+  """Regime A is a light adaptation (base-to-CE test perplexity ratio <= 1.5, CE better than
+  the base) and every run has plateaued: its last quarter lowered its best validation NLL by at
+  most plateau_tol, recomputed here from the stored curves."""
+  regime = quick.results["per_regime"]["A"]
+  check = regime["check"]
+  assert 1.0 < check["ppl_ratio"] <= 1.5
+  assert check["ppl_ratio"] == pytest.approx(check["base_test_ppl"] / check["ce_test_ppl"])
+  steps = QUICK["finetune_steps"]
+  for seed in regime["seeds"]:
+    for name in regime["objectives"]:
+      curve = seed["records"][name]["curves"]["val"]
+      nll = np.asarray(curve["nll"])
+      late = np.asarray(curve["step"]) > 0.75 * steps
+      drop = max(0.0, nll[~late].min() - nll.min())
+      assert drop == pytest.approx(seed["records"][name]["plateau_drop"], abs=1e-9)
+      assert drop <= QUICK_CONFIG.plateau_tol, (seed["seed"], name)
+  assert check["plateaued"] is True
+  assert quick.results["regimes"]["A"]["ppl_ratio"] <= 1.5
+
+
+def test_ce_lowers_the_base_perplexity_in_both_regimes_and_the_shift_more(quick):
+  ratios = {}
+  for key, regime in quick.results["per_regime"].items():
+    for seed in regime["seeds"]:
+      models = seed["models"]
+      assert models["ce"]["test"]["nll"] < models["pretrained"]["test"]["nll"], (key, seed)
+    ratios[key] = regime["check"]["ppl_ratio"]
+  assert ratios["B"] > ratios["A"]
+
+
+def test_human_ceiling_uses_equal_sets_and_exceeds_the_base_under_the_domain_shift(quick):
+  """In regime B the base writes code after prose prompts, so two disjoint sets of human
+  continuations must look more alike (MAUVE) than the base's samples and the human ones."""
+  regime = quick.results["per_regime"]["B"]
+  human = regime["human"]
+  base = regime["bases"][0]["samples"]["unbiased"]
+  assert human["ceiling_mauve_hidden"] > base["mauve_hidden"] + 0.2
+  assert human["ceiling_mauve_tfidf"] > base["mauve_tfidf"]
+  for regime in quick.results["per_regime"].values():
+    assert len(regime["human"]["prompts"]) == len(regime["human"]["examples"]) == 3
+
+
+def test_sampling_noise_is_the_spread_of_two_runs(quick):
+  """The reported noise of one sampling run, recomputed as the standard deviation of the two
+  CE runs pooled over seeds (each pair's variance estimate is (a - b)^2 / 2)."""
+  regime = quick.results["per_regime"]["A"]
+  for features in ("hidden", "tfidf"):
+    runs = np.array([[r[f"mauve_{features}"] for r in s["models"]["ce"]["samples"]["unbiased"][
+        "runs"]] for s in regime["seeds"]])
+    assert runs.shape == (len(regime["seeds"]), 2)
+    want = np.sqrt(np.mean(np.var(runs, axis=1, ddof=1)))
+    assert regime["noise"][f"mauve_{features}"] == pytest.approx(want, rel=1e-9)
+    # the reported unbiased MAUVE of CE is its first run (paired with the other models')
+    for s, r in zip(regime["seeds"], runs):
+      assert s["models"]["ce"]["samples"]["unbiased"][f"mauve_{features}"] == r[0]
+
+
+def test_mixce_eta_is_the_argmax_of_validation_mauve_and_then_fixed(quick):
+  regime = quick.results["per_regime"]["A"]
+  selection = regime["mixce_selection"]
+  scores = {float(e): v["mauve_hidden"] for e, v in selection["scores"].items()}
+  assert set(scores) == set(QUICK["mixce_etas"])
+  assert selection["eta"] == max(scores, key=scores.get)
+  assert regime["labels"]["mixce"] == f"MixCE η={selection['eta']:g}"
+  for seed in regime["seeds"]:
+    assert seed["records"]["mixce"]["objective"] == f"mixce_{selection['eta']:g}"
+
+
+def test_cost_ablation_runs_over_the_same_seeds(quick):
+  regime = quick.results["per_regime"]["A"]
+  arms = ("emo_own", "emo_cehead", "emo_random", "emo_identity")
+  comparisons = regime["comparisons"]
+  for arm in arms:
+    assert comparisons[arm]["mauve_hidden/unbiased"]["n"] == QUICK["seeds"]
+    for seed in regime["seeds"]:
+      assert seed["records"][arm]["objective"] == arm
+  markdown = (quick.out / "results.md").read_text()
+  assert "ablation of the uncapped EMO+CE mix" in markdown and "identity (EMO = 1 − p_y)" in markdown
+
+
+def test_markdown_shows_three_continuations_per_objective(quick):
+  markdown = (quick.out / "results.md").read_text()
+  regime = quick.results["per_regime"]["A"]
+  for name in ["pretrained", *MAIN_ORDER]:
+    examples = regime["seeds"][0]["models"][name]["samples"]["unbiased"]["examples"]
+    assert len(examples) == 3
+    for text in examples:
+      assert text.strip().replace("```", "\'\'\'")[:40] in markdown
+  for text in regime["human"]["examples"]:
+    assert text.strip()[:40] in markdown
 
 
 def test_reported_checkpoint_is_the_best_by_validation_nll(quick):
-  steps = list(range(0, QUICK["finetune_steps"] + 1, QUICK["eval_every"]))
-  for seed in quick.results["seeds"]:
-    for name in NAMES:
-      record = seed["records"][name]
-      curve = record["curves"]["finetune_val"]
-      assert curve["step"] == steps
-      assert record["best_step"] == curve["step"][int(np.argmin(curve["nll"]))]
-      assert record["best_nll"] == min(curve["nll"])
+  for regime in quick.results["per_regime"].values():
+    steps = list(range(0, regime["steps"] + 1, QUICK["eval_every"]))
+    for seed in regime["seeds"]:
+      for name in regime["objectives"]:
+        record = seed["records"][name]
+        curve = record["curves"]["val"]
+        assert curve["step"] == steps
+        assert record["best_step"] == curve["step"][int(np.argmin(curve["nll"]))]
+        assert record["best_nll"] == min(curve["nll"])
 
 
 def _walk(value):
@@ -112,23 +203,17 @@ def _walk(value):
 
 
 def test_every_metric_is_finite_and_in_range(quick):
-  for seed in quick.results["seeds"]:
-    for model in seed["models"].values():
-      values = list(_walk(model))
-      assert values and all(math.isfinite(v) for v in values)
-      assert 0 <= model["test"]["ece"] <= 1 and 0 <= model["test"]["accuracy"] <= 1
-      for decoding in ("unbiased", "top_p"):
-        samples = model["samples"][decoding]
+  for regime in quick.results["per_regime"].values():
+    for seed in regime["seeds"]:
+      for model in seed["models"].values():
+        values = list(_walk(model))
+        assert values and all(math.isfinite(v) for v in values)
+        assert 0 <= model["test"]["ece"] <= 1 and 0 <= model["test"]["accuracy"] <= 1
+        samples = model["samples"]["unbiased"]
         assert 0 < samples["mauve_hidden"] <= 1 and 0 < samples["mauve_tfidf"] <= 1
         assert 0 <= samples["rep2"] <= 1 and 0 < samples["distinct2"] <= 1
-  for comparison in quick.results["comparisons"].values():
-    assert all(math.isfinite(v) for v in _walk(comparison))
-
-
-def test_test_metrics_cover_the_whole_test_split(quick):
-  tokens = quick.results["data"]["tokens"]["finetune_test"]
-  for seed in quick.results["seeds"]:
-    assert seed["models"]["ce"]["test"]["tokens"] == tokens - 1
+    for comparison in regime["comparisons"].values():
+      assert all(math.isfinite(v) for v in _walk(comparison))
 
 
 def test_rerun_loads_every_phase_and_reports_the_same(quick, capsys):
@@ -137,7 +222,8 @@ def test_rerun_loads_every_phase_and_reports_the_same(quick, capsys):
   seconds = time.perf_counter() - started
   assert "resuming" not in capsys.readouterr().out
   assert seconds < 0.5 * quick.seconds, (seconds, quick.seconds)
-  assert again["flat"] == quick.results["flat"]
+  for key in ("A", "B"):
+    assert again["per_regime"][key]["flat"] == quick.results["per_regime"][key]["flat"]
 
 
 class _Interrupted(Exception):
@@ -145,11 +231,13 @@ class _Interrupted(Exception):
 
 
 def test_an_interrupted_run_continues_from_its_checkpoint(quick, tmp_path, monkeypatch):
-  """CE fine-tuning of seed 0 stopped after its first checkpoint, then rerun: same curve."""
+  """CE fine-tuning of seed 0 (regime A) stopped after its first checkpoint, then rerun: same
+  curve."""
   folder = tmp_path / "checkpoints"
   shutil.copytree(quick.out / "checkpoints", folder)
-  (folder / "ft_s0_ce.npz").unlink()
-  (folder / "eval_s0_ce.json").unlink()
+  for name in os.listdir(folder):  # CE and everything evaluated or trained after it
+    if name.startswith(("ft_A_s0_", "eval_A_s0_")) and "mixce_" not in name:
+      (folder / name).unlink()
   batch_at = data_lib.batch_at
 
   def failing_batch_at(stream, seed, phase, step, *args):
@@ -163,10 +251,10 @@ def test_an_interrupted_run_continues_from_its_checkpoint(quick, tmp_path, monke
     lm_run.main(args)
   monkeypatch.setattr(data_lib, "batch_at", batch_at)
   resumed = lm_run.main(args)
-  original = quick.results["seeds"][0]["records"]["ce"]
-  record = resumed["seeds"][0]["records"]["ce"]
-  np.testing.assert_allclose(record["curves"]["finetune_val"]["nll"],
-                             original["curves"]["finetune_val"]["nll"], rtol=1e-5)
+  original = quick.results["per_regime"]["A"]["seeds"][0]["records"]["ce"]
+  record = resumed["per_regime"]["A"]["seeds"][0]["records"]["ce"]
+  np.testing.assert_allclose(record["curves"]["val"]["nll"], original["curves"]["val"]["nll"],
+                             rtol=1e-5)
   np.testing.assert_allclose(record["train_loss"], original["train_loss"], rtol=1e-5)
 
 
@@ -175,9 +263,9 @@ def test_an_interrupted_run_continues_from_its_checkpoint(quick, tmp_path, monke
     (["--quic"], "unrecognized arguments: --quic"),
     (["--objectives", "ce,focal"], "--objectives must be"),
     (["--vocab-size", "100"], "smaller than the model needs"),
-    (["--prefix-len", "40", "--new-tokens", "40"], "must fit in --seq-len"),
-    (["--top-p", "0"], "--top-p must lie in"),
+    (["--prefix-len", "100", "--new-tokens", "40"], "must fit in --seq-len"),
     (["--seeds", "0"], "--seeds must be positive"),
+    (["--regimes", "A,C"], "--regimes must be"),
 ])
 def test_bad_command_lines_exit_with_a_message(args, message, capsys):
   with pytest.raises(SystemExit) as exit_info:
@@ -210,10 +298,8 @@ def test_bad_corpora_exit_with_a_message(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_default_configuration(tmp_path):
-  """The README's run (16.4 minutes on 2 idle cores): the same properties at the default size."""
+  """The README's run: the same regime check at the default size."""
   results = lm_run.main(["--out", str(tmp_path / "checkpoints"), "--json",
                          str(tmp_path / "results.json"), "--no-progress"])
-  for seed in results["seeds"]:
-    for name in NAMES:
-      assert (seed["models"][name]["test"]["nll"]
-              < seed["models"]["pretrained"]["test"]["nll"]), name
+  assert results["regimes"]["A"]["ppl_ratio"] <= 1.5 and results["regimes"]["A"]["plateaued"]
+  assert results["regimes"]["A"]["mauve_samples_per_side"] >= 1000

@@ -2,10 +2,12 @@
 
 * :mod:`~benchmarks.lm.data` -- offline corpora, BPE tokenizer, token windows, batches;
 * :mod:`~benchmarks.lm.model` -- Flax NNX transformer, KV-cached sampler, likelihoods, features;
-* :mod:`~benchmarks.lm.objectives` -- CE, EMO+CE (uncapped / cap 3), TaiLr, MixCE per token;
+* :mod:`~benchmarks.lm.objectives` -- CE, EMO+CE (uncapped / cap 3, and its cost ablation),
+  TaiLr, MixCE per token;
 * :mod:`~benchmarks.lm.train` -- compiled train step, resumable runs, best-by-validation;
 * :mod:`~benchmarks.lm.metrics` -- perplexity, calibration, rep-n, distinct-n, Zipf, MAUVE;
-* :mod:`~benchmarks.lm.stats` -- paired t-intervals, sign counts, verdicts (generic);
+* :mod:`~benchmarks.lm.stats` -- paired t-intervals, sign counts, verdicts incl. "not testable
+  here" (generic);
 * :mod:`~benchmarks.lm.evaluation`, :mod:`~benchmarks.lm.report`, :mod:`~benchmarks.lm.run` --
   this experiment's orchestration, report and command line.
 """

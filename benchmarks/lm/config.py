@@ -14,43 +14,70 @@ class UsageError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """Every setting that changes the result (saved next to the checkpoints)."""
+  """Every setting that changes the result (saved next to the checkpoints).
+
+  Two regimes share one tokenizer and the pretrained base(s):
+
+  * regime A, the papers' regime (``adapt_*``): light in-domain adaptation of a competent base
+    on held-out standard-library files (about one epoch at a small learning rate), ``seeds``
+    paired fine-tuning seeds, the cost ablation, MixCE's ``η`` chosen on validation MAUVE;
+  * regime B, a domain shift (``shift_*``): the same base fine-tuned on Python's reference manual
+    at a larger learning rate, ``shift_seeds`` seeds.
+  """
   pretrain_corpus: str | None = None   # None: the Python standard library source.
   finetune_corpus: str | None = None   # None: pydoc_data.topics (Python reference manual).
-  pretrain_chars: int = 1_500_000      # training text taken from the pretraining corpus
+  pretrain_chars: int = 3_000_000      # training text taken from the pretraining corpus
   pretrain_val_chars: int = 60_000     # held-out pretraining text (forgetting)
-  held_out_every: int = 4              # every k-th fine-tuning document is held out ...
+  adapt_val_chars: int = 300_000       # regime A: held-out stdlib files (by file), validation
+  adapt_test_chars: int = 800_000    # ... test (prompts, human continuations, perplexity)
+  adapt_train_chars: int = 130_000     # ... fine-tuning text
+  held_out_every: int = 4              # every k-th manual topic is held out (regime B) ...
   # ... and the held-out documents alternate between validation and test.
   vocab_size: int = 2048
-  seq_len: int = 64
-  d_model: int = 64
+  seq_len: int = 128
+  d_model: int = 128
   num_layers: int = 2
   num_heads: int = 4
-  batch_size: int = 16
+  batch_size: int = 16                 # pretraining batch (sequences)
+  finetune_batch_size: int = 8         # fine-tuning batch (both regimes)
   eval_batch_size: int = 64            # rows per evaluation batch (held-out windows)
-  pretrain_steps: int = 500
+  val_tokens: int = 16_384             # validation NLL (checkpoint choice) on this many tokens
+  test_tokens: int = 65_536            # token metrics on this many test tokens
+  bases: int = 1                       # pretrained bases; seed s fine-tunes base s % bases
+  pretrain_steps: int = 1600
   pretrain_lr: float = 3e-3
-  finetune_steps: int = 300
-  finetune_lr: float = 1e-3
+  finetune_steps: int = 40             # regime A: about one epoch of adapt_train
+  finetune_lr: float = 3e-4
+  shift_steps: int = 60                # regime B
+  shift_lr: float = 1e-3
   weight_decay: float = 0.01
-  warmup_steps: int = 30
-  eval_every: int = 30                 # validation NLL (checkpoint choice) every k steps
-  seeds: int = 5                       # paired (base, fine-tuning seed) runs
+  warmup_steps: int = 50
+  eval_every: int = 5                  # validation NLL (checkpoint choice) every k steps
+  plateau_tol: float = 0.01            # plateau: the last quarter improves the best val NLL
+  #                                      by at most this many nats
+  seeds: int = 5                       # regime A: paired fine-tuning seeds
   first_seed: int = 0
   seed_list: tuple[int, ...] = ()      # explicit seeds (overrides seeds / first_seed)
-  prefix_len: int = 16                 # generation: prefix tokens of a held-out window ...
-  new_tokens: int = 48                 # ... and sampled continuation tokens
-  max_prompts: int = 256               # held-out windows used as prompts (at most)
-  sampling_runs: int = 2               # sampling runs per model and decoding
-  top_p: float = 0.95                  # the second decoding (the first is unbiased, top-p 1)
-  mauve_seeds: int = 1                 # MAUVE k-means seeds per sampling run (distinct per run)
+  shift_seeds: int = 3                 # regime B: the first seeds of regime A
+  prefix_len: int = 32                 # generation: prefix tokens of a held-out window ...
+  new_tokens: int = 80                 # ... and sampled continuation tokens
+  max_prompts: int = 1000              # prompts per side (and human ceiling sets of this size)
+  top_p: float = 0.95                  # top-p decoding (off unless in decodings)
+  decodings: tuple[str, ...] = ("unbiased", "greedy")
+  mauve_seeds: int = 3                 # MAUVE k-means seeds per sampling run
   tfidf_dim: int = 64                  # TruncatedSVD dimension of the TF-IDF featuriser
   objectives: tuple[str, ...] = ()     # () = every objective of objectives.OBJECTIVES
+  shift_objectives: tuple[str, ...] = ("ce", "emo", "emo_cap3")
+  ablation: bool = True                # regime A: the cost ablation of the uncapped mix
+  select_eta: bool = True              # regime A: MixCE's η on validation MAUVE (first seed)
+  mixce_etas: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)  # ... from these
+  greedy_prompts: int = 250            # greedy continuations (repetition) per model
+  regimes: tuple[str, ...] = ("A", "B")
   loss_path: str = "fused"             # fused (emoloss.fused_ce_emo) | plain
   chunk_size: int = 1024               # vocabulary chunk of the fused path
 
   def seed_values(self) -> tuple[int, ...]:
-    """The paired runs' seeds: ``seed_list`` if given, else ``first_seed ..`` (``seeds``)."""
+    """Regime A's seeds: ``seed_list`` if given, else ``first_seed ..`` (``seeds``)."""
     return self.seed_list or tuple(range(self.first_seed, self.first_seed + self.seeds))
 
   def model_config(self, vocab_size: int | None = None) -> ModelConfig:
@@ -59,9 +86,12 @@ class Config:
 
 
 QUICK = {
-    "pretrain_chars": 300_000, "pretrain_val_chars": 20_000, "vocab_size": 512,
-    "d_model": 32, "num_layers": 1, "num_heads": 2, "batch_size": 8, "pretrain_steps": 150,
-    "pretrain_lr": 3e-3, "finetune_steps": 100, "finetune_lr": 1e-3, "warmup_steps": 10,
-    "eval_every": 50, "seeds": 2, "max_prompts": 48, "sampling_runs": 1, "mauve_seeds": 1,
-    "tfidf_dim": 16, "chunk_size": 256,
+    "pretrain_chars": 200_000, "pretrain_val_chars": 20_000, "adapt_val_chars": 30_000,
+    "adapt_test_chars": 40_000, "adapt_train_chars": 30_000, "vocab_size": 512, "seq_len": 40,
+    "d_model": 32, "num_layers": 1, "num_heads": 2, "batch_size": 8, "val_tokens": 4096,
+    "test_tokens": 8192, "finetune_batch_size": 8, "pretrain_steps": 200, "pretrain_lr": 3e-3,
+    "finetune_steps": 20, "finetune_lr": 3e-4, "shift_steps": 20, "warmup_steps": 10,
+    "eval_every": 5, "seeds": 2, "shift_seeds": 2, "prefix_len": 8, "new_tokens": 24,
+    "max_prompts": 100, "greedy_prompts": 50, "mauve_seeds": 3, "tfidf_dim": 16,
+    "chunk_size": 256, "shift_objectives": ("ce", "emo"), "mixce_etas": (0.3, 0.7),
 }

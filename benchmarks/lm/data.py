@@ -4,7 +4,10 @@ Default corpora (both ship with CPython, PSF licence; see ``/work/shared/DATA.md
 
 * pretraining domain, code: the standard library's own ``.py`` sources (tests, site-packages,
   pydoc_data and a few non-library folders left out), in a fixed shuffled order;
-* fine-tuning domain, prose: Python's reference manual as ``pydoc_data.topics.topics``, one
+* regime A (in-domain adaptation): standard-library files held out from pretraining by file
+  (the files after the pretraining ones in the same fixed order), split by file into
+  validation, test and fine-tuning text;
+* regime B (domain shift), prose: Python's reference manual as ``pydoc_data.topics.topics``, one
   document per topic, sorted by name; every ``held_out_every``-th topic is held out, and the
   held-out topics alternate between a validation split (checkpoint choice) and a test split
   (every reported number).
@@ -34,7 +37,8 @@ STDLIB_EXCLUDED_DIRS = frozenset({
     "site-packages", "dist-packages", "test", "tests", "idle_test", "pydoc_data", "__pycache__",
     "lib-dynload", "lib2to3", "turtledemo", "ensurepip",
 })
-STREAMS = ("pretrain_train", "pretrain_val", "finetune_train", "finetune_val", "finetune_test")
+STREAMS = ("pretrain_train", "pretrain_val", "finetune_train", "finetune_val", "finetune_test",
+           "adapt_train", "adapt_val", "adapt_test")
 
 
 def check_readable_corpus(path: str, flag: str) -> None:
@@ -148,6 +152,27 @@ def split_by_budget(documents: Sequence[str], val_chars: int, train_chars: int
   return train, val
 
 
+def split_held_out_files(documents: Sequence[str], pretraining_used: int, val_chars: int,
+                         test_chars: int, train_chars: int
+                         ) -> tuple[list[str], list[str], list[str]]:
+  """``(train, val, test)`` of whole documents after the first ``pretraining_used`` ones
+  (which pretraining took): about ``val_chars``, then ``test_chars``, then ``train_chars``
+  characters, in order (no file is in two splits)."""
+  rest = list(documents[pretraining_used:])
+  parts: list[list[str]] = []
+  for budget in (val_chars, test_chars, train_chars):
+    part, taken = [], 0
+    while rest and taken < budget:
+      part.append(rest.pop(0))
+      taken += len(part[-1])
+    parts.append(part)
+  val, test, train = parts
+  if not train or not val or not test:
+    raise UsageError("the pretraining corpus is too small to hold out files for in-domain "
+                     "adaptation; give more text or lower --pretrain-chars.")
+  return train, val, test
+
+
 def split_held_out(documents: Sequence[str], every: int
                    ) -> tuple[list[str], list[str], list[str]]:
   """``(train, val, test)``: every ``every``-th document (offset ``every // 2``) held out, the
@@ -180,16 +205,22 @@ def prepare_data(config: Config, out_dir: str, log=print) -> Data:
   tokenizer_path = os.path.join(out_dir, "tokenizer.json")
   if os.path.exists(cache) and os.path.exists(tokenizer_path):
     with np.load(cache) as stored:
-      streams = {k: stored[k] for k in STREAMS}
-      description = json.loads(str(stored["description"]))
-    return Data(streams, description["vocab_size"], description, load_tokenizer(tokenizer_path))
+      if set(STREAMS) <= set(stored.files):
+        streams = {k: stored[k] for k in STREAMS}
+        description = json.loads(str(stored["description"]))
+        return Data(streams, description["vocab_size"], description,
+                    load_tokenizer(tokenizer_path))
 
   pre_docs, pre_source = load_documents(config.pretrain_corpus, "pretrain")
   fine_docs, fine_source = load_documents(config.finetune_corpus, "finetune")
   pre_train, pre_val = split_by_budget(pre_docs, config.pretrain_val_chars, config.pretrain_chars)
   fine_train, fine_val, fine_test = split_held_out(fine_docs, config.held_out_every)
+  adapt_train, adapt_val, adapt_test = split_held_out_files(
+      pre_docs, len(pre_train) + len(pre_val), config.adapt_val_chars, config.adapt_test_chars,
+      config.adapt_train_chars)
   texts = {"pretrain_train": pre_train, "pretrain_val": pre_val, "finetune_train": fine_train,
-           "finetune_val": fine_val, "finetune_test": fine_test}
+           "finetune_val": fine_val, "finetune_test": fine_test, "adapt_train": adapt_train,
+           "adapt_val": adapt_val, "adapt_test": adapt_test}
   log("text (chars): " + ", ".join(f"{k} {sum(map(len, v)):,}" for k, v in texts.items()))
   tokenizer = train_tokenizer(pre_train, config.vocab_size)
   learned = tokenizer.get_vocab_size()
@@ -206,6 +237,8 @@ def prepare_data(config: Config, out_dir: str, log=print) -> Data:
   description = {
       "pretrain_source": pre_source,
       "finetune_source": fine_source,
+      "adapt_source": (f"{len(adapt_train) + len(adapt_val) + len(adapt_test)} files of the "
+                       "pretraining corpus held out from pretraining (split by file)"),
       "tokenizer": "byte-level BPE (tokenizers), trained on the pretraining train split",
       "vocab_size": learned,
       "chars": {k: sum(map(len, v)) for k, v in texts.items()},

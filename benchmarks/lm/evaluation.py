@@ -1,8 +1,18 @@
-"""Per seed: pretrain a base, fine-tune every objective, evaluate every model (cached)."""
+"""Per regime: fine-tune the shared pretrained base(s) with every objective over paired seeds,
+choose MixCE's ``η`` on validation MAUVE, run the cost ablation, evaluate every model (cached).
+
+A regime (:class:`Regime`) names its fine-tuning, validation and test streams, steps, learning
+rate, seeds and objectives. Every model is measured on the regime's test split: token metrics
+over its first ``test_tokens`` tokens, ``max_prompts`` unbiased continuations of held-out prompts (MAUVE against
+the human continuations of the same prompts, with two featurisers and ``mauve_seeds`` k-means
+seeds), greedy continuations (repetition), and the human-vs-human ceiling from a second,
+disjoint set of human continuations of the same size.
+"""
 
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -13,9 +23,49 @@ from benchmarks.lm import data as data_lib
 from benchmarks.lm import metrics, train
 from benchmarks.lm import model as model_lib
 from benchmarks.lm.config import Config
-from benchmarks.lm.objectives import BY_NAME, OBJECTIVES
+from benchmarks.lm.objectives import BY_NAME, COST_ABLATION, MIXCE_ETAS, OBJECTIVES, mixce
 
-DECODINGS = ("unbiased", "top_p")
+DECODING_TOP_P = {"unbiased": 1.0, "greedy": 1e-6}  # greedy: the nucleus shrinks to the argmax
+MAIN_ORDER = ("ce", "emo", "emo_cap3", "tailr_open", "tailr", "mixce")
+EXAMPLES = 3  # continuations shown per objective (random prompts, fixed per regime)
+
+
+class Regime(NamedTuple):
+  """One fine-tuning regime of the experiment."""
+  key: str                      # "A" | "B"
+  title: str
+  streams: tuple[str, str, str]  # train, validation, test
+  steps: int
+  lr: float
+  seeds: tuple[int, ...]
+  objectives: tuple[str, ...]   # main objectives (ce first; "mixce" = the chosen η)
+  ablation: bool
+  select_eta: bool
+
+
+def regimes(config: Config) -> list[Regime]:
+  """The regimes of ``config`` (``config.regimes``), A first."""
+  seeds = config.seed_values()
+  chosen = config.objectives or MAIN_ORDER
+  out = []
+  if "A" in config.regimes:
+    out.append(Regime("A", "in-domain adaptation of a competent base (the papers' regime)",
+                      ("adapt_train", "adapt_val", "adapt_test"), config.finetune_steps,
+                      config.finetune_lr, seeds, tuple(o for o in MAIN_ORDER if o in chosen),
+                      config.ablation and "emo" in chosen,
+                      config.select_eta and "mixce" in chosen))
+  if "B" in config.regimes:
+    out.append(Regime("B", "domain shift: code base fine-tuned on the reference manual",
+                      ("finetune_train", "finetune_val", "finetune_test"), config.shift_steps,
+                      config.shift_lr, seeds[:max(2, config.shift_seeds)],
+                      tuple(o for o in MAIN_ORDER if o in chosen and (
+                          o in config.shift_objectives or o == "ce")), False, False))
+  return out
+
+
+def all_objectives() -> tuple:
+  """Every objective a train step may run (one compiled program for all of them)."""
+  return (*OBJECTIVES, *COST_ABLATION, *(mixce(eta) for eta in MIXCE_ETAS))
 
 
 def setup_description(config: Config, data: data_lib.Data) -> dict:
@@ -23,62 +73,47 @@ def setup_description(config: Config, data: data_lib.Data) -> dict:
   tokens = data.description["tokens"]
   return {
       "pretraining text": data.description["pretrain_source"],
-      "fine-tuning text": data.description["finetune_source"],
+      "regime A text": data.description.get("adapt_source", ""),
+      "regime B text": data.description["finetune_source"],
       "splits (tokens)": ", ".join(f"{k} {v:,}" for k, v in tokens.items()),
       "model": (f"{config.num_layers} layers, d={config.d_model}, {config.num_heads} heads, "
                 f"context {config.seq_len}, vocabulary {data.vocab_size} (byte-level BPE "
                 "trained on the pretraining text), tied embeddings"),
-      "training": (f"AdamW (clip 1, weight decay {config.weight_decay}), batch "
-                   f"{config.batch_size}x{config.seq_len}; pretraining {config.pretrain_steps} "
-                   f"steps at lr {config.pretrain_lr:g}; fine-tuning {config.finetune_steps} "
-                   f"steps at lr {config.finetune_lr:g} (about "
-                   f"{config.finetune_steps * config.batch_size * config.seq_len / tokens['finetune_train']:.1f}"
-                   " epochs), warmup then cosine decay; checkpoint of each run chosen by "
-                   f"validation NLL (every {config.eval_every} steps)"),
-      "objectives": "; ".join(f"{BY_NAME[o].label}: {BY_NAME[o].source}"
-                              for o in config.objectives),
+      "pretraining": (f"{config.bases} base(s), {config.pretrain_steps} steps of "
+                      f"{config.batch_size}x{config.seq_len} tokens at lr {config.pretrain_lr:g} "
+                      f"(about {config.pretrain_steps * config.batch_size * config.seq_len / tokens['pretrain_train']:.1f} "
+                      "epochs); every fine-tuning seed starts from a shared base, as the paper "
+                      "shares one GPT-2"),
+      "fine-tuning": (f"AdamW (clip 1, weight decay {config.weight_decay}), batch "
+                      f"{config.batch_size}x{config.seq_len}, warmup then cosine decay to 10 %; "
+                      f"regime A {config.finetune_steps} steps at lr {config.finetune_lr:g} (about "
+                      f"{config.finetune_steps * config.batch_size * config.seq_len / tokens['adapt_train']:.1f}"
+                      f" epochs), regime B {config.shift_steps} steps at lr {config.shift_lr:g} "
+                      f"(about {config.shift_steps * config.batch_size * config.seq_len / tokens['finetune_train']:.1f}"
+                      " epochs); each run keeps its checkpoint with the lowest validation NLL "
+                      f"(first {config.val_tokens:,} validation tokens, every {config.eval_every} "
+                      "steps)"),
       "generation": (f"{config.prefix_len}-token prefixes of up to {config.max_prompts} "
-                     f"non-overlapping held-out test windows, {config.new_tokens} new tokens, "
-                     f"unbiased (temperature 1) and top-p {config.top_p}, "
-                     f"{config.sampling_runs} sampling run(s) each, KV-cached sampler"),
+                     f"non-overlapping held-out test windows, {config.new_tokens} new tokens; "
+                     "unbiased (temperature 1, top-p 1) and greedy; KV-cached sampler; the same "
+                     "random keys for every model of a seed"),
       "MAUVE": (f"mauve-text on features of the continuation (the prompt is shared), "
-                f"{config.mauve_seeds} k-means seed(s) per sampling run (another per run), "
-                "averaged; features (a) final hidden "
-                "states of the seed's frozen pretrained base on prompt + continuation, "
+                f"{config.mauve_seeds} k-means seeds per sampling run, averaged; features (a) "
+                "final hidden states of the frozen pretrained base on prompt + continuation, "
                 "mean-pooled over the continuation, (b) word 1-3-gram TF-IDF (fitted on "
-                "fine-tuning training windows) of the continuation text, TruncatedSVD to "
-                f"{config.tfidf_dim} dimensions"),
+                "fine-tuning windows) of the continuation, TruncatedSVD to "
+                f"{config.tfidf_dim} dimensions; human ceiling: two disjoint sets of human "
+                "continuations of the same size"),
       "token metrics": ("perplexity, accuracy, ECE (15 bins), Brier, entropy vs NLL over the "
-                        "whole test split; perplexity on held-out pretraining-domain text "
-                        "(forgetting)"),
+                        f"first {config.test_tokens:,} test tokens; perplexity on held-out "
+                        "pretraining text (forgetting)"),
+      "repetition": (f"greedy continuations of the first {config.greedy_prompts} prompts "
+                     "(rep-2 gap to the human continuations: TaiLr's degeneration claim)"),
   }
 
 
-def _sample_metrics(model, base, prompts, human_features, tfidf, config: Config, tokenizer,
-                    seed: int) -> dict:
-  """Sampling runs of both decodings, each measured, averaged over runs."""
-  p = config.prefix_len
-  out = {}
-  for d, decoding in enumerate(DECODINGS):
-    top_p = 1.0 if decoding == "unbiased" else config.top_p
-    runs = []
-    for r in range(config.sampling_runs):
-      # Each sampling run gets its own k-means seeds, so the average over runs is also one
-      # over k-means seeds.
-      mauve_seeds = range(r * config.mauve_seeds, (r + 1) * config.mauve_seeds)
-      key = jax.random.key(np.uint32(1_000_003 * seed + 101 * d + r))  # same for every model
-      tokens = np.asarray(model_lib.sample(model, prompts[:, :p], key, config.new_tokens,
-                                           top_p=top_p))
-      hidden = np.asarray(model_lib.pooled_hidden_states(base, tokens, _continuation(tokens, p)))
-      texts = data_lib.decode(tokenizer, tokens[:, p:])
-      result = metrics.text_statistics(texts)
-      result["mauve_hidden"] = metrics.mauve_score(human_features["hidden"], hidden, mauve_seeds)
-      result["mauve_tfidf"] = metrics.mauve_score(human_features["tfidf"], tfidf(texts),
-                                                  mauve_seeds)
-      runs.append(result)
-    out[decoding] = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
-    out[decoding]["runs"] = runs
-  return out
+# ----------------------------------------------------------------------------------------------
+# Samples
 
 
 def _continuation(tokens: np.ndarray, prefix_len: int) -> np.ndarray:
@@ -87,96 +122,284 @@ def _continuation(tokens: np.ndarray, prefix_len: int) -> np.ndarray:
   return np.broadcast_to(np.arange(tokens.shape[1]) >= prefix_len, tokens.shape)
 
 
-def _human_reference(base, prompts, tfidf, config: Config, tokenizer) -> dict:
+class Reference(NamedTuple):
+  """Prompts, human continuations and their features, and the featurisers of one regime."""
+  prompts: np.ndarray           # [n, P + N]: prompt + human continuation (MAUVE's p side)
+  ceiling: np.ndarray           # [n, P + N]: a disjoint human set (the ceiling's q side)
+  features: dict                # "hidden" / "tfidf" -> [n, k] features of the prompts' humans
+  tfidf: object                 # texts -> features
+  examples: np.ndarray          # indices of the prompts shown in the report
+
+
+def _features(base, tokens: np.ndarray, texts, tfidf, prefix_len: int) -> dict:
+  return {"hidden": np.asarray(model_lib.pooled_hidden_states(
+      base, tokens, _continuation(tokens, prefix_len))), "tfidf": tfidf(texts)}
+
+
+def mauve_pair(p: dict, q: dict, seeds) -> dict:
+  """MAUVE of q against p with both featurisers, averaged over k-means ``seeds``."""
+  return {f"mauve_{k}": metrics.mauve_score(p[k], q[k], seeds) for k in ("hidden", "tfidf")}
+
+
+def sample_metrics(model, base, prompts: np.ndarray, human: dict, tfidf, config: Config,
+                   tokenizer, key_seed: int, decoding: str, run: int, with_mauve: bool,
+                   keep: np.ndarray | None = None) -> dict:
+  """One sampling run of ``model`` after the prompts: text statistics and (``with_mauve``)
+  MAUVE against the human continuations (features ``human``) with ``config.mauve_seeds``
+  k-means seeds; ``keep`` rows' texts are returned as examples."""
   p = config.prefix_len
-  hidden = np.asarray(model_lib.pooled_hidden_states(base, prompts, _continuation(prompts, p)))
-  texts = data_lib.decode(tokenizer, prompts[:, p:])
-  features = tfidf(texts)
-  seeds = range(config.mauve_seeds * config.sampling_runs)
+  index = list(DECODING_TOP_P).index(decoding)
+  # the same key for every model of a seed
+  key = jax.random.key(np.uint32((1_000_003 * key_seed + 101 * index + run) % 2**32))
+  tokens = np.asarray(model_lib.sample(model, prompts[:, :p], key, config.new_tokens,
+                                       top_p=DECODING_TOP_P[decoding]))
+  texts = data_lib.decode(tokenizer, tokens[:, p:])
+  result = metrics.text_statistics(texts)
+  if with_mauve:
+    seeds = range(run * config.mauve_seeds, (run + 1) * config.mauve_seeds)
+    result.update(mauve_pair(human, _features(base, tokens, texts, tfidf, p), seeds))
+  if keep is not None:
+    result["examples"] = [texts[i] for i in keep]
+  return result
+
+
+def build_reference(base, stream: np.ndarray, train_stream: np.ndarray, config: Config,
+                    tokenizer) -> Reference:
+  """Prompts and a disjoint human set of the same size (alternate windows of the test stream),
+  the TF-IDF featuriser (fitted on fine-tuning windows) and the prompts' human features."""
+  length = config.prefix_len + config.new_tokens
+  windows = data_lib.prompt_windows(stream, length, 2 * config.max_prompts)
+  count = len(windows) // 2
+  prompts, ceiling = windows[0::2][:count], windows[1::2][:count]
+  reference = data_lib.prompt_windows(train_stream, length, 4000)
+  tfidf = metrics.tfidf_featurizer(data_lib.decode(tokenizer, reference[:, config.prefix_len:]),
+                                   config.tfidf_dim)
+  texts = data_lib.decode(tokenizer, prompts[:, config.prefix_len:])
+  examples = np.sort(np.random.default_rng(2024).choice(count, EXAMPLES, replace=False))
+  return Reference(prompts, ceiling, _features(base, prompts, texts, tfidf, config.prefix_len),
+                   tfidf, examples)
+
+
+def human_summary(base, ref: Reference, config: Config, tokenizer) -> dict:
+  """Text statistics of the human continuations and the human-vs-human ceiling (same size)."""
+  p = config.prefix_len
+  texts = data_lib.decode(tokenizer, ref.ceiling[:, p:])
+  ceiling = mauve_pair(ref.features, _features(base, ref.ceiling, texts, ref.tfidf, p),
+                       range(config.mauve_seeds))
+  human_texts = data_lib.decode(tokenizer, ref.prompts[:, p:])
   return {
-      "features": {"hidden": hidden, "tfidf": features},
-      "summary": {
-          "text": metrics.text_statistics(texts),
-          "mauve_hidden_halves": metrics.mauve_score(hidden[0::2], hidden[1::2], seeds),
-          "mauve_tfidf_halves": metrics.mauve_score(features[0::2], features[1::2], seeds),
-          "prompts": len(prompts),
-      },
+      "text": metrics.text_statistics(human_texts),
+      "ceiling_text": metrics.text_statistics(texts),
+      "ceiling_mauve_hidden": ceiling["mauve_hidden"],
+      "ceiling_mauve_tfidf": ceiling["mauve_tfidf"],
+      "samples_per_side": len(ref.prompts),
+      "prompts": [data_lib.decode(tokenizer, ref.prompts[i:i + 1, :p])[0] for i in ref.examples],
+      "examples": [human_texts[i] for i in ref.examples],
   }
 
 
-def run_seeds(config: Config, data: data_lib.Data, out_dir: str, *, progress: bool = True,
-              log=print) -> list[dict]:
-  """Every paired run: per seed its records, per-model metrics and the human reference."""
-  from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+# ----------------------------------------------------------------------------------------------
+# Runs
 
+
+class Context(NamedTuple):
+  """What every fine-tuning run and evaluation of an experiment shares."""
+  config: Config
+  data: data_lib.Data
+  out_dir: str
+  objectives: tuple
+  common: dict            # keyword arguments of train.train_run
+  covering: dict          # name -> (windows, mask)
+
+
+def make_context(config: Config, data: data_lib.Data, out_dir: str, progress: bool,
+                 log) -> Context:
   model_config = config.model_config(data.vocab_size)
-  streams = data.streams
-  covering = {k: data_lib.covering_windows(streams[k], config.seq_len, config.eval_batch_size)
-              for k in ("pretrain_val", "finetune_val", "finetune_test")}
-  prompts = data_lib.prompt_windows(streams["finetune_test"],
-                                    config.prefix_len + config.new_tokens, config.max_prompts)
-  reference_windows = data_lib.prompt_windows(streams["finetune_train"],
-                                              config.prefix_len + config.new_tokens, 4000)
-  tfidf = metrics.tfidf_featurizer(data_lib.decode(data.tokenizer, reference_windows),
-                                   config.tfidf_dim)
-  objectives = tuple(o for o in OBJECTIVES if o.name in config.objectives)
-  path = train.LossPath(config.loss_path == "fused", config.chunk_size)
+  covering = {k: data_lib.covering_windows(data.streams[k], config.seq_len,
+                                           config.eval_batch_size)
+              for k in ("pretrain_val",)}
+  for k, tokens in (("finetune_val", config.val_tokens), ("adapt_val", config.val_tokens),
+                    ("finetune_test", config.test_tokens), ("adapt_test", config.test_tokens)):
+    covering[k] = data_lib.covering_windows(data.streams[k][:tokens + 1], config.seq_len,
+                                            config.eval_batch_size)
   common = {"model_config": model_config, "batch_size": config.batch_size,
             "eval_batch_size": config.eval_batch_size, "warmup_steps": config.warmup_steps,
-            "weight_decay": config.weight_decay, "path": path, "out_dir": out_dir,
-            "progress": progress, "log": log}
+            "weight_decay": config.weight_decay,
+            "path": train.LossPath(config.loss_path == "fused", config.chunk_size),
+            "out_dir": out_dir, "progress": progress, "log": log,
+            "objectives": all_objectives()}
+  return Context(config, data, out_dir, all_objectives(), common, covering)
+
+
+def pretrain_bases(ctx: Context) -> list[tuple]:
+  """``[(state, record)]`` of the ``config.bases`` pretrained bases (base ``b`` from
+  initialisation ``b``), cached as ``pretrain_b{b}.npz``."""
+  config, streams = ctx.config, ctx.data.streams
+  model_config = ctx.common["model_config"]
   zero_cost = jnp.zeros((model_config.vocab_size, model_config.d_model))
-  results = []
-  seeds = config.seed_values()
-  for seed in tqdm(seeds, desc="seeds", disable=not progress, dynamic_ncols=True):
-    untrained = model_lib.build_model(model_config, seed)
-    base_state, base_record = train.train_run(
-        train.Run(f"pretrain_s{seed}", 0, streams["pretrain_train"], config.pretrain_steps,
-                  config.pretrain_lr, seed, 0),
-        objectives=objectives, init_state=nnx.state(untrained), cost=zero_cost,
-        eval_every=max(config.eval_every, config.pretrain_steps // 5),
-        val_sets={"pretrain_val": covering["pretrain_val"],
-                  "finetune_val": covering["finetune_val"]}, **common)
-    base = model_lib.build_model(model_config, seed)
-    nnx.update(base, base_state)
+  out = []
+  for b in range(config.bases):
+    state, record = train.train_run(
+        train.Run(f"pretrain_b{b}", 0, streams["pretrain_train"], config.pretrain_steps,
+                  config.pretrain_lr, b, 0),
+        init_state=nnx.state(model_lib.build_model(model_config, b)), cost=zero_cost,
+        eval_every=max(config.eval_every, config.pretrain_steps // 8),
+        val_sets={"pretrain_val": ctx.covering["pretrain_val"],
+                  "adapt_val": ctx.covering["adapt_val"],
+                  "finetune_val": ctx.covering["finetune_val"]}, **ctx.common)
+    out.append((state, record))
+  return out
+
+
+def _model(ctx: Context, state):
+  model = model_lib.build_model(ctx.common["model_config"], 0)
+  nnx.update(model, state)
+  return model
+
+
+def fine_tune(ctx: Context, regime: Regime, name: str, objective, seed: int, base_state,
+              cost) -> tuple:
+  """One fine-tuning run (cached): ``(best state, record)``."""
+  index = [o.name for o in ctx.objectives].index(objective.name)
+  return train.train_run(
+      train.Run(f"ft_{regime.key}_s{seed}_{name}", index, ctx.data.streams[regime.streams[0]],
+                regime.steps, regime.lr, seed, 1),
+      init_state=base_state, cost=cost, eval_every=ctx.config.eval_every,
+      val_sets={"val": ctx.covering[regime.streams[1]]},
+      **dict(ctx.common, batch_size=ctx.config.finetune_batch_size))
+
+
+def plateau_drop(record: dict, steps: int) -> float:
+  """How much the last quarter of a run lowered its best validation NLL (nats, >= 0): the best
+  NLL among evaluations at steps ``<= 0.75 steps`` minus the best of all."""
+  curve = record["curves"]["val"]
+  early = [v for s, v in zip(curve["step"], curve["nll"]) if s <= 0.75 * steps]
+  return float(min(early) - min(curve["nll"]))
+
+
+def select_eta(ctx: Context, regime: Regime, base_state, base, log) -> dict:
+  """MixCE's ``η`` with the highest validation MAUVE (hidden-state featuriser) on the regime's
+  first seed (cached): every ``η`` of ``config.mixce_etas`` fine-tuned, sampled (unbiased) after
+  validation prompts."""
+  config, seed = ctx.config, regime.seeds[0]
+
+  def compute():
+    val_stream = ctx.data.streams[regime.streams[1]]
+    ref = build_reference(base, val_stream, ctx.data.streams[regime.streams[0]], config,
+                          ctx.data.tokenizer)
+    scores = {}
+    for eta in config.mixce_etas:
+      objective = mixce(eta)
+      state, _ = fine_tune(ctx, regime, objective.name, objective, seed, base_state,
+                           jnp.zeros_like(base.head))
+      result = sample_metrics(_model(ctx, state), base, ref.prompts, ref.features, ref.tfidf,
+                              config, ctx.data.tokenizer, 7919 + seed, "unbiased", 0, True)
+      scores[f"{eta:g}"] = {k: result[k] for k in ("mauve_hidden", "mauve_tfidf")}
+      log(f"regime {regime.key} MixCE η={eta:g}: validation MAUVE hidden "
+          f"{result['mauve_hidden']:.3f}, TF-IDF {result['mauve_tfidf']:.3f}")
+    best = max(scores, key=lambda e: scores[e]["mauve_hidden"])
+    return {"seed": seed, "validation_prompts": len(ref.prompts), "scores": scores,
+            "eta": float(best), "criterion": "validation MAUVE, hidden-state featuriser"}
+
+  return data_lib.cached_json(os.path.join(ctx.out_dir, f"mixce_select_{regime.key}.json"),
+                              compute)
+
+
+def evaluate_model(ctx: Context, regime: Regime, model, base, ref: Reference, key_seed: int,
+                   decodings: tuple[str, ...], unbiased_runs: int) -> dict:
+  """Token metrics on the test split and on held-out pretraining text; unbiased runs with
+  MAUVE; the other ``decodings`` with text statistics only."""
+  config = ctx.config
+  out = {"test": metrics.evaluate(model, *ctx.covering[regime.streams[2]],
+                                  config.eval_batch_size),
+         "pretrain_val": metrics.evaluate(model, *ctx.covering["pretrain_val"],
+                                          config.eval_batch_size),
+         "samples": {}}
+  runs = [sample_metrics(model, base, ref.prompts, ref.features, ref.tfidf, config,
+                         ctx.data.tokenizer, key_seed, "unbiased", r, True,
+                         ref.examples if r == 0 else None) for r in range(unbiased_runs)]
+  out["samples"]["unbiased"] = dict(runs[0], runs=[{k: v for k, v in r.items()
+                                                    if k != "examples"} for r in runs])
+  for decoding in decodings:
+    if decoding != "unbiased":
+      out["samples"][decoding] = sample_metrics(
+          model, base, ref.prompts[:config.greedy_prompts], ref.features, ref.tfidf, config,
+          ctx.data.tokenizer, key_seed, decoding, 0, False)
+  return out
+
+
+def run_regime(ctx: Context, regime: Regime, bases: list[tuple], *, progress: bool = True,
+               log=print) -> dict:
+  """Every paired run of one regime: per seed the records and metrics of every model, the
+  base(s), the human reference, the MixCE selection."""
+  from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+
+  config, out_dir = ctx.config, ctx.out_dir
+  stream = ctx.data.streams
+  base_models = [_model(ctx, state) for state, _ in bases]
+  # one featuriser and one reference for the regime: base 0 (the bases' spread is reported)
+  ref = build_reference(base_models[0], stream[regime.streams[2]], stream[regime.streams[0]],
+                        config, ctx.data.tokenizer)
+  human = data_lib.cached_json(os.path.join(out_dir, f"human_{regime.key}.json"),
+                               lambda: human_summary(base_models[0], ref, config,
+                                                     ctx.data.tokenizer))
+  main_decodings = tuple(config.decodings)
+  base_eval = [data_lib.cached_json(
+      os.path.join(out_dir, f"eval_{regime.key}_base{b}.json"),
+      lambda b=b: evaluate_model(ctx, regime, base_models[b], base_models[0], ref, 99_991 + b,
+                                 main_decodings, 1)) for b in range(len(bases))]
+  selection = None
+  names = list(regime.objectives)
+  chosen = {n: BY_NAME[n] for n in names}
+  if regime.select_eta:
+    selection = select_eta(ctx, regime, bases[0][0], base_models[0], log)
+    chosen["mixce"] = mixce(selection["eta"])
+  if regime.ablation:
+    names += [o.name for o in COST_ABLATION]
+    chosen.update({o.name: o for o in COST_ABLATION})
+  per_seed = []
+  for seed in tqdm(regime.seeds, desc=f"regime {regime.key} seeds", disable=not progress,
+                   dynamic_ncols=True):
+    b = seed % len(bases)
+    base_state, base = bases[b][0], base_models[b]
     cost = jnp.array(base.head, copy=True)  # the frozen EMO cost: the pretrained head
-    models = {"untrained": untrained, "pretrained": base}
-    records = {"pretrain": base_record}
-    for index, objective in enumerate(objectives):
-      state, record = train.train_run(
-          train.Run(f"ft_s{seed}_{objective.name}", index, streams["finetune_train"],
-                    config.finetune_steps, config.finetune_lr, seed, 1),
-          objectives=objectives, init_state=base_state, cost=cost, eval_every=config.eval_every,
-          val_sets={"finetune_val": covering["finetune_val"]}, **common)
-      models[objective.name] = model_lib.build_model(model_config, seed)
-      nnx.update(models[objective.name], state)
-      records[objective.name] = record
-    human = _human_reference(base, prompts, tfidf, config, data.tokenizer)
-
-    def evaluate(model, base=base, human=human, seed=seed):
-      return {
-          "test": metrics.evaluate(model, *covering["finetune_test"], config.eval_batch_size),
-          "pretrain_val": metrics.evaluate(model, *covering["pretrain_val"],
-                                           config.eval_batch_size),
-          "samples": _sample_metrics(model, base, prompts, human["features"], tfidf, config,
-                                     data.tokenizer, seed),
-      }
-
+    records, models = {}, {}
+    for name in names:
+      objective = chosen[name]
+      given = cost
+      if name == "emo_cehead":
+        given = jnp.array(models["ce"].head, copy=True)
+      elif name == "emo_random":
+        given = jax.random.normal(jax.random.key(31_337 + seed), cost.shape)
+      run_name = objective.name if name == "mixce" else name
+      state, records[name] = fine_tune(ctx, regime, run_name, objective, seed, base_state,
+                                       given)
+      records[name] = dict(records[name], plateau_drop=plateau_drop(records[name],
+                                                                    regime.steps))
+      models[name] = _model(ctx, state)
     evaluated = {}
-    for name, model in tqdm(models.items(), desc=f"evaluate seed {seed}", leave=False,
-                            disable=not progress, dynamic_ncols=True):
-      evaluated[name] = data_lib.cached_json(os.path.join(out_dir, f"eval_s{seed}_{name}.json"),
-                                     lambda model=model: evaluate(model))
-    results.append({"seed": seed, "models": evaluated, "human": human["summary"],
-                    "records": records})
-  return results
+    for name in names:
+      decodings = main_decodings if name in regime.objectives else ("unbiased",)
+      runs = 2 if name == "ce" else 1  # CE's second run measures one sampling run's noise
+      evaluated[name] = data_lib.cached_json(
+          os.path.join(out_dir, f"eval_{regime.key}_s{seed}_{name}.json"),
+          lambda model=models[name], decodings=decodings, runs=runs, seed=seed:
+          evaluate_model(ctx, regime, model, base_models[0], ref, seed, decodings, runs))
+    evaluated["pretrained"] = base_eval[b]
+    per_seed.append({"seed": seed, "base": b, "models": evaluated, "records": records})
+    log(f"regime {regime.key} seed {seed} done")
+  return {"key": regime.key, "title": regime.title, "objectives": names,
+          "labels": {n: chosen[n].label for n in names},
+          "sources": {n: chosen[n].source for n in names},
+          "seeds": per_seed, "human": human, "bases": base_eval, "mixce_selection": selection,
+          "steps": regime.steps, "lr": regime.lr, "streams": list(regime.streams)}
 
 
 def mean_curves(per_seed: list[dict], objectives) -> dict:
   """Fine-tuning validation NLL per objective, averaged over seeds (same evaluation steps)."""
   out = {}
   for name in objectives:
-    curves = [s["records"][name]["curves"]["finetune_val"] for s in per_seed]
+    curves = [s["records"][name]["curves"]["val"] for s in per_seed]
     out[name] = {"step": curves[0]["step"],
                  "nll": np.mean([c["nll"] for c in curves], axis=0).tolist()}
   return out

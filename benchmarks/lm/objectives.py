@@ -15,7 +15,14 @@ EMO) its EMO cost ``emo`` under the frozen cost embedding (a copy of the pretrai
 * ``tailr`` -- TaiLr with ``γ = 0.8``, minimum weight 0.2: thu-coai/TaiLr
   ``examples/bart/summarization/train_tailr.sh`` (Gigaword), the default of ports.
 * ``mixce`` -- MixCE, ``(η + (1 - η) sg(p_y)) · CE`` with ``η = 0.5``: DRSY/EMO ``gpt2.py``
-  mode ``mixce``, ``mixing_ratio`` default 0.5 in its ``run_lm.py``.
+  mode ``mixce``, ``mixing_ratio`` default 0.5 in its ``run_lm.py``; :func:`mixce` makes the
+  variants of other ``η`` (the MixCE authors choose ``η`` on validation MAUVE).
+
+The cost ablation of the uncapped mix (:data:`COST_ABLATION`) changes only where EMO's cost
+embedding comes from (``Objective.cost``): ``"base"`` the frozen pretrained head (the paper),
+``"own"`` the model's current head under stop-gradient (DRSY/EMO mode ``adaptive_emo``),
+``"given"`` an embedding passed by the caller (the CE-fine-tuned head, a random Gaussian), and
+``"identity"`` the cost ``1 - [i = j]``, for which ``EMO = 1 - p_y``.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ class Objective(NamedTuple):
   min_weight: float = 0.0          # tailr: lower clip of the weight
   eta: float = 1.0                 # mixce: mixing ratio (1 = CE)
   emo_only: bool = False           # emo: the EMO cost alone, no CE (oracle experiment)
+  cost: str = "base"               # emo: base | own | given | identity (see the module doc)
 
 
 OBJECTIVES = (
@@ -59,6 +67,25 @@ OBJECTIVES = (
               eta=0.5),
 )
 BY_NAME = {o.name: o for o in OBJECTIVES}
+_ADAPTIVE = "DRSY/EMO language_modeling/gpt2.py, mode adaptive_emo (own head, no gradient)"
+COST_ABLATION = (
+    Objective("emo_own", "EMO+CE, own head (sg)", "emo", _ADAPTIVE, cost="own"),
+    Objective("emo_cehead", "EMO+CE, CE-fine-tuned head", "emo",
+              "ablation: cost = head of the same seed's CE-fine-tuned model", cost="given"),
+    Objective("emo_random", "EMO+CE, random Gaussian cost", "emo",
+              "ablation: cost = N(0, 1) embedding (fixed per seed)", cost="given"),
+    Objective("emo_identity", "EMO+CE, identity cost (EMO = 1 - p_y)", "emo",
+              "ablation: cost 1 - [i = j]", cost="identity"),
+)
+"""The uncapped EMO+CE mix with other cost embeddings (``emo`` itself is the frozen base head)."""
+MIXCE_ETAS = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+def mixce(eta: float, name: str | None = None) -> Objective:
+  """MixCE with mixing ratio ``eta`` (named ``mixce_{eta}`` unless ``name`` is given)."""
+  return Objective(name or f"mixce_{eta:g}", f"MixCE η={eta:g}", "mixce",
+                   "DRSY/EMO language_modeling/gpt2.py mode mixce; η chosen on validation MAUVE "
+                   f"from {', '.join(f'{e:g}' for e in MIXCE_ETAS)}", eta=eta)
 
 
 def emo_ce_mix(nll: jax.Array, emo: jax.Array, max_ratio: float | None) -> jax.Array:
@@ -73,6 +100,8 @@ def token_loss(objective: Objective, nll: jax.Array, emo: jax.Array | None) -> j
   if objective.family == "ce":
     return nll
   if objective.family == "emo":
+    if objective.cost == "identity":  # cost 1 - [i = j]: EMO = sum_{i != y} p_i = 1 - p_y
+      emo = jnp.maximum(1.0 - jnp.exp(-nll), 0.0)
     return emo if objective.emo_only else emo_ce_mix(nll, emo, objective.max_ratio)
   if objective.family == "focal":  # (1 - p_y)^γ · CE, differentiated through the factor
     return jnp.maximum(1.0 - jnp.exp(-nll), 0.0) ** objective.gamma * nll

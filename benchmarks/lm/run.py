@@ -1,16 +1,18 @@
-"""The experiment end to end: pretrain bases, fine-tune with every objective, sample, measure,
-compare over paired seeds, report. Entry point: ``python benchmarks/lm_finetune.py``.
+"""The experiment end to end: pretrain the shared base(s), then per regime fine-tune with every
+objective over paired seeds, sample, measure, compare, report. Entry point:
+``python benchmarks/lm_finetune.py``.
 
 Phases (each resumable; results of finished phases are cached under ``--out``):
 
 1. data: corpora, tokenizer, token streams (``data.npz``, ``tokenizer.json``);
-2. per seed ``s``: pretrain a base from initialisation ``s`` on code (``pretrain_s{s}.npz``),
-   then fine-tune a copy with every objective on the same batches (``ft_s{s}_{name}.npz``),
-   each keeping its best checkpoint by validation NLL;
-3. per seed and model (untrained, pretrained base, each objective): test-split token metrics,
-   samples from held-out prompts (unbiased and top-p, several runs), MAUVE with two featurisers,
-   diversity (``eval_s{s}_{name}.json``);
-4. paired comparisons to CE with intervals and verdicts; JSON, Markdown and PNG.
+2. the pretrained base(s) on code (``pretrain_b{b}.npz``), shared by every seed and regime;
+3. per regime (A: in-domain adaptation, the papers' regime; B: a domain shift): MixCE's ``η``
+   on validation MAUVE (regime A), then per seed every objective (and, in regime A, the cost
+   ablation) fine-tuned from the base on the same batches (``ft_{regime}_s{s}_{name}.npz``),
+   each keeping its best checkpoint by validation NLL, and evaluated
+   (``eval_{regime}_s{s}_{name}.json``);
+4. paired comparisons to CE with intervals and verdicts per regime; JSON, Markdown and PNG,
+   written after each regime (a stopped run leaves the finished regimes reported).
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ _FIELD_FLAGS = (
     ("--finetune-corpus", "finetune_corpus", str,
      "file or folder of text for fine-tuning (default: Python's reference manual, pydoc_data)"),
     ("--pretrain-chars", "pretrain_chars", int, "characters of pretraining text used"),
+    ("--adapt-train-chars", "adapt_train_chars", int,
+     "regime A: characters of held-out stdlib files to fine-tune on"),
+    ("--adapt-test-chars", "adapt_test_chars", int,
+     "regime A: characters of held-out stdlib files for testing (prompts and human sets)"),
     ("--vocab-size", "vocab_size", int, "BPE vocabulary size (>= 300)"),
     ("--seq-len", "seq_len", int, "context length"),
     ("--d-model", "d_model", int, "transformer width"),
@@ -41,18 +47,21 @@ _FIELD_FLAGS = (
     ("--heads", "num_heads", int, "attention heads"),
     ("--batch-size", "batch_size", int, "sequences per step"),
     ("--pretrain-steps", "pretrain_steps", int, "pretraining steps per base"),
+    ("--bases", "bases", int, "pretrained bases shared by the seeds (seed s uses base s %% B)"),
     ("--pretrain-lr", "pretrain_lr", float, "pretraining peak learning rate (AdamW)"),
-    ("--finetune-steps", "finetune_steps", int, "fine-tuning steps per objective"),
-    ("--finetune-lr", "finetune_lr", float, "fine-tuning peak learning rate (AdamW)"),
+    ("--finetune-steps", "finetune_steps", int, "regime A: fine-tuning steps per objective"),
+    ("--finetune-lr", "finetune_lr", float, "regime A: fine-tuning peak learning rate"),
+    ("--shift-steps", "shift_steps", int, "regime B: fine-tuning steps per objective"),
+    ("--shift-lr", "shift_lr", float, "regime B: fine-tuning peak learning rate"),
     ("--eval-every", "eval_every", int, "steps between validation evaluations"),
-    ("--seeds", "seeds", int, "paired runs (pretrained base + fine-tuning seed)"),
+    ("--seeds", "seeds", int, "regime A: paired fine-tuning seeds"),
+    ("--shift-seeds", "shift_seeds", int, "regime B: paired fine-tuning seeds (the first ones)"),
     ("--first-seed", "first_seed", int, "seed of the first pair"),
     ("--prefix-len", "prefix_len", int, "prompt tokens of a held-out window"),
     ("--new-tokens", "new_tokens", int, "sampled tokens after each prompt"),
-    ("--max-prompts", "max_prompts", int, "held-out prompts (at most)"),
-    ("--sampling-runs", "sampling_runs", int, "sampling runs per model and decoding"),
-    ("--top-p", "top_p", float, "nucleus mass of the second decoding"),
-    ("--mauve-seeds", "mauve_seeds", int, "MAUVE k-means seeds averaged"),
+    ("--max-prompts", "max_prompts", int,
+     "held-out prompts = samples per MAUVE side (at most; the human ceiling uses as many)"),
+    ("--mauve-seeds", "mauve_seeds", int, "MAUVE k-means seeds per sampling run"),
     ("--chunk-size", "chunk_size", int, "vocabulary chunk of the fused loss path"),
 )
 
@@ -60,9 +69,10 @@ _FIELD_FLAGS = (
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="lm_finetune.py", allow_abbrev=False,
-      description="Pretrain small transformer LMs on Python source, fine-tune copies on "
-      "Python's reference manual with CE, EMO+CE, TaiLr and MixCE, and compare sampled-text "
-      "quality (MAUVE), diversity, calibration and perplexity over paired seeds. Offline.")
+      description="Pretrain a small transformer LM on Python source, fine-tune copies with CE, "
+      "EMO+CE, TaiLr and MixCE in two regimes (A: light adaptation on held-out stdlib files; "
+      "B: a shift to Python's reference manual), and compare sampled-text quality (MAUVE), "
+      "repetition, diversity, calibration and perplexity over paired seeds. Offline.")
   parser.add_argument("--quick", action="store_true", help="CI-sized run")
   parser.add_argument("--out", default=None,
                       help="checkpoint folder (default runs/lm_finetune[_quick])")
@@ -73,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--seed-list", default=None,
                       help="comma-separated seeds of the paired runs (instead of --seeds, "
                       "--first-seed)")
+  parser.add_argument("--regimes", default=None,
+                      help="comma-separated regimes to run: A, B (default both)")
   parser.add_argument("--loss-path", choices=("plain", "fused"), default="fused",
                       help="plain: logits then losses; fused: emoloss.fused_ce_emo")
   parser.add_argument("--overwrite", action="store_true",
@@ -103,6 +115,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
                        f"(got {args.objectives!r}).")
   overrides["objectives"] = tuple(o for o in known if o in chosen or o == "ce")
   overrides["loss_path"] = args.loss_path
+  if args.regimes is not None:
+    regimes = tuple(r.strip().upper() for r in args.regimes.split(",") if r.strip())
+    if not regimes or set(regimes) - {"A", "B"}:
+      raise UsageError(f"--regimes must be a comma-separated subset of A,B (got "
+                       f"{args.regimes!r}).")
+    overrides["regimes"] = tuple(r for r in ("A", "B") if r in regimes)
   if args.seed_list is not None:
     try:
       overrides["seed_list"] = tuple(int(v) for v in args.seed_list.split(",") if v.strip())
@@ -113,10 +131,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
       raise UsageError("--seed-list needs at least two different seeds (paired comparisons).")
     overrides["seeds"] = len(overrides["seed_list"])
   config = Config(**overrides)
-  for field in ("pretrain_chars", "vocab_size", "seq_len", "d_model", "num_layers", "num_heads",
-                "batch_size", "pretrain_steps", "finetune_steps", "eval_every", "seeds",
-                "prefix_len", "new_tokens", "max_prompts", "sampling_runs", "mauve_seeds",
-                "chunk_size"):
+  for field in ("pretrain_chars", "adapt_train_chars", "adapt_test_chars", "vocab_size", "seq_len", "d_model",
+                "num_layers", "num_heads", "batch_size", "bases", "pretrain_steps",
+                "finetune_steps", "shift_steps", "eval_every", "seeds", "shift_seeds",
+                "prefix_len", "new_tokens", "max_prompts", "mauve_seeds", "chunk_size"):
     if getattr(config, field) <= 0:
       raise UsageError(f"--{field.replace('_', '-')} must be positive "
                        f"(got {getattr(config, field)}).")
@@ -141,8 +159,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 _PER_RUN_FIELDS = ("objectives", "loss_path", "chunk_size", "seeds", "first_seed", "seed_list",
-                   "sampling_runs", "mauve_seeds", "max_prompts", "top_p")
-_EVALUATION_FIELDS = ("sampling_runs", "mauve_seeds", "max_prompts", "top_p")
+                   "shift_seeds", "shift_objectives", "ablation", "select_eta", "regimes",
+                   "mauve_seeds", "max_prompts", "top_p", "decodings")
+_EVALUATION_FIELDS = ("mauve_seeds", "max_prompts", "top_p", "decodings")
 
 
 def prepare_out_dir(out_dir: str, config: Config, overwrite: bool) -> None:
@@ -172,7 +191,7 @@ def prepare_out_dir(out_dir: str, config: Config, overwrite: bool) -> None:
     elif any(stored.get(k) != wanted[k] for k in _EVALUATION_FIELDS):
       # The evaluation settings changed: recompute the evaluations (not the training runs).
       for name in os.listdir(out_dir):
-        if name.startswith("eval_") and name.endswith(".json"):
+        if name.startswith(("eval_", "human_", "mixce_select_")) and name.endswith(".json"):
           os.remove(os.path.join(out_dir, name))
   with open(config_path, "w") as f:
     json.dump(wanted, f, indent=1)
@@ -192,29 +211,32 @@ def run_experiment(config: Config, out_dir: str, json_path: str, *, overwrite: b
   from benchmarks.machine import machine_description  # pylint: disable=import-outside-toplevel
 
   data = data_lib.prepare_data(config, out_dir, log)
-  per_seed = evaluation.run_seeds(config, data, out_dir, progress=progress, log=log)
-  names = ["untrained", "pretrained", *config.objectives]
-  flat = [{n: report.flat_metrics(s["models"][n], s["human"]) for n in names} for s in per_seed]
-  comparisons = report.compare(flat, list(config.objectives))
+  ctx = evaluation.make_context(config, data, out_dir, progress, log)
+  bases = evaluation.pretrain_bases(ctx)
+  log(f"base(s) ready ({time.perf_counter() - started:.0f} s)")
   results = {
       "command": command,
       "config": json.loads(json.dumps(dataclasses.asdict(config))),
       "data": data.description,
       "machine": machine_description(("mauve-text", "scikit-learn", "tokenizers")),
-      "load_average": {"start": load_at_start, "end": _load_average()},
-      "wall_seconds": time.perf_counter() - started,
       "setup": evaluation.setup_description(config, data),
-      "seeds": per_seed,
-      "human": [s["human"] for s in per_seed],
-      "flat": flat,
-      "comparisons": comparisons,
-      "claims": [dict(comparisons[c.objective][c.metric], **c._asdict())
-                 for c in report.CLAIMS if c.objective in comparisons],
-      "mean_curves": evaluation.mean_curves(per_seed, config.objectives),
+      "pretraining": [{k: r[k] for k in ("best_step", "best_nll", "seconds", "curves")}
+                      for _, r in bases],
+      "per_regime": {},
   }
-  report.write_results(json_path, results, report.plot, report.markdown)
+  for regime in evaluation.regimes(config):
+    per_regime = evaluation.run_regime(ctx, regime, bases, progress=progress, log=log)
+    per_regime["mean_curves"] = evaluation.mean_curves(per_regime["seeds"],
+                                                       per_regime["objectives"])
+    results["per_regime"][regime.key] = per_regime
+    report.summarise(results)
+    results["load_average"] = {"start": load_at_start, "end": _load_average()}
+    results["wall_seconds"] = time.perf_counter() - started
+    results["complete"] = regime.key == config.regimes[-1]
+    report.write_results(json_path, results, report.plot, report.markdown)
+    log(f"regime {regime.key} reported ({results['wall_seconds']:.0f} s)")
   for claim in results["claims"]:
-    log(f"{claim['objective']:>10} {claim['metric']:<24} {claim['claim']:<9} "
+    log(f"{claim['regime']} {claim['objective']:>10} {claim['metric']:<24} {claim['claim']:<9} "
         f"{claim['mean']:+.4f} [{claim['low']:+.4f}, {claim['high']:+.4f}] "
         f"({claim['improved']}/{claim['n']}): {claim['verdict']}")
   log(f"wall time {results['wall_seconds']:.0f} s; results {os.path.basename(json_path)}, "

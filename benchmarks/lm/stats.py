@@ -9,7 +9,11 @@ verdict against a margin declared before the run:
   the claimed direction; **does not hold** if it lies beyond ``-margin`` the other way or
   entirely inside ``[-margin, +margin]``; otherwise **inconclusive at this size**;
 * non-inferiority claim (``"not worse"``): **holds** if the interval lies above ``-margin``;
-  **does not hold** if it lies entirely below ``-margin``; otherwise inconclusive.
+  **does not hold** if it lies entirely below ``-margin``; otherwise inconclusive;
+* **not testable here** (either claim kind): the baseline already sits within ``margin`` of the
+  ideal (``room``, its mean distance from the ideal, is below the margin), so no improvement
+  beyond the margin is possible whatever the method does -- e.g. a repetition gap to human text
+  that is already smaller than the margin.
 
 "Above" is in the claimed direction: differences are multiplied by ``+1`` when higher is better
 and ``-1`` when lower is better before the comparison. Nothing here knows about language
@@ -27,6 +31,8 @@ import numpy as np
 HOLDS = "holds"
 DOES_NOT_HOLD = "does not hold"
 INCONCLUSIVE = "inconclusive at this size"
+NOT_TESTABLE = "not testable here"
+VERDICTS = (HOLDS, DOES_NOT_HOLD, INCONCLUSIVE, NOT_TESTABLE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,9 +66,18 @@ def t_interval(differences: Sequence[float], level: float = 0.95) -> tuple[float
   return mean, mean - half, mean + half
 
 
-def verdict(low: float, high: float, margin: float, claim: str = "better") -> str:
+def verdict(low: float, high: float, margin: float, claim: str = "better",
+            room: float | None = None) -> str:
   """The verdict of an interval ``[low, high]`` of improvements (positive = the claimed
-  direction) against ``margin`` for a ``"better"`` or ``"not worse"`` claim."""
+  direction) against ``margin`` for a ``"better"`` or ``"not worse"`` claim; ``room`` (the
+  baseline's distance from the ideal, if known) below ``margin`` makes a ``"better"`` claim
+  :data:`NOT_TESTABLE`.
+
+  >>> verdict(0.05, 0.09, 0.03), verdict(-0.01, 0.02, 0.03), verdict(0.0, 0.2, 0.03, room=0.01)
+  ('holds', 'does not hold', 'not testable here')
+  """
+  if claim == "better" and room is not None and room < margin:
+    return NOT_TESTABLE
   if claim == "better":
     if low > margin:
       return HOLDS
@@ -79,7 +94,8 @@ def verdict(low: float, high: float, margin: float, claim: str = "better") -> st
 
 
 def paired_comparison(method: Sequence[float], baseline: Sequence[float], margin: Margin,
-                      claim: str = "better", level: float = 0.95) -> dict:
+                      claim: str = "better", level: float = 0.95,
+                      room: float | None = None) -> dict:
   """Paired difference ``method - baseline`` over seeds, summarised for a report.
 
   Args:
@@ -88,11 +104,13 @@ def paired_comparison(method: Sequence[float], baseline: Sequence[float], margin
     margin: the metric's pre-declared margin and direction.
     claim: ``"better"`` (superiority) or ``"not worse"`` (non-inferiority).
     level: the interval's coverage.
+    room: the baseline's mean distance from the ideal value of the metric (e.g. its gap to
+      human text), or ``None``; below ``margin`` a "better" claim is not testable.
 
   Returns:
     A dict with ``n``, ``mean`` / ``low`` / ``high`` (the difference and its interval, in the
     metric's units and sign), ``improved`` (seeds whose difference is in the better direction),
-    ``margin``, ``claim`` and ``verdict``.
+    ``margin``, ``claim``, ``room`` and ``verdict``.
   """
   method = np.asarray(method, np.float64)
   baseline = np.asarray(baseline, np.float64)
@@ -113,7 +131,8 @@ def paired_comparison(method: Sequence[float], baseline: Sequence[float], margin
       "margin": margin.margin,
       "higher_is_better": margin.higher_is_better,
       "claim": claim,
-      "verdict": verdict(improvement[0], improvement[1], margin.margin, claim),
+      "room": room,
+      "verdict": verdict(improvement[0], improvement[1], margin.margin, claim, room),
   }
 
 

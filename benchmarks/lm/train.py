@@ -52,8 +52,13 @@ def _nll_and_emo(hidden, head, targets, cost, with_emo: bool, path: LossPath):
 
 
 def objective_losses(objective: Objective, hidden, head, targets, cost, path: LossPath):
-  """Per-token ``(loss, nll)`` of ``objective``; EMO is computed only for the EMO family."""
-  nll, emo = _nll_and_emo(hidden, head, targets, cost, objective.family == "emo", path)
+  """Per-token ``(loss, nll)`` of ``objective``; EMO is computed only for the EMO family, with
+  the cost embedding ``cost`` (``objective.cost`` ``"base"`` or ``"given"``), the model's own
+  ``head`` under stop-gradient (``"own"``), or none (``"identity"``: EMO from the NLL)."""
+  if objective.cost == "own":
+    cost = jax.lax.stop_gradient(head)
+  with_emo = objective.family == "emo" and objective.cost != "identity"
+  nll, emo = _nll_and_emo(hidden, head, targets, cost, with_emo, path)
   return token_loss(objective, nll, emo), nll
 
 

@@ -41,3 +41,22 @@ def test_paired_comparison_flips_the_direction_for_lower_is_better():
   assert "(5/5)" in stats.format_difference(lower)
   with pytest.raises(ValueError, match="paired"):
     stats.paired_comparison(method[:4], baseline, stats.Margin("nll", 0.01, False))
+
+
+def test_a_baseline_already_within_the_margin_of_the_ideal_is_not_testable():
+  """A "better" claim cannot hold when the baseline's distance from the ideal is below the
+  margin: the verdict says so instead of "does not hold", whatever the interval."""
+  baseline = np.array([0.004, 0.005, 0.003, 0.004, 0.006])   # e.g. a rep-2 gap to human text
+  method = baseline - 0.002
+  margin = stats.Margin("rep2_gap", 0.01, False)
+  room = float(baseline.mean())
+  result = stats.paired_comparison(method, baseline, margin, room=room)
+  assert result["verdict"] == stats.NOT_TESTABLE and result["room"] == room
+  # the same interval with room to improve is judged on the interval
+  assert stats.paired_comparison(method, baseline, margin, room=0.5)["verdict"] == (
+      stats.DOES_NOT_HOLD)
+  # non-inferiority claims are judged on the interval even without room
+  assert stats.paired_comparison(method, baseline, margin, "not worse", room=room)[
+      "verdict"] == stats.HOLDS
+  assert set(stats.VERDICTS) == {stats.HOLDS, stats.DOES_NOT_HOLD, stats.INCONCLUSIVE,
+                                 stats.NOT_TESTABLE}
