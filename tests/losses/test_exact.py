@@ -9,9 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
-from scipy import integrate, optimize, special, stats
+from scipy import special, stats
 
 from emoloss.losses.exact import exact_loss
+from tests.losses.reference import exact_deltas, exact_log_prob
 
 
 def _win_prob(logits, labels, **kwargs):
@@ -21,28 +22,6 @@ def _win_prob(logits, labels, **kwargs):
 
 def _log_win_prob(logits, labels, **kwargs):
   return -np.asarray(exact_loss(logits, labels, log_prob=True, **kwargs), np.float64)
-
-
-def _deltas(logits, label, sigma=1.0, margin=np.inf):
-  """Δ_i = min(z_y - z_i, margin) / σ over the competitors i ≠ y (float64)."""
-  z = np.asarray(logits, np.float64)
-  return np.minimum(z[label] - np.delete(z, label), margin) / sigma
-
-
-def _quadrature_log_prob(deltas):
-  """log ∫ φ(t) Π Φ(t + Δ_i) dt by adaptive (QUADPACK) quadrature around the integrand's peak,
-  which is found by bounded scalar minimisation, in float64."""
-  deltas = np.asarray(deltas, np.float64)
-
-  def log_integrand(t):
-    return stats.norm.logpdf(t) + np.sum(special.log_ndtr(t + deltas))
-
-  peak = optimize.minimize_scalar(lambda t: -log_integrand(t), bounds=(-40.0, 1e3),
-                                  method="bounded", options={"xatol": 1e-10}).x
-  top = log_integrand(peak)
-  value, _ = integrate.quad(lambda t: np.exp(log_integrand(t) - top), peak - 40.0, peak + 40.0,
-                            points=[peak], epsabs=0.0, epsrel=1e-12, limit=400)
-  return top + np.log(value)
 
 
 # Most tests share the shape [4, 6] (and the same static options) so that jit compiles once.
@@ -94,7 +73,7 @@ def test_matches_orthant_probability(num_classes):
   prob = _win_prob(logits, labels, sigma=SIGMA)
   cov = np.eye(num_classes - 1) + 1.0
   for row in range(N):
-    deltas = _deltas(logits[row], labels[row], SIGMA[row])
+    deltas = exact_deltas(logits[row], labels[row], SIGMA[row])
     want = stats.multivariate_normal.cdf(np.zeros(num_classes - 1), mean=-deltas, cov=cov,
                                          abseps=1e-7, releps=1e-7, maxpts=10**6,
                                          rng=np.random.default_rng(0))
@@ -112,7 +91,7 @@ def test_badly_wrong_and_tied_examples_match_reference(num_classes, num_nodes):
   logits[0, 0] = 0.0
   got = _log_win_prob(logits, np.array([0, num_classes - 1]), sigma=np.float32(1.0),
                       num_nodes=num_nodes)
-  want = _quadrature_log_prob(np.full(num_classes - 1, -10.0))
+  want = exact_log_prob(np.full(num_classes - 1, -10.0))
   assert abs(got[0] - want) <= 2e-5, (got[0], want)
   np.testing.assert_allclose(got[1], -np.log(num_classes), rtol=1e-5)
 
@@ -120,7 +99,7 @@ def test_badly_wrong_and_tied_examples_match_reference(num_classes, num_nodes):
 def test_wide_spread_logits_match_adaptive_quadrature():
   logits, labels = _problem(5, num_classes=10, scale=4.0)
   got = _log_win_prob(logits, labels, sigma=SIGMA)
-  want = [_quadrature_log_prob(_deltas(logits[r], labels[r], SIGMA[r])) for r in range(N)]
+  want = [exact_log_prob(exact_deltas(logits[r], labels[r], SIGMA[r])) for r in range(N)]
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -133,7 +112,7 @@ def test_margin_clips_logit_differences_before_sigma():
   for margin in (np.float32(1.0), margins):
     got = _log_win_prob(logits, labels, sigma=SIGMA, margin=margin)
     margin_rows = np.broadcast_to(margin, (N,))
-    want = [_quadrature_log_prob(_deltas(logits[r], labels[r], SIGMA[r], margin_rows[r]))
+    want = [exact_log_prob(exact_deltas(logits[r], labels[r], SIGMA[r], margin_rows[r]))
             for r in range(N)]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   # Same as moving every class that trails by more than the margin up to exactly the margin.
