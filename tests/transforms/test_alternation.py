@@ -63,6 +63,15 @@ def test_flood_level_regime_alternates_only_below_it():
     tx.update(g, state)
 
 
+def _descent_ascent_pair(tx, grad_fn, theta0):
+  """θ after the two steps (one descent, one ascent) of the alternation ``tx`` from ``θ0``."""
+  theta, state = theta0, tx.init(theta0)
+  for _ in range(2):
+    updates, state = tx.update(grad_fn(theta), state, theta)
+    theta = optax.apply_updates(theta, updates)
+  return theta
+
+
 @pytest.mark.parametrize(("flip", "ascent_first"), [("update", False), ("gradient", True)])
 def test_two_steps_match_one_step_on_the_penalised_loss_to_third_order(flip, ascent_first):
   """ε1 = ε, ε2 = ε/2: residual vs the penalised single step shrinks like ε³ (8× per halving),
@@ -76,10 +85,7 @@ def test_two_steps_match_one_step_on_the_penalised_loss_to_third_order(flip, asc
     residuals, plain_residuals = [], []
     for eps in step_sizes:
       tx = alternate_ascent_descent(optax.sgd(eps), ratio, flip=flip, ascent_first=ascent_first)
-      theta2, state = theta0, tx.init(theta0)
-      for _ in range(2):
-        updates, state = tx.update(grad_fn(theta2), state, theta2)
-        theta2 = optax.apply_updates(theta2, updates)
+      theta2 = _descent_ascent_pair(tx, grad_fn, theta0)
       lr, coeff = alternation_penalty(eps, ratio * eps)
       one_step = theta0 - lr * penalised_grad_fn(theta0, coeff)
       plain_step = theta0 - lr * grad_fn(theta0)
@@ -199,10 +205,7 @@ def test_pair_matches_one_step_on_the_equivalent_loss_to_third_order(ratio, flip
     residuals, displacements = [], []
     for eps in step_sizes:
       tx = alternate_ascent_descent(optax.sgd(eps), ratio, flip=flip, ascent_first=ascent_first)
-      theta2, state = theta0, tx.init(theta0)
-      for _ in range(2):
-        updates, state = tx.update(grad_fn(theta2), state, theta2)
-        theta2 = optax.apply_updates(theta2, updates)
+      theta2 = _descent_ascent_pair(tx, grad_fn, theta0)
       equivalent = alternation_equivalent_loss(smooth_loss, eps, ratio * eps)
       one_step = theta0 - jax.grad(equivalent)(theta0)
       residuals.append(float(jnp.linalg.norm(theta2 - one_step)))
