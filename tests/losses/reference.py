@@ -1,6 +1,9 @@
 """Independent NumPy references shared by the loss tests (float64)."""
 
+import functools
+
 import hypothesis.strategies as st
+import jax
 import numpy as np
 from scipy import integrate, optimize, special, stats
 
@@ -51,3 +54,19 @@ def exact_log_prob(deltas):
   value, _ = integrate.quad(lambda t: np.exp(log_integrand(t) - top), peak - 40.0, peak + 40.0,
                             points=[peak], epsabs=0.0, epsrel=1e-12, limit=400)
   return top + np.log(value)
+
+
+def value_and_grad_of_sum(loss_fn, logits, labels, where):
+  """``(loss_fn(logits, labels, where=where), ∂ Σ loss / ∂ logits)``: the per-example values and
+  the gradient of their sum, for the NaN-propagation tests."""
+  def total(z):
+    value = loss_fn(z, labels, where=where)
+    return value.sum(), value
+
+  grad, value = jax.grad(total, has_aux=True)(logits)
+  return value, grad
+
+
+def value_and_grad_function(loss_fn):
+  """:func:`value_and_grad_of_sum` of ``loss_fn`` as a function of ``(logits, labels, where)``."""
+  return functools.partial(value_and_grad_of_sum, loss_fn)

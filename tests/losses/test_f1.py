@@ -8,6 +8,7 @@ import pytest
 from jax.test_util import check_grads
 
 import emoloss
+from tests.losses.reference import value_and_grad_function
 
 
 def _binary(n=12, seed=0, columns=None):
@@ -57,13 +58,7 @@ def test_smooth_f1_loss_equals_optax_dice_and_finite_differences():
   check_grads(jax.jit(f), (jnp.asarray(logits),), order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
 
 
-def _f1_value_and_grad(logits, labels, where):
-  def total(z):
-    value = emoloss.f1_weighted_binary_cross_entropy(z, labels, where=where)
-    return value.sum(), value
-
-  grad, value = jax.grad(total, has_aux=True)(logits)
-  return value, grad
+_f1_value_and_grad = value_and_grad_function(emoloss.f1_weighted_binary_cross_entropy)
 
 
 def test_a_nan_logit_makes_the_batch_nan_not_zero():

@@ -8,7 +8,13 @@ import pytest
 from jax.test_util import check_grads
 
 import emoloss
-from tests.losses.reference import SIZES_N, SIZES_V, log_softmax, random_problem
+from tests.losses.reference import (
+    SIZES_N,
+    SIZES_V,
+    log_softmax,
+    random_problem,
+    value_and_grad_function,
+)
 
 
 def numpy_tailr_weight(p, gamma, min_weight=0.0):
@@ -52,13 +58,7 @@ def test_gamma_zero_with_grad_check_and_vmap():
   np.testing.assert_allclose(per_row, emoloss.tailr_loss(logits, labels), rtol=1e-6)
 
 
-def _tailr_value_and_grad(logits, labels, where):
-  def total(z):
-    value = emoloss.tailr_loss(z, labels, where=where)
-    return value.sum(), value
-
-  grad, value = jax.grad(total, has_aux=True)(logits)
-  return value, grad
+_tailr_value_and_grad = value_and_grad_function(emoloss.tailr_loss)
 
 
 def test_a_nan_logit_gives_nan_not_a_zero_weight():
