@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from emoloss.transforms import grouped_tiger, tiger, tiger_parameter_labels
+from tests.transforms.test_tiger import _nest
 
 
 def simulate_tiger(params, grads_seq, *, k, lr, beta, weight_decay, groups=None, rms=True,
@@ -125,14 +126,6 @@ def test_accumulation_with_nonfinite_gradients_and_groups_matches_the_numpy_rule
     outer, inner = n.split("/")
     mu = state.inner_states[groups[n]].inner_state.mu
     np.testing.assert_allclose(mu[outer][inner], v, rtol=1e-5, atol=1e-7, err_msg=n)
-
-
-def _nest(flat):
-  out = {}
-  for key, value in flat.items():
-    outer, inner = key.split("/")
-    out.setdefault(outer, {})[inner] = value
-  return out
 
 
 def old_tiger(lr, beta, weight_decay, mask, rms_scaling, min_rms=1e-3):
