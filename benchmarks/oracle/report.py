@@ -367,7 +367,7 @@ def plot(path: str, results: dict) -> None:
   sizes = sorted(sweep, key=int)
   markers = "osD^v<>p"
   ax = axes[1][0]
-  names = [n for n in results["config"]["sweep_objectives"]]
+  names = [n for n in results["objectives"] if n in results["config"]["sweep_objectives"]]
   for j, vocab in enumerate(sizes):
     per_seed = sweep[vocab]["per_regime"]["same"]
     for name in names:

@@ -73,19 +73,19 @@ class Config:
   pretrain_chars: int = 400_000     # stdlib text the oracle is trained on
   vocab_size: int = 512
   seq_len: int = 32                 # sample length (separator + seq_len - 1 sampled tokens)
-  oracle_d_model: int = 64
+  oracle_d_model: int = 32
   oracle_layers: int = 2
-  oracle_heads: int = 4
+  oracle_heads: int = 2
   oracle_steps: int = 600
   oracle_lr: float = 3e-3
-  small_d_model: int = 32           # the capacity-mismatch student
+  small_d_model: int = 16           # the capacity-mismatch student
   small_layers: int = 1
   small_heads: int = 2
-  train_samples: int = 4096         # oracle samples the students learn from
+  train_samples: int = 16384        # oracle samples the students learn from
   val_samples: int = 512            # oracle samples for early stopping (not the test set)
   held_out_samples: int = 1024      # oracle samples for PPL_test / forward KL
   student_samples: int = 512        # student samples for PPL_oracle / reverse KL
-  student_steps: int = 4000         # cap; early stopping normally ends a run before it
+  student_steps: int = 3000         # cap; early stopping normally ends a run before it
   eval_every: int = 50              # validation NLL every k steps ...
   patience: int = 4                 # ... stop after this many evaluations without a gain ...
   min_delta: float = 1e-3           # ... of at least this many nats (best checkpoint kept)
@@ -99,7 +99,7 @@ class Config:
   regimes: tuple[str, ...] = ("same", "small")
   objectives: tuple[str, ...] = tuple(o.name for o in ORACLE_OBJECTIVES)
   small_objectives: tuple[str, ...] = ("ce", "emo", "emo_cap3")
-  sweep_vocab_sizes: tuple[int, ...] = (300, 2048)   # besides vocab_size; () = no sweep
+  sweep_vocab_sizes: tuple[int, ...] = (300, 1024)   # besides vocab_size; () = no sweep
   sweep_objectives: tuple[str, ...] = ("ce", "emo", "emo_cap3")
 
   def vocab_sizes(self) -> tuple[int, ...]:
@@ -424,10 +424,19 @@ def prepare_out_dir(out_dir: str, config: Config, overwrite: bool) -> None:
 
 
 def run_experiment(config: Config, out_dir: str, json_path: str, *, overwrite: bool = False,
-                   progress: bool = True, log=print, command: str = "") -> dict:
-  """The whole experiment; returns the results and writes them (JSON, ``.md``, ``.png``)."""
+                   progress: bool = True, log=print, command: str = "",
+                   sweep_only: bool = False) -> dict:
+  """The whole experiment; returns the results and writes them (JSON, ``.md``, ``.png``).
+  ``sweep_only``: only the sweep's other vocabulary sizes (a second process filling the same
+  ``out_dir`` cache); returns ``{}`` and writes nothing else."""
   started = time.perf_counter()
   prepare_out_dir(out_dir, config, overwrite)
+  if sweep_only:
+    for vocab_size in config.vocab_sizes():
+      if vocab_size != config.vocab_size:
+        run_vocabulary(config, vocab_size, os.path.join(out_dir, f"v{vocab_size}"), progress,
+                       log, started)
+    return {}
   from benchmarks.machine import machine_description  # pylint: disable=import-outside-toplevel
   from benchmarks.oracle import report  # pylint: disable=import-outside-toplevel
 
@@ -456,11 +465,11 @@ def run_experiment(config: Config, out_dir: str, json_path: str, *, overwrite: b
   results["comparisons"] = report.compare(main["per_regime"], list(config.objectives))
   results["claims"] = report.claims(results["comparisons"])
   results["convergence"] = report.convergence(results)
+  swept = [n for n in config.objectives if n in config.sweep_objectives]
   results["vocab_comparisons"] = {
-      v: report.compare({"same": r["per_regime"]["same"]}, list(config.sweep_objectives))["same"]
+      v: report.compare({"same": r["per_regime"]["same"]}, swept)["same"]
       for v, r in results["vocab_sweep"].items()}
-  results["vocab_trend"] = report.vocab_trend(results["vocab_sweep"],
-                                              [n for n in config.sweep_objectives if n != "ce"])
+  results["vocab_trend"] = report.vocab_trend(results["vocab_sweep"], swept[1:])
   results["wall_seconds"] = time.perf_counter() - started
   write_results(json_path, results, report.plot, report.markdown)
   for claim in results["claims"]:
@@ -498,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--regimes", default=None,
                       help="comma-separated subset of same,small (default both; runs of another "
                       "process on the same --out are reused)")
+  parser.add_argument("--sweep-only", action="store_true",
+                      help="run only the sweep's other vocabulary sizes into --out's cache (a "
+                      "second process beside the main one); writes no results file")
   parser.add_argument("--overwrite", action="store_true",
                       help="discard caches in --out made with other settings")
   parser.add_argument("--no-progress", action="store_true", help="no tqdm bars")
@@ -559,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     default_json = (os.path.join(out_dir, "oracle_quick.json") if args.quick
                     else os.path.join(RESULTS, "oracle.json"))
     return run_experiment(config, out_dir, args.json or default_json, overwrite=args.overwrite,
-                          progress=not args.no_progress,
+                          progress=not args.no_progress, sweep_only=args.sweep_only,
                           command=" ".join(["python -m benchmarks.oracle", *argv]))
   except UsageError as error:
     parser.error(str(error))
