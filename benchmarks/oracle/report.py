@@ -231,8 +231,8 @@ def markdown(results: dict, png_name: str) -> str:
       f"separator: {config['train_samples']} for training, {config['held_out_samples']} "
       f"held out, {config['student_samples']} per student. Students: `same` = the oracle's "
       f"architecture, `small` = d={config['small_d_model']}, {config['small_layers']} layer(s); "
-      f"{config['student_steps']} steps of batch {config['batch_size']}, {config['seeds']} "
-      f"seeds (same initialisation and batches for every objective of a seed)."), "",
+      f"batches of {config['batch_size']} sequences, the same initialisation and batches for "
+      f"every objective of a seed."), "",
       (f"Training to convergence: AdamW at a constant {config['student_lr']:g} after "
        f"{config['warmup_steps']} warm-up steps, validation NLL on {config['val_samples']} fresh "
        f"oracle samples (not the test samples) every {config['eval_every']} steps; a run stops "
