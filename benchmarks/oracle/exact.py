@@ -11,7 +11,10 @@ Along a prefix ``x_<t`` both models give their full next-token distributions ``p
   and ``c(i, j) = 1 - ê_i · ê_j``, the product-plan cost ``C(q, p) = Σ_ij q_i p_j c(i, j) =
   1 - (qÊ)·(pÊ)``, which is the expected EMO loss of ``Q`` for a target ``y ~ P`` (the quantity
   EMO's training loss estimates, docs "Derivations", "EMO"); and its debiased form ``D = C(q, p) - ½ C(p, p)
-  - ½ C(q, q) = ½ ‖(p - q) Ê‖² >= 0`` (zero when ``Q`` matches ``P`` in the embedding space).
+  - ½ C(q, q) = ½ ‖(p - q) Ê‖² >= 0`` (zero when ``Q`` matches ``P`` in the embedding space);
+* the entropies ``H(p) = -Σ_v p_v log p_v`` and ``H(q)``: along ``Q``'s own samples the
+  cross-entropy under ``P`` (``log PPL_oracle``) is ``H(q) + KL(q‖p)`` per position, so a lower
+  ``PPL_oracle`` with an unchanged reverse KL is bought by a lower entropy (sharpening).
 
 Averaged over the positions of oracle samples (forward KL, ``PPL_test``) or of student samples
 (reverse KL, ``PPL_oracle``). By the chain rule, the sum over positions of the forward KL along
@@ -29,6 +32,7 @@ import numpy as np
 from flax import nnx
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "tv", "emo_cost", "emo_gap")
+ENTROPIES = ("entropy_p", "entropy_q")
 
 
 def unit_rows(head) -> jax.Array:
@@ -47,7 +51,8 @@ def divergences(p_logits: jax.Array, q_logits: jax.Array, unit_head: jax.Array) 
     unit_head: ``[V, k]`` unit-norm cost embedding (:func:`unit_rows` of ``P``'s head).
 
   Returns:
-    ``{name: [...] float32}`` for each of :data:`DIVERGENCES` (formulas in the module doc).
+    ``{name: [...] float32}`` for each of :data:`DIVERGENCES` and :data:`ENTROPIES` (formulas
+    in the module doc).
   """
   log_p = jax.nn.log_softmax(p_logits.astype(jnp.float32), axis=-1)
   log_q = jax.nn.log_softmax(q_logits.astype(jnp.float32), axis=-1)
@@ -59,6 +64,8 @@ def divergences(p_logits: jax.Array, q_logits: jax.Array, unit_head: jax.Array) 
       "tv": 0.5 * jnp.sum(jnp.abs(p - q), axis=-1),
       "emo_cost": 1.0 - jnp.sum(pe * qe, axis=-1),
       "emo_gap": 0.5 * jnp.sum(jnp.square(pe - qe), axis=-1),
+      "entropy_p": -jnp.sum(jnp.where(p > 0, p * log_p, 0.0), axis=-1),
+      "entropy_q": -jnp.sum(jnp.where(q > 0, q * log_q, 0.0), axis=-1),
   }
 
 

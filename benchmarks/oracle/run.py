@@ -6,14 +6,21 @@ Phases (each cached under ``--out``, so an interrupted run resumes):
 2. oracle ``P``: a small :class:`~benchmarks.lm.model.TransformerLM` trained with CE on that code
    by :func:`benchmarks.lm.train.train_run` (``oracle.npz``, best by validation NLL);
 3. oracle samples (unbiased, KV-cached :func:`benchmarks.lm.model.sample`, each from the
-   document separator): a training set and a held-out set (``samples.npz``);
+   document separator): a training set, a validation set (early stopping) and a held-out test
+   set, from independent keys (``samples.npz``);
 4. per regime (``same``: the oracle's architecture; ``small``: a narrower, shallower student),
    seed and objective: a student from the seed's initialisation trained on the seed's batches
-   (:func:`benchmarks.lm.train.train_step`; identical for every objective), then its exact metrics
+   (:func:`benchmarks.lm.train.train_step`; identical for every objective) **until its
+   validation NLL stops improving** (:func:`stopped`: ``patience`` evaluations without a gain of
+   ``min_delta``; the best checkpoint is kept), then its exact metrics
    (:mod:`benchmarks.oracle.exact`) along held-out oracle samples and along its own unbiased
-   samples (``student_{regime}_s{seed}_{objective}.json``);
-5. paired comparisons to CE (``benchmarks.lm.stats``), JSON, Markdown and PNG
-   (:mod:`benchmarks.oracle.report`).
+   samples (``student_{regime}_s{seed}_{objective}.json``). CE runs first in each seed: its
+   selected head is the **realistic** EMO cost embedding of that seed (``emo``, ``emo_cap3``,
+   ``emo_only``); ``emo_oracle`` / ``emo_cap3_oracle`` use the oracle's own head (privileged);
+5. phases 1-4 again for each vocabulary size of the sweep (``v{V}/`` sub-folders), with CE and
+   the two EMO+CE mixes in the ``same`` regime;
+6. paired comparisons to CE and the trend against ``log2 V`` (``benchmarks.lm.stats``), JSON,
+   Markdown and PNG (:mod:`benchmarks.oracle.report`).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -30,7 +38,7 @@ import numpy as np
 
 from benchmarks.lm.config import Config as LMConfig
 from benchmarks.lm.config import UsageError
-from benchmarks.lm.data import cached_json
+from benchmarks.lm.data import MIN_VOCAB_SIZE, cached_json
 from benchmarks.lm.model import ModelConfig
 from benchmarks.lm.objectives import OBJECTIVES, Objective
 from benchmarks.lm.report import write_results
@@ -38,15 +46,25 @@ from benchmarks.lm.report import write_results
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RESULTS = os.path.join(REPO_ROOT, "benchmarks", "results")
 
-# The objectives of the package that apply to LMs: the main experiment's six, EMO alone and focal.
+# The objectives of the package that apply to LMs: the main experiment's six (the EMO mixes with
+# the realistic cost: the head of the seed's CE-trained student), the two mixes with the oracle's
+# own head (privileged), EMO alone and focal.
+_CE_HEAD = " cost: head of the seed's CE-trained student (realistic)"
 ORACLE_OBJECTIVES = (
-    *OBJECTIVES,
+    *(o._replace(source=o.source + ";" + _CE_HEAD, cost="given") if o.family == "emo" else o
+      for o in OBJECTIVES),
+    Objective("emo_oracle", "EMO+CE (uncapped), oracle head", "emo",
+              "DRSY/EMO gpt2.py mode emo; cost: the oracle's own head (privileged)", cost="base"),
+    Objective("emo_cap3_oracle", "EMO+CE (cap 3), oracle head", "emo",
+              "emoloss mode 1, cap 3; cost: the oracle's own head (privileged)", max_ratio=3.0,
+              cost="base"),
     Objective("emo_only", "EMO alone", "emo",
-              "EMO cost only (Ren et al. §3; DRSY/EMO mode 2 without CE is not published)",
-              emo_only=True),
+              "EMO cost only (Ren et al. §3; DRSY/EMO mode 2 without CE is not published);"
+              + _CE_HEAD, emo_only=True, cost="given"),
     Objective("focal", "focal γ=2", "focal", "Lin et al. 2017, γ = 2 (control)", gamma=2.0),
 )
 BY_NAME = {o.name: o for o in ORACLE_OBJECTIVES}
+FEW_SEED_OBJECTIVES = ("emo_only", "focal")   # run at ``few_seeds`` seeds (the issue allows it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,26 +73,38 @@ class Config:
   pretrain_chars: int = 400_000     # stdlib text the oracle is trained on
   vocab_size: int = 512
   seq_len: int = 32                 # sample length (separator + seq_len - 1 sampled tokens)
-  oracle_d_model: int = 64
+  oracle_d_model: int = 32
   oracle_layers: int = 2
-  oracle_heads: int = 4
+  oracle_heads: int = 2
   oracle_steps: int = 600
   oracle_lr: float = 3e-3
-  small_d_model: int = 32           # the capacity-mismatch student
+  small_d_model: int = 16           # the capacity-mismatch student
   small_layers: int = 1
   small_heads: int = 2
-  train_samples: int = 4096         # oracle samples the students learn from
+  train_samples: int = 16384        # oracle samples the students learn from
+  val_samples: int = 512            # oracle samples for early stopping (not the test set)
   held_out_samples: int = 1024      # oracle samples for PPL_test / forward KL
   student_samples: int = 512        # student samples for PPL_oracle / reverse KL
-  student_steps: int = 300
-  student_lr: float = 3e-3
+  student_steps: int = 3000         # cap; early stopping normally ends a run before it
+  eval_every: int = 50              # validation NLL every k steps ...
+  patience: int = 4                 # ... stop after this many evaluations without a gain ...
+  min_delta: float = 1e-3           # ... of at least this many nats (best checkpoint kept)
+  student_lr: float = 3e-3          # constant after warm-up (early stopping sets the length)
   batch_size: int = 32
   weight_decay: float = 0.01
   warmup_steps: int = 30
   seeds: int = 5
+  few_seeds: int = 2                # the `small` regime, EMO alone and focal
   first_seed: int = 0               # seeds first_seed .. first_seed + seeds - 1
   regimes: tuple[str, ...] = ("same", "small")
   objectives: tuple[str, ...] = tuple(o.name for o in ORACLE_OBJECTIVES)
+  small_objectives: tuple[str, ...] = ("ce", "emo", "emo_cap3")
+  sweep_vocab_sizes: tuple[int, ...] = (300, 1024)   # besides vocab_size; () = no sweep
+  sweep_objectives: tuple[str, ...] = ("ce", "emo", "emo_cap3")
+
+  def vocab_sizes(self) -> tuple[int, ...]:
+    """Every vocabulary size of the sweep (the main one included), ascending."""
+    return tuple(sorted({self.vocab_size, *self.sweep_vocab_sizes}))
 
   def oracle_config(self, vocab_size: int) -> ModelConfig:
     return ModelConfig(vocab_size, self.seq_len, self.oracle_d_model, self.oracle_layers,
@@ -86,18 +116,34 @@ class Config:
     return ModelConfig(vocab_size, self.seq_len, self.small_d_model, self.small_layers,
                        self.small_heads)
 
-  def lm_config(self) -> LMConfig:
+  def lm_config(self, vocab_size: int) -> LMConfig:
     """The main experiment's settings that its data module reads (tokenizer, corpora)."""
     return LMConfig(pretrain_chars=self.pretrain_chars, pretrain_val_chars=20_000,
-                    vocab_size=self.vocab_size, seq_len=self.seq_len)
+                    vocab_size=vocab_size, seq_len=self.seq_len)
+
+  def plan(self, vocab_size: int) -> dict[str, list[tuple[str, int]]]:
+    """``{regime: [(objective, seeds)]}`` run at ``vocab_size`` (CE first)."""
+    if vocab_size != self.vocab_size:
+      return {"same": [(n, self.seeds) for n in self.objectives if n in self.sweep_objectives]}
+    plan = {}
+    for regime in self.regimes:
+      if regime == "same":
+        plan[regime] = [(n, self.few_seeds if n in FEW_SEED_OBJECTIVES else self.seeds)
+                        for n in self.objectives]
+      else:
+        plan[regime] = [(n, self.few_seeds) for n in self.objectives
+                        if n in self.small_objectives]
+    return plan
 
 
 QUICK = {
     "pretrain_chars": 120_000, "vocab_size": 320, "seq_len": 16, "oracle_d_model": 32,
     "oracle_layers": 1, "oracle_heads": 2, "oracle_steps": 120, "small_d_model": 16,
-    "small_heads": 2, "train_samples": 512, "held_out_samples": 256, "student_samples": 256,
-    "student_steps": 60, "batch_size": 16, "warmup_steps": 10, "seeds": 2,
-    "objectives": ("ce", "emo", "tailr_open"), "regimes": ("same",),
+    "small_heads": 2, "train_samples": 128, "val_samples": 128, "held_out_samples": 256,
+    "student_samples": 256, "student_steps": 600, "eval_every": 10, "patience": 3,
+    "batch_size": 16, "warmup_steps": 10, "seeds": 2, "few_seeds": 1,
+    "objectives": ("ce", "emo", "emo_oracle", "tailr_open"), "regimes": ("same",),
+    "sweep_vocab_sizes": (300,), "sweep_objectives": ("ce", "emo"),
 }
 
 
@@ -135,7 +181,8 @@ def sample_rows(model, count: int, seq_len: int, separator: int, key) -> np.ndar
 
 
 def oracle_samples(config: Config, oracle, separator: int, out_dir: str) -> dict:
-  """Training and held-out oracle samples (cached), from independent keys."""
+  """Training, held-out (test), student-reference and validation oracle samples (cached), from
+  independent keys."""
   import jax  # pylint: disable=import-outside-toplevel
 
   from benchmarks.lm import data as data_lib  # pylint: disable=import-outside-toplevel
@@ -146,15 +193,43 @@ def oracle_samples(config: Config, oracle, separator: int, out_dir: str) -> dict
   sets = {name: sample_rows(oracle, count, config.seq_len, separator, jax.random.key(i))
           for i, (name, count) in enumerate((("train", config.train_samples),
                                              ("held_out", config.held_out_samples),
-                                             ("self", config.student_samples)))}
+                                             ("self", config.student_samples),
+                                             ("val", config.val_samples)))}
   data_lib.atomic_savez(path, **sets)
   return sets
 
 
+def stopped(history: Sequence[float], patience: int, min_delta: float) -> bool:
+  """The early-stopping rule: ``True`` once the last ``patience`` validation NLLs of
+  ``history`` all fail to improve on the best before them by more than ``min_delta``.
+
+  >>> stopped([3.0, 2.5, 2.49, 2.6, 2.7], patience=3, min_delta=0.02)
+  True
+  >>> stopped([3.0, 2.5, 2.4, 2.6], patience=3, min_delta=0.02)
+  False
+  """
+  if len(history) <= patience:
+    return False
+  best_before = min(history[:-patience])
+  return min(history[-patience:]) > best_before - min_delta
+
+
+def validation_nll(model, rows: np.ndarray, batch_size: int = 512) -> float:
+  """Mean NLL per token of ``model`` on oracle samples ``rows [N, T]`` (targets ``rows[:, 1:]``)."""
+  from benchmarks.lm.model import sequence_log_probs  # pylint: disable=import-outside-toplevel
+  total = 0.0
+  for start in range(0, len(rows), batch_size):
+    total -= float(np.asarray(sequence_log_probs(model, rows[start:start + batch_size]),
+                              np.float64).sum())
+  return total / (rows.shape[0] * (rows.shape[1] - 1))
+
+
 def train_student(config: Config, model_config: ModelConfig, objectives, index: int, seed: int,
-                  rows: np.ndarray, cost):
+                  rows: np.ndarray, val_rows: np.ndarray, cost):
   """A student from initialisation ``seed`` trained with ``objectives[index]`` on batches of
-  ``rows`` drawn by ``(seed, step)`` (the same for every objective); returns ``(model, record)``."""
+  ``rows`` drawn by ``(seed, step)`` (the same for every objective) until :func:`stopped` on its
+  validation NLL over ``val_rows`` (checked every ``eval_every`` steps; at most
+  ``student_steps``); returns ``(model at the best validation NLL, record)``."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
@@ -165,22 +240,33 @@ def train_student(config: Config, model_config: ModelConfig, objectives, index: 
   model = build_model(model_config, seed)
   optimizer = nnx.Optimizer(model, train.adamw(config.weight_decay), wrt=nnx.Param)
   graphdef, state = nnx.split((model, optimizer))
-  schedule = train.learning_rate_schedule(config.student_lr, config.student_steps,
-                                          config.warmup_steps)
-  losses = []
-  for step in range(config.student_steps):
+  history: list[float] = []
+  best, best_step, step, finite = None, 0, 0, True
+  while step < config.student_steps:
     picks = np.random.default_rng([seed, 7, step]).integers(0, len(rows), config.batch_size)
-    state, loss, nll = train.train_step(graphdef, state, rows[picks], cost, np.int32(index),
-                                        np.float32(schedule(step)), objectives=objectives,
-                                        path=train.LossPath())
-    losses.append((loss, nll))
-  values = np.asarray(jax.device_get(losses), np.float64)
-  model, _ = nnx.merge(graphdef, state)
-  finite = bool(np.all(np.isfinite(values))) and all(
-      bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(nnx.state(model)))
-  tail = values[-max(len(values) // 10, 1):]
-  return model, {"final_loss": float(tail[:, 0].mean()), "final_nll": float(tail[:, 1].mean()),
-                 "finite": finite}
+    lr = config.student_lr * min(1.0, (step + 1) / config.warmup_steps)
+    state, _, _ = train.train_step(graphdef, state, rows[picks], cost, np.int32(index),
+                                   np.float32(lr), objectives=objectives, path=train.LossPath())
+    step += 1
+    if step % config.eval_every and step != config.student_steps:
+      continue
+    current, _ = nnx.merge(graphdef, state)
+    value = validation_nll(current, val_rows)
+    if not np.isfinite(value):
+      finite = False
+      break
+    history.append(value)
+    if value <= min(history):
+      best, best_step = jax.device_get(nnx.state(current)), step  # host copy: state is donated
+    if stopped(history, config.patience, config.min_delta):
+      break
+  model = build_model(model_config, seed)
+  if best is not None:
+    nnx.update(model, jax.tree.map(jnp.asarray, best))
+  return model, {"steps": best_step, "steps_run": step,
+                 "stopped_early": finite and step < config.student_steps,
+                 "best_val_nll": min(history) if history else float("nan"),
+                 "val_curve": history, "finite": finite and best is not None}
 
 
 def exact_metrics(oracle, student, held_out: np.ndarray, own_samples: np.ndarray,
@@ -199,6 +285,10 @@ def exact_metrics(oracle, student, held_out: np.ndarray, own_samples: np.ndarray
       "forward_kl": on_oracle["forward_kl"], "reverse_kl": on_student["reverse_kl"],
       **{f"{name}_oracle_prefixes": on_oracle[name] for name in ("tv", "emo_cost", "emo_gap")},
       **{f"{name}_student_prefixes": on_student[name] for name in ("tv", "emo_cost", "emo_gap")},
+      "entropy_q_student_prefixes": on_student["entropy_q"],
+      "entropy_p_student_prefixes": on_student["entropy_p"],
+      # sharpening diagnostic: H(Q) - H(P) along Q's own prefixes (negative: Q is sharper)
+      "entropy_gap": on_student["entropy_q"] - on_student["entropy_p"],
       "forward_kl_on_student": on_student["forward_kl"],
       "reverse_kl_on_oracle": on_oracle["reverse_kl"],
   }
@@ -206,7 +296,8 @@ def exact_metrics(oracle, student, held_out: np.ndarray, own_samples: np.ndarray
 
 def run_students(config: Config, oracle, samples: dict, vocab_size: int, separator: int,
                  out_dir: str, progress: bool, log) -> dict:
-  """``{regime: [{name: metrics} per seed]}``, with ``untrained`` (the seed's initialisation)."""
+  """``{regime: [{name: metrics} per seed]}`` for :meth:`Config.plan` at ``vocab_size``, with
+  ``untrained`` (the seed's initialisation); seeds beyond an objective's seed count lack it."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
@@ -215,17 +306,21 @@ def run_students(config: Config, oracle, samples: dict, vocab_size: int, separat
   from benchmarks.oracle import exact  # pylint: disable=import-outside-toplevel
 
   objectives = tuple(BY_NAME[n] for n in config.objectives)
-  cost = jnp.array(oracle.head, copy=True)  # EMO's cost embedding: the oracle's frozen head
-  unit_head = exact.unit_rows(cost)
-  total = len(config.regimes) * config.seeds * (len(objectives) + 1)
-  bar = tqdm(total=total, desc="students", disable=not progress, dynamic_ncols=True)
+  oracle_head = jnp.array(oracle.head, copy=True)  # privileged cost: the oracle's frozen head
+  unit_head = exact.unit_rows(oracle_head)
+  plan = config.plan(vocab_size)
+  total = sum(max(n for _, n in runs) + sum(n for _, n in runs) for runs in plan.values())
+  bar = tqdm(total=total, desc=f"students V={vocab_size}", disable=not progress,
+             dynamic_ncols=True)
   results = {}
-  for regime in config.regimes:
+  for regime, runs in plan.items():
     model_config = config.student_config(regime, vocab_size)
     results[regime] = []
-    for seed in range(config.first_seed, config.first_seed + config.seeds):
+    for offset in range(max(seeds for _, seeds in runs)):
+      seed = config.first_seed + offset
       per_seed = {}
       sample_key = jax.random.key(1000 + seed)  # the same key for every student of a seed
+      stem = os.path.join(out_dir, f"student_{regime}_s{seed}")
 
       def untrained(seed=seed, sample_key=sample_key, model_config=model_config):
         model = build_model(model_config, seed)
@@ -233,16 +328,27 @@ def run_students(config: Config, oracle, samples: dict, vocab_size: int, separat
         return dict(exact_metrics(oracle, model, samples["held_out"], own, unit_head),
                     finite=True)
 
-      per_seed["untrained"] = cached_json(
-          os.path.join(out_dir, f"student_{regime}_s{seed}_untrained.json"), untrained)
+      per_seed["untrained"] = cached_json(f"{stem}_untrained.json", untrained)
       bar.update()
-      for index, objective in enumerate(objectives):
-        bar.set_postfix_str(f"{regime} s{seed} {objective.name}", refresh=True)
+      for name, seeds in runs:
+        if offset >= seeds:
+          continue
+        index = config.objectives.index(name)
+        bar.set_postfix_str(f"{regime} s{seed} {name}", refresh=True)
+        head_path = f"{stem}_ce_head.npy"
 
-        def trained(seed=seed, index=index, sample_key=sample_key, model_config=model_config):
+        def trained(seed=seed, index=index, sample_key=sample_key, model_config=model_config,
+                    head_path=head_path, name=name):
           started = time.perf_counter()
+          if objectives[index].family == "emo" and objectives[index].cost == "given":
+            cost = jnp.asarray(np.load(head_path))  # realistic: the seed's CE student's head
+          else:
+            cost = oracle_head
           model, record = train_student(config, model_config, objectives, index, seed,
-                                        samples["train"], cost)
+                                        samples["train"], samples["val"], cost)
+          if name == "ce":
+            np.save(head_path + ".tmp.npy", np.asarray(model.head))
+            os.replace(head_path + ".tmp.npy", head_path)
           if not record["finite"]:
             return dict(record, seconds=time.perf_counter() - started)
           own = sample_rows(model, config.student_samples, config.seq_len, separator,
@@ -250,14 +356,42 @@ def run_students(config: Config, oracle, samples: dict, vocab_size: int, separat
           return dict(exact_metrics(oracle, model, samples["held_out"], own, unit_head),
                       **record, seconds=time.perf_counter() - started)
 
-        per_seed[objective.name] = cached_json(
-            os.path.join(out_dir, f"student_{regime}_s{seed}_{objective.name}.json"), trained)
-        if not per_seed[objective.name]["finite"]:
-          log(f"{regime} seed {seed} {objective.name}: non-finite training (reported as unstable)")
+        per_seed[name] = cached_json(f"{stem}_{name}.json", trained)
+        if not per_seed[name]["finite"]:
+          log(f"V={vocab_size} {regime} seed {seed} {name}: non-finite training (reported as "
+              "unstable)")
         bar.update()
       results[regime].append(per_seed)
   bar.close()
   return results
+
+
+def run_vocabulary(config: Config, vocab_size: int, out_dir: str, progress: bool, log,
+                   started: float) -> dict:
+  """Data, oracle, samples and students at one vocabulary size (cached in ``out_dir``)."""
+  from benchmarks.lm import data as data_lib  # pylint: disable=import-outside-toplevel
+  from benchmarks.oracle import exact  # pylint: disable=import-outside-toplevel
+
+  os.makedirs(out_dir, exist_ok=True)
+  data = data_lib.prepare_data(config.lm_config(vocab_size), out_dir, log)
+  separator = data.tokenizer.token_to_id(data_lib.SPECIAL_TOKEN)
+  oracle, oracle_record = train_oracle(config, data, out_dir, progress, log)
+  samples = oracle_samples(config, oracle, separator, out_dir)
+  log(f"V={vocab_size}: oracle and samples ready ({time.perf_counter() - started:.0f} s)")
+  unit_head = exact.unit_rows(oracle.head)
+  reference = cached_json(os.path.join(out_dir, "oracle_self.json"), lambda: exact_metrics(
+      oracle, oracle, samples["held_out"], samples["self"], unit_head))
+  per_regime = run_students(config, oracle, samples, data.vocab_size, separator, out_dir,
+                            progress, log)
+  log(f"V={vocab_size}: students done ({time.perf_counter() - started:.0f} s)")
+  return {
+      "data": data.description,
+      "oracle": {"training": {k: oracle_record[k] for k in ("best_step", "best_nll", "seconds")},
+                 "self": reference,
+                 "sampled_tokens": {k: int(v.shape[0] * (v.shape[1] - 1))
+                                    for k, v in samples.items()}},
+      "per_regime": per_regime,
+  }
 
 
 def prepare_out_dir(out_dir: str, config: Config, overwrite: bool) -> None:
@@ -269,8 +403,9 @@ def prepare_out_dir(out_dir: str, config: Config, overwrite: bool) -> None:
     raise UsageError(f"--out {out_dir!r}: cannot create the folder ({error}).") from None
   path = os.path.join(out_dir, "config.json")
   wanted = json.loads(json.dumps(dataclasses.asdict(config)))
-  keyed = {k: v for k, v in wanted.items() if k not in ("seeds", "first_seed", "regimes",
-                                                       "objectives")}
+  keyed = {k: v for k, v in wanted.items() if k not in (
+      "seeds", "few_seeds", "first_seed", "regimes", "objectives", "small_objectives",
+      "sweep_vocab_sizes", "sweep_objectives")}
   if os.path.exists(path):
     with open(path) as f:
       stored = {k: v for k, v in json.load(f).items() if k in keyed}
@@ -280,60 +415,70 @@ def prepare_out_dir(out_dir: str, config: Config, overwrite: bool) -> None:
         raise UsageError(f"{out_dir} holds runs of other settings ({', '.join(changed)}); use "
                          f"another --out or --overwrite to discard them.")
       for name in os.listdir(out_dir):
-        if name.endswith((".npz", ".json")):
+        if name.endswith((".npz", ".json", ".npy")):
           os.remove(os.path.join(out_dir, name))
+        elif name.startswith("v") and os.path.isdir(os.path.join(out_dir, name)):
+          shutil.rmtree(os.path.join(out_dir, name))
   with open(path, "w") as f:
     json.dump(wanted, f, indent=1)
 
 
 def run_experiment(config: Config, out_dir: str, json_path: str, *, overwrite: bool = False,
-                   progress: bool = True, log=print, command: str = "") -> dict:
-  """The whole experiment; returns the results and writes them (JSON, ``.md``, ``.png``)."""
+                   progress: bool = True, log=print, command: str = "",
+                   sweep_only: bool = False) -> dict:
+  """The whole experiment; returns the results and writes them (JSON, ``.md``, ``.png``).
+  ``sweep_only``: only the sweep's other vocabulary sizes (a second process filling the same
+  ``out_dir`` cache); returns ``{}`` and writes nothing else."""
   started = time.perf_counter()
   prepare_out_dir(out_dir, config, overwrite)
-  import jax  # pylint: disable=import-outside-toplevel
-
-  from benchmarks.lm import data as data_lib  # pylint: disable=import-outside-toplevel
+  if sweep_only:
+    for vocab_size in config.vocab_sizes():
+      if vocab_size != config.vocab_size:
+        run_vocabulary(config, vocab_size, os.path.join(out_dir, f"v{vocab_size}"), progress,
+                       log, started)
+    return {}
   from benchmarks.machine import machine_description  # pylint: disable=import-outside-toplevel
-  from benchmarks.oracle import exact, report  # pylint: disable=import-outside-toplevel
+  from benchmarks.oracle import report  # pylint: disable=import-outside-toplevel
 
-  data = data_lib.prepare_data(config.lm_config(), out_dir, log)
-  separator = data.tokenizer.token_to_id(data_lib.SPECIAL_TOKEN)
-  log(f"data ready ({time.perf_counter() - started:.0f} s)")
-  oracle, oracle_record = train_oracle(config, data, out_dir, progress, log)
-  log(f"oracle ready ({time.perf_counter() - started:.0f} s)")
-  samples = oracle_samples(config, oracle, separator, out_dir)
-  log(f"oracle samples ready ({time.perf_counter() - started:.0f} s)")
-  unit_head = exact.unit_rows(oracle.head)
-  reference = cached_json(os.path.join(out_dir, "oracle_self.json"), lambda: exact_metrics(
-      oracle, oracle, samples["held_out"], samples["self"], unit_head))
-  per_regime = run_students(config, oracle, samples, data.vocab_size, separator, out_dir,
-                            progress, log)
-  log(f"students done ({time.perf_counter() - started:.0f} s)")
+  by_vocab = {}
+  for vocab_size in [config.vocab_size, *(v for v in config.vocab_sizes()
+                                          if v != config.vocab_size)]:
+    by_vocab[vocab_size] = run_vocabulary(config, vocab_size,
+                                          os.path.join(out_dir, f"v{vocab_size}"), progress,
+                                          log, started)
+  main = by_vocab[config.vocab_size]
   results = {
       "command": command,
       "config": json.loads(json.dumps(dataclasses.asdict(config))),
       "objectives": {o.name: {"label": o.label, "source": o.source}
                      for o in ORACLE_OBJECTIVES if o.name in config.objectives},
-      "data": data.description,
-      "oracle": {"training": {k: oracle_record[k] for k in ("best_step", "best_nll", "seconds")},
-                 "self": reference,
-                 "sampled_tokens": {k: int(v.shape[0] * (v.shape[1] - 1))
-                                    for k, v in samples.items()}},
+      "data": main["data"],
+      "oracle": main["oracle"],
       "machine": machine_description(("tokenizers",)),
       "machine_note": ("the machine's 2 cores were shared with other jobs during the run"
                        if config.seeds >= 5 else "CI-sized run"),
-      "per_regime": per_regime,
+      "per_regime": main["per_regime"],
+      "vocab_sweep": {str(v): {"data_vocab_size": r["data"]["vocab_size"],
+                               "oracle": r["oracle"], "per_regime": r["per_regime"]}
+                      for v, r in sorted(by_vocab.items())},
   }
-  results["comparisons"] = report.compare(per_regime, list(config.objectives))
+  results["comparisons"] = report.compare(main["per_regime"], list(config.objectives))
   results["claims"] = report.claims(results["comparisons"])
+  results["convergence"] = report.convergence(results)
+  swept = [n for n in config.objectives if n in config.sweep_objectives]
+  results["vocab_comparisons"] = {
+      v: report.compare({"same": r["per_regime"]["same"]}, swept)["same"]
+      for v, r in results["vocab_sweep"].items()}
+  results["vocab_trend"] = report.vocab_trend(results["vocab_sweep"], swept[1:])
   results["wall_seconds"] = time.perf_counter() - started
-  del jax
   write_results(json_path, results, report.plot, report.markdown)
   for claim in results["claims"]:
     log(f"{claim['regime']:>5} {claim['objective']:>10} {claim['metric']:<16} "
         f"{claim['claim']:<9} {claim['mean']:+.4f} [{claim['low']:+.4f}, {claim['high']:+.4f}] "
         f"({claim['improved']}/{claim['n']}): {claim['verdict']}")
+  trend = results["vocab_trend"]
+  log(f"vocab trend ({trend['objective']}, {trend['metric']}): slope {trend['slope']:+.4f} "
+      f"[{trend['low']:+.4f}, {trend['high']:+.4f}] per doubling of V: {trend['verdict']}")
   log(f"wall time {results['wall_seconds']:.0f} s; results {os.path.basename(json_path)}, .md, "
       ".png")
   return results
@@ -351,12 +496,20 @@ def build_parser() -> argparse.ArgumentParser:
                       "oracle.json; with --quick, inside --out)")
   parser.add_argument("--seeds", type=int, default=None, help="paired seeds per regime")
   parser.add_argument("--first-seed", type=int, default=None, help="first seed (default 0)")
-  parser.add_argument("--student-steps", type=int, default=None, help="training steps")
+  parser.add_argument("--student-steps", type=int, default=None,
+                      help="cap on training steps (early stopping usually ends runs sooner)")
+  parser.add_argument("--few-seeds", type=int, default=None,
+                      help="seeds of the small regime, EMO alone and focal (default 2)")
+  parser.add_argument("--sweep-vocab-sizes", default=None,
+                      help="comma-separated vocabulary sizes besides the main one ('' = none)")
   parser.add_argument("--objectives", default=None,
                       help="comma-separated subset of " + ",".join(BY_NAME) + " (ce always in)")
   parser.add_argument("--regimes", default=None,
                       help="comma-separated subset of same,small (default both; runs of another "
                       "process on the same --out are reused)")
+  parser.add_argument("--sweep-only", action="store_true",
+                      help="run only the sweep's other vocabulary sizes into --out's cache (a "
+                      "second process beside the main one); writes no results file")
   parser.add_argument("--overwrite", action="store_true",
                       help="discard caches in --out made with other settings")
   parser.add_argument("--no-progress", action="store_true", help="no tqdm bars")
@@ -370,7 +523,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.first_seed < 0:
       raise UsageError(f"--first-seed must be >= 0 (got {args.first_seed}).")
     overrides["first_seed"] = args.first_seed
-  for field in ("seeds", "student_steps"):
+  if args.sweep_vocab_sizes is not None:
+    try:
+      sizes = tuple(int(v) for v in args.sweep_vocab_sizes.split(",") if v.strip())
+    except ValueError:
+      raise UsageError(f"--sweep-vocab-sizes must be comma-separated integers (got "
+                       f"{args.sweep_vocab_sizes!r}).") from None
+    if any(v < MIN_VOCAB_SIZE for v in sizes):
+      raise UsageError(f"--sweep-vocab-sizes must be >= {MIN_VOCAB_SIZE} (byte-level BPE; got {sizes}).")
+    overrides["sweep_vocab_sizes"] = sizes
+  for field in ("seeds", "few_seeds", "student_steps"):
     value = getattr(args, field)
     if value is not None:
       if value <= 0:
@@ -390,6 +552,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
                        f"{args.regimes!r}).")
     overrides["regimes"] = regimes
   config = Config(**overrides)
+  if config.few_seeds > config.seeds:
+    config = dataclasses.replace(config, few_seeds=config.seeds)
   if config.objectives[0] != "ce":
     raise UsageError("the objectives must start with ce (the baseline and the oracle's loss).")
   return config
@@ -407,7 +571,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     default_json = (os.path.join(out_dir, "oracle_quick.json") if args.quick
                     else os.path.join(RESULTS, "oracle.json"))
     return run_experiment(config, out_dir, args.json or default_json, overwrite=args.overwrite,
-                          progress=not args.no_progress,
+                          progress=not args.no_progress, sweep_only=args.sweep_only,
                           command=" ".join(["python -m benchmarks.oracle", *argv]))
   except UsageError as error:
     parser.error(str(error))

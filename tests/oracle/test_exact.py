@@ -77,6 +77,9 @@ def test_tv_and_emo_cost_equal_explicit_sums():
   gap = plan_cost(q, p) - 0.5 * plan_cost(p, p) - 0.5 * plan_cost(q, q)
   np.testing.assert_allclose(out["emo_gap"], gap, **tol)
   assert np.all(gap >= -1e-12)
+  for name, probs in (("entropy_p", p), ("entropy_q", q)):
+    entropy = -sum(probs[..., i] * np.log(probs[..., i]) for i in range(2))
+    np.testing.assert_allclose(out[name], entropy, **tol)
 
 
 def test_along_averages_positions_and_reports_standard_errors():
@@ -85,7 +88,7 @@ def test_along_averages_positions_and_reports_standard_errors():
   unit_head = exact.unit_rows(p_model.head)
   means = exact.along(p_model, q_model, tokens, unit_head, batch_size=3)  # ragged last batch
   per_position = exact.position_divergences(p_model, q_model, tokens, unit_head)
-  for name in (*exact.DIVERGENCES, "nll_p", "nll_q"):
+  for name in (*exact.DIVERGENCES, *exact.ENTROPIES, "nll_p", "nll_q"):
     per_sequence = np.asarray(per_position[name], np.float64).mean(1)
     np.testing.assert_allclose(means[name], per_sequence.mean(), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(means[f"{name}_se"],

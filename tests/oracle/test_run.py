@@ -2,8 +2,9 @@
 
 One quick run (module fixture) is checked for its files and for properties that must hold
 whatever the numbers: exact KLs are >= 0, training with CE lowers the forward KL of the
-initialisation, and the oracle's PPL_oracle on its own samples equals its PPL_test within
-sampling error (both estimate the oracle's entropy rate).
+initialisation, the early-stopping rule ends every run before its step cap (the quick students
+overfit 128 training samples), and the oracle's PPL_oracle on its own samples equals its PPL_test
+within sampling error (both estimate the oracle's entropy rate).
 """
 
 import json
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.lm.stats import VERDICTS
 from benchmarks.oracle import report, run
 
 pytestmark = pytest.mark.experiments  # end-to-end run: second test lane
@@ -33,8 +35,10 @@ def test_writes_json_markdown_and_png(quick):
   assert Path(out / "results.png").stat().st_size > 1000
   markdown = Path(out / "results.md").read_text()
   assert "PPL_oracle" in markdown and "results.png" in markdown
-  assert {c["verdict"] for c in results["claims"]} <= {
-      "holds", "does not hold", "inconclusive at this size", "unstable (non-finite training)"}
+  assert {c["verdict"] for c in results["claims"]} <= {*VERDICTS, "unstable (non-finite training)"}
+  assert "## Vocabulary sweep" in markdown and "## Convergence" in markdown
+  for key in ("per_regime", "comparisons", "claims", "convergence", "vocab_trend"):
+    assert key in stored
 
 
 def test_exact_divergences_are_non_negative(quick):
@@ -57,6 +61,42 @@ def test_training_with_ce_lowers_the_forward_kl(quick):
     for models in per_seed:
       assert models["ce"]["forward_kl"] < 0.9 * models["untrained"]["forward_kl"]
       assert models["ce"]["ppl_test"] < models["untrained"]["ppl_test"]
+
+
+def test_the_convergence_rule_stops_and_is_summarised(quick):
+  _, results = quick
+  cap = results["config"]["student_steps"]
+  for vocab, sweep in results["vocab_sweep"].items():
+    for per_seed in sweep["per_regime"].values():
+      for models in per_seed:
+        for name, metrics in models.items():
+          if name == "untrained":
+            continue
+          assert metrics["stopped_early"] and metrics["steps_run"] < cap, (vocab, name)
+          assert metrics["steps"] <= metrics["steps_run"]
+          assert min(metrics["val_curve"]) == metrics["best_val_nll"]
+  convergence = results["convergence"]["same"]
+  assert set(convergence) == {str(v) for v in (320, 300)}
+  for row in convergence.values():
+    assert row["ce_ppl_test"] > 0 and row["oracle_ppl_test"] > 0 and row["steps"] > 0
+
+
+def test_vocab_trend_and_sharpening_diagnostic(quick):
+  _, results = quick
+  trend = results["vocab_trend"]
+  assert trend["vocab_sizes"] == [300, 320] and trend["n"] == 2
+  assert trend["low"] <= trend["slope"] <= trend["high"]
+  assert trend["verdict"] in VERDICTS
+  for per_seed in results["per_regime"].values():
+    for models in per_seed:
+      for metrics in models.values():
+        if "entropy_gap" in metrics:  # H(Q) - H(P) and log PPL_oracle = H(Q) + KL(Q||P)
+          assert metrics["entropy_q_student_prefixes"] >= 0
+          gap = metrics["entropy_q_student_prefixes"] - metrics["entropy_p_student_prefixes"]
+          assert abs(metrics["entropy_gap"] - gap) < 1e-9
+          # the cross-entropy under P of Q's samples estimates H(Q) + KL(Q||P)
+          identity = metrics["entropy_q_student_prefixes"] + metrics["reverse_kl"]
+          assert abs(metrics["log_ppl_oracle"] - identity) < 6 * metrics["log_ppl_oracle_se"]
 
 
 def test_the_oracle_scores_itself_within_sampling_error(quick):
