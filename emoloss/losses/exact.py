@@ -163,11 +163,8 @@ def _batch_normalize(logits: jax.Array, where: jax.Array | None) -> jax.Array:
   # The result is invariant to the scale of the logits: they are first divided by the power of two
   # 2^e >= max |z| (exact, so nothing changes where nothing overflowed), so that neither the sum
   # nor the squares below overflow (the variance did from |z| ~ 1.8e19 in float32).
-  # (Two factors, each a normal number, since 2^-128 is subnormal and may be flushed to 0.)
-  _, exponent = jnp.frexp(jnp.max(jnp.where(kept, jnp.abs(logits), 0.0), initial=0.0))
-  half = exponent // 2
-  one = jnp.ones([], logits.dtype)
-  rescaled = logits * jnp.ldexp(one, -half) * jnp.ldexp(one, half - exponent)
+  down = _checks.power_of_two_scale(jnp.max(jnp.where(kept, jnp.abs(logits), 0.0), initial=0.0))
+  rescaled = logits * down[0] * down[1]
   logits = jnp.where(kept, rescaled, logits)
   count = jnp.sum(kept)
   mean = jnp.sum(jnp.where(kept, logits, 0.0)) / jnp.maximum(count, 1)

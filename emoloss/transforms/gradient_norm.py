@@ -39,13 +39,9 @@ def global_norm(tree) -> jax.Array:
   dtype = jnp.result_type(jnp.float32, *(x.dtype for x in leaves))
   leaves = [x.astype(dtype) for x in leaves]
   largest = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(x), initial=0.0) for x in leaves])
-  _, exponent = jnp.frexp(largest)
-  half = exponent // 2
-  # Two factors, each a normal number (2^-128 is subnormal and may be flushed to zero).
-  down = (jnp.ldexp(jnp.ones([], dtype), -half), jnp.ldexp(jnp.ones([], dtype), half - exponent))
-  up = (jnp.ldexp(jnp.ones([], dtype), half), jnp.ldexp(jnp.ones([], dtype), exponent - half))
+  down = _checks.power_of_two_scale(largest)
   squares = sum(jnp.sum(jnp.square(x * down[0] * down[1])) for x in leaves)
-  norm = jnp.sqrt(squares) * up[0] * up[1]
+  norm = jnp.sqrt(squares) / down[0] / down[1]  # exact: powers of two
   finite_max = jnp.finfo(jnp.float32).max
   norm = jnp.where(jnp.isfinite(largest), jnp.minimum(norm, finite_max), norm)
   return norm.astype(jnp.float32)
