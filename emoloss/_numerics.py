@@ -18,3 +18,11 @@ def power_of_two_scale(largest: Array) -> tuple[Array, Array]:
   half = exponent // 2
   one = jnp.ones([], largest.dtype)
   return jnp.ldexp(one, -half), jnp.ldexp(one, half - exponent)
+
+
+def squared_magnitude(x: Array) -> Array:
+  """``|x|²`` elementwise, real: ``x²`` for real ``x`` (bit for bit ``jnp.square``), ``Re(x)² +
+  Im(x)²`` for complex ``x`` (``jnp.square`` of a complex number is ``x²``, not ``|x|²``)."""
+  if jnp.iscomplexobj(x):
+    return jnp.square(jnp.real(x)) + jnp.square(jnp.imag(x))
+  return jnp.square(x)

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from emoloss import _validation
+from emoloss import _numerics, _validation
 from emoloss.transforms.flooding import _at_least_float32, _check_flood_level, check_loss_value
 
 
@@ -356,7 +356,8 @@ def gradient_norm_penalty(
   def penalised_loss_fn(params, *args, **kwargs):
     out, grads = value_and_grad(params, *args, **kwargs)
     loss, aux = out if has_aux else (out, None)
-    squared_norm = sum(jnp.sum(jnp.square(_at_least_float32(g))) for g in jax.tree.leaves(grads))
+    squared_norm = sum(jnp.sum(_numerics.squared_magnitude(_at_least_float32(g)))
+                       for g in jax.tree.leaves(grads))
     result = _at_least_float32(loss) + coeff * squared_norm
     return (result, aux) if has_aux else result
 
@@ -421,7 +422,8 @@ def alternation_equivalent_loss(
   def equivalent_loss_fn(params, *args, **kwargs):
     out, grads = value_and_grad(params, *args, **kwargs)
     loss, aux = out if has_aux else (out, None)
-    squared_norm = sum(jnp.sum(jnp.square(_at_least_float32(g))) for g in jax.tree.leaves(grads))
+    squared_norm = sum(jnp.sum(_numerics.squared_magnitude(_at_least_float32(g)))
+                       for g in jax.tree.leaves(grads))
     result = loss_weight * _at_least_float32(loss) + penalty_weight * squared_norm
     return (result, aux) if has_aux else result
 

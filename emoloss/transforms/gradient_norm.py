@@ -31,7 +31,8 @@ def global_norm(tree) -> jax.Array:
   float64 leaves) whatever the leaf dtype, and without overflow: the leaves are first divided by
   the power of two ``2^e >= max |x|`` (exact, so the result is that of the plain formula wherever
   that does not overflow). ``optax.tree.norm`` squares in the leaf dtype, so it overflows to
-  ``inf`` from a norm of about 256 in float16 and 1.8e19 in float32/bfloat16. A finite tree whose
+  ``inf`` from a norm of about 256 in float16 and 1.8e19 in float32/bfloat16. A complex entry
+  counts ``|x|² = Re(x)² + Im(x)²`` (as in ``optax.clip_by_global_norm``). A finite tree whose
   norm exceeds the float32 range gives the largest float32; a non-finite leaf gives inf or NaN."""
   leaves = [jnp.asarray(x) for x in jax.tree.leaves(tree)]
   if not leaves:
@@ -40,7 +41,7 @@ def global_norm(tree) -> jax.Array:
   leaves = [x.astype(dtype) for x in leaves]
   largest = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(x), initial=0.0) for x in leaves])
   down = _numerics.power_of_two_scale(largest)
-  squares = sum(jnp.sum(jnp.square(x * down[0] * down[1])) for x in leaves)
+  squares = sum(jnp.sum(_numerics.squared_magnitude(x * down[0] * down[1])) for x in leaves)
   norm = jnp.sqrt(squares) / down[0] / down[1]  # exact: powers of two
   finite_max = jnp.finfo(jnp.float32).max
   norm = jnp.where(jnp.isfinite(largest), jnp.minimum(norm, finite_max), norm)

@@ -145,3 +145,39 @@ def test_nnx_optimizer_trains_and_state_round_trips():
   leaves, treedef = jax.tree_util.tree_flatten(nnx.state(optimizer))
   restored = jax.tree_util.tree_unflatten(treedef, [np.asarray(leaf) for leaf in leaves])
   assert jax.tree_util.tree_structure(restored) == treedef
+
+
+def test_complex_gradients_are_divided_by_their_modulus_norm():
+  """A complex entry counts ``|g|²`` in the norm, as in ``optax.clip_by_global_norm``: ``3+4j``
+  has norm 5 (squaring it, ``(3+4j)² = -7+24j``, gave ``1+1.333j``), ``1j`` norm 1 (not 100j)."""
+  for w in ([3 + 4j], [1j], [3 + 4j, -2.5 + 0.5j]):
+    grads = {"w": jnp.asarray(w, jnp.complex64), "b": jnp.array([0.5, -1.5], jnp.float32)}
+    tx = normalize_by_running_gradient_norm()
+    out, _ = tx.update(grads, tx.init(grads))
+    clipped, _ = optax.clip_by_global_norm(1.0).update(grads, optax.EmptyState())
+    want_norm = np.sqrt(sum(np.sum(np.abs(np.asarray(x, np.complex128)) ** 2)
+                            for x in jax.tree.leaves(grads)))
+    np.testing.assert_allclose(global_norm(grads), want_norm, rtol=1e-6)
+    for name, g in grads.items():
+      assert out[name].dtype == g.dtype
+      np.testing.assert_allclose(out[name], clipped[name], rtol=1e-5)
+      np.testing.assert_allclose(out[name], np.asarray(g) / want_norm, rtol=1e-6)
+  single, _ = tx.update({"w": jnp.array([3 + 4j])}, tx.init(None))
+  np.testing.assert_allclose(single["w"], [0.6 + 0.8j], rtol=1e-6)
+  with jax.enable_x64(True):
+    assert global_norm({"w": jnp.asarray([1e200j, 1e200], jnp.complex128)}) == np.finfo(
+        np.float32).max
+
+
+def test_gradient_norm_penalties_take_the_modulus_of_complex_gradients():
+  """``‖∇L‖²`` is real: ``Σ |g|²`` (``jnp.square`` of a complex gradient is not)."""
+  from emoloss.transforms import alternation_equivalent_loss, gradient_norm_penalty
+
+  loss_fn = lambda w: jnp.sum(jnp.abs(w) ** 2)
+  w = jnp.array([3 + 4j, -1j], jnp.complex64)
+  grads = jax.grad(loss_fn)(w)
+  squared = float(np.sum(np.abs(np.asarray(grads)) ** 2))
+  np.testing.assert_allclose(gradient_norm_penalty(loss_fn, coeff=0.1)(w),
+                             float(loss_fn(w)) + 0.1 * squared, rtol=1e-6)
+  np.testing.assert_allclose(alternation_equivalent_loss(loss_fn, 0.2, 0.1)(w),
+                             0.1 * float(loss_fn(w)) + 0.5 * 0.2 * 0.1 * squared, rtol=1e-6)
