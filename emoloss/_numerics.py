@@ -26,3 +26,9 @@ def squared_magnitude(x: Array) -> Array:
   if jnp.iscomplexobj(x):
     return jnp.square(jnp.real(x)) + jnp.square(jnp.imag(x))
   return jnp.square(x)
+
+
+def at_least_float32(x) -> jax.Array:
+  """``x`` as float32, or float64 if it already is (computing in float32 never loses precision)."""
+  x = jnp.asarray(x)
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))

@@ -661,3 +661,22 @@ def test_exact_loss_ignores_masked_classes_even_with_a_margin(margin):
     want = emoloss.exact_loss(logits[:, :3], labels, margin=margin, log_prob=log_prob,
                               num_nodes=32)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_implementation_modules_are_private_and_every_public_name_is_reexported():
+  """Optax's layout: no public function shadows a module of the same name (``emoloss.transforms
+  .tiger`` is the function), and every public name of a subpackage is importable from it and
+  from ``emoloss``."""
+  import importlib
+  import pkgutil
+  import types
+
+  for sub in (emoloss.losses, emoloss.transforms):
+    for info in pkgutil.iter_modules(sub.__path__):
+      assert info.name.startswith("_"), f"{sub.__name__}.{info.name} is a public module"
+    for name in sub.__all__:
+      value = getattr(sub, name)
+      assert not isinstance(value, types.ModuleType), name
+      assert getattr(emoloss, name) is value, name
+      assert getattr(importlib.import_module(sub.__name__), name) is value
+  assert callable(emoloss.transforms.tiger) and emoloss.transforms.tiger is emoloss.tiger

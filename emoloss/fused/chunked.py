@@ -27,7 +27,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from emoloss import _masking, _validation
 from emoloss.fused import core
-from emoloss.losses.emo import MODE1_MAX_RATIO, emo_ce_combination, normalize_embeddings
+from emoloss.losses._emo import MODE1_MAX_RATIO, emo_ce_combination, normalize_embeddings
 
 ArrayLike = jax.typing.ArrayLike
 AxisName = str | tuple[str, ...] | None

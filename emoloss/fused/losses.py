@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from emoloss import _validation
 from emoloss.fused.chunked import DEFAULT_CHUNK_SIZE, fused_ce_emo
-from emoloss.losses.mixce import mixce_weight
+from emoloss.losses._mixce import mixce_weight
 
 ArrayLike = jax.typing.ArrayLike
 

@@ -33,7 +33,7 @@ from jax.sharding import Mesh
 
 from emoloss.fused import chunked, core
 from emoloss.fused.chunked import AxisName, _pmax, _psum, _vocab_offset
-from emoloss.losses import emo as emo_module
+from emoloss.losses import _emo as emo_module
 
 ArrayLike = jax.typing.ArrayLike
 PerToken = Callable[[jax.Array, jax.Array | None, jax.Array], jax.Array]

@@ -14,7 +14,7 @@ Tiger.
   and non-finite-gradient shrink.
 """
 
-from emoloss.transforms.alternation import (
+from emoloss.transforms._alternation import (
     AscentDescentState,
     alternate_ascent_descent,
     alternation_equivalent_loss,
@@ -23,12 +23,12 @@ from emoloss.transforms.alternation import (
     gradient_norm_penalty,
     scale_by_ascent_descent,
 )
-from emoloss.transforms.flooding import FloodState, flood, flooded, iflood_loss, iflooded
-from emoloss.transforms.gradient_norm import (
+from emoloss.transforms._flooding import FloodState, flood, flooded, iflood_loss, iflooded
+from emoloss.transforms._gradient_norm import (
     RunningGradientNormState,
     normalize_by_running_gradient_norm,
 )
-from emoloss.transforms.tiger import TigerState, grouped_tiger, tiger, tiger_parameter_labels
+from emoloss.transforms._tiger import TigerState, grouped_tiger, tiger, tiger_parameter_labels
 
 __all__ = [
     "AscentDescentState",

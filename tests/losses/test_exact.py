@@ -11,7 +11,7 @@ import pytest
 from jax.test_util import check_grads
 from scipy import special, stats
 
-from emoloss.losses.exact import exact_loss
+from emoloss.losses import exact_loss
 from tests.losses.reference import exact_deltas, exact_log_prob
 
 

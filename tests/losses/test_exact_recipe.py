@@ -16,7 +16,7 @@ import pytest
 from jax.test_util import check_grads
 from scipy import special
 
-from emoloss.losses.exact import exact_loss
+from emoloss.losses import exact_loss
 
 
 def batch_norm_numpy(logits, where=None):

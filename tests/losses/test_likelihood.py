@@ -9,7 +9,7 @@ from jax.test_util import check_grads
 from scipy import special
 
 import emoloss
-from emoloss.losses.likelihood import exact_batch_loss, negative_log_mean_likelihood
+from emoloss.losses import exact_batch_loss, negative_log_mean_likelihood
 from tests.losses.reference import exact_deltas, exact_log_prob
 
 

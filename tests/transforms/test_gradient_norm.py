@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from emoloss.transforms import normalize_by_running_gradient_norm
-from emoloss.transforms.gradient_norm import global_norm
+from emoloss.transforms._gradient_norm import global_norm
 
 
 def normaliser_numpy(grads_seq, momentum, floor):

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from emoloss import _validation
-from emoloss.losses.exact import exact_loss
+from emoloss.losses._exact import exact_loss
 
 ArrayLike = jax.typing.ArrayLike
 

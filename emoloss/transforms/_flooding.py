@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from emoloss import _validation
+from emoloss import _numerics, _validation
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -37,16 +37,11 @@ class FloodState(NamedTuple):
   ascent_steps: jax.Array
 
 
-def _check_flood_level(flood_level) -> None:
+def check_flood_level(flood_level) -> None:
+  """``flood_level`` must be a scalar >= 0 (checked when concrete)."""
   _validation.check_scalar_range(flood_level, "flood_level", low=0.0)
   if np.ndim(flood_level) != 0:
     raise ValueError(f"`flood_level` must be a scalar (got shape {np.shape(flood_level)}).")
-
-
-def _at_least_float32(x) -> jax.Array:
-  """``x`` as float32, or float64 if it already is (computing in float32 never loses precision)."""
-  x = jnp.asarray(x)
-  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def check_loss_value(value: ArrayLike | None, transform: str) -> jax.Array:
@@ -158,7 +153,7 @@ def flood(flood_level: float) -> optax.GradientTransformationExtraArgs:
     zero?), kexue.fm/archives/7643, 2020 (the flood-level rule; the alternation below ``b`` as a
     gradient-norm penalty).
   """
-  _check_flood_level(flood_level)
+  check_flood_level(flood_level)
 
   def below_flood_level(step, value=None, **extra_args):
     del step, extra_args
@@ -209,7 +204,7 @@ def flooded(
     Ishida et al., "Do We Need Zero Training Loss After Achieving Zero Training Error?",
     ICML 2020 (arXiv 2002.08709).
   """
-  _check_flood_level(flood_level)
+  check_flood_level(flood_level)
 
   def flooded_loss_fn(*args, **kwargs):
     out = loss_fn(*args, **kwargs)
@@ -219,7 +214,7 @@ def flooded(
           f"`flooded` needs a loss function returning a scalar batch loss (got shape "
           f"{np.shape(loss)}); for per-example losses use `iflooded`."
       )
-    loss = _at_least_float32(loss)
+    loss = _numerics.at_least_float32(loss)
     result = jnp.abs(loss - flood_level) + flood_level
     return (result, aux) if has_aux else result
 
@@ -257,7 +252,7 @@ def iflood_loss(
   References:
     Xie et al., "iFlood: A Stable and Effective Regularizer", ICLR 2022.
   """
-  _check_flood_level(flood_level)
+  check_flood_level(flood_level)
   losses = _validation.check_logits(losses, name="losses", min_rank=0)
   where = _validation.check_where(where, losses.shape)
   per_example = jnp.abs(losses - flood_level) + flood_level
@@ -297,7 +292,7 @@ def iflooded(per_example_loss_fn: Callable[..., ArrayLike], flood_level: float) 
   References:
     Xie et al., "iFlood: A Stable and Effective Regularizer", ICLR 2022.
   """
-  _check_flood_level(flood_level)
+  check_flood_level(flood_level)
 
   def iflooded_loss_fn(*args, **kwargs):
     losses = per_example_loss_fn(*args, **kwargs)

@@ -37,7 +37,7 @@ import numpy as np
 import optax
 
 from emoloss import _numerics, _validation
-from emoloss.transforms.flooding import _at_least_float32, _check_flood_level, check_loss_value
+from emoloss.transforms._flooding import check_flood_level, check_loss_value
 
 
 class AscentDescentState(NamedTuple):
@@ -120,7 +120,7 @@ def scale_by_ascent_descent(
   """
   _check_ascent_ratio(ascent_ratio)
   if flood_level is not None:
-    _check_flood_level(flood_level)
+    check_flood_level(flood_level)
 
   def init_fn(params):
     del params
@@ -356,9 +356,9 @@ def gradient_norm_penalty(
   def penalised_loss_fn(params, *args, **kwargs):
     out, grads = value_and_grad(params, *args, **kwargs)
     loss, aux = out if has_aux else (out, None)
-    squared_norm = sum(jnp.sum(_numerics.squared_magnitude(_at_least_float32(g)))
+    squared_norm = sum(jnp.sum(_numerics.squared_magnitude(_numerics.at_least_float32(g)))
                        for g in jax.tree.leaves(grads))
-    result = _at_least_float32(loss) + coeff * squared_norm
+    result = _numerics.at_least_float32(loss) + coeff * squared_norm
     return (result, aux) if has_aux else result
 
   return penalised_loss_fn
@@ -422,9 +422,9 @@ def alternation_equivalent_loss(
   def equivalent_loss_fn(params, *args, **kwargs):
     out, grads = value_and_grad(params, *args, **kwargs)
     loss, aux = out if has_aux else (out, None)
-    squared_norm = sum(jnp.sum(_numerics.squared_magnitude(_at_least_float32(g)))
+    squared_norm = sum(jnp.sum(_numerics.squared_magnitude(_numerics.at_least_float32(g)))
                        for g in jax.tree.leaves(grads))
-    result = loss_weight * _at_least_float32(loss) + penalty_weight * squared_norm
+    result = loss_weight * _numerics.at_least_float32(loss) + penalty_weight * squared_norm
     return (result, aux) if has_aux else result
 
   return equivalent_loss_fn
