@@ -9,7 +9,9 @@ Tiger.
   sizes) -- their explicit second-order form.
 * :func:`normalize_by_running_gradient_norm` -- divides the gradient by a running mean of its
   global norm (the EXACT authors' gradient normaliser).
-* :func:`tiger` -- sign-momentum optimiser (Lion with ``β1 = β2``) with decoupled weight decay;
+* :func:`tiger` -- sign-momentum optimiser (Lion with ``β1 = β2``) with decoupled weight decay,
+  a chain of :func:`scale_by_tiger` (the momentum with Tiger's accumulation rule) and Optax's
+  weight decay and learning-rate scaling;
   :func:`grouped_tiger` -- with the reference's parameter groups (:func:`tiger_parameter_labels`)
   and non-finite-gradient shrink.
 """
@@ -28,12 +30,20 @@ from emoloss.transforms._gradient_norm import (
     RunningGradientNormState,
     normalize_by_running_gradient_norm,
 )
-from emoloss.transforms._tiger import TigerState, grouped_tiger, tiger, tiger_parameter_labels
+from emoloss.transforms._tiger import (
+    ScaleByTigerState,
+    TigerState,
+    grouped_tiger,
+    scale_by_tiger,
+    tiger,
+    tiger_parameter_labels,
+)
 
 __all__ = [
     "AscentDescentState",
     "FloodState",
     "RunningGradientNormState",
+    "ScaleByTigerState",
     "TigerState",
     "alternate_ascent_descent",
     "alternation_equivalent_loss",
@@ -47,6 +57,7 @@ __all__ = [
     "iflooded",
     "normalize_by_running_gradient_norm",
     "scale_by_ascent_descent",
+    "scale_by_tiger",
     "tiger",
     "tiger_parameter_labels",
 ]

@@ -1,4 +1,6 @@
-"""Tiger: sign-momentum optimiser (Lion with ``β1 = β2``) with decoupled weight decay."""
+"""Tiger: sign-momentum optimiser (Lion with ``β1 = β2``) with decoupled weight decay, built from
+Optax parts: :func:`scale_by_tiger` (the momentum, its accumulation rule and the sign), then
+``optax.add_decayed_weights``, the RMS scale and ``optax.scale_by_learning_rate``."""
 
 from __future__ import annotations
 
@@ -12,12 +14,129 @@ import optax
 from emoloss import _validation
 
 
-class TigerState(NamedTuple):
-  """State of :func:`tiger`: the micro-step counter and the momentum (the only parameter-sized
-  buffer, also with gradient accumulation)."""
+class ScaleByTigerState(NamedTuple):
+  """State of :func:`scale_by_tiger`.
 
-  count: jax.Array  # type: ignore[assignment]  # int32 [], micro-steps taken; shadows tuple.count
-  mu: Any  # the momentum, a pytree like the params
+  Attributes:
+    cycle_position: int32 ``[]``, micro-steps already taken in the current accumulation cycle
+      (0 at a cycle's start).
+    cycle_length: int32 ``[]``, the number of micro-steps of the current cycle: the
+      ``accumulation_steps`` in force at its first micro-step (a change of ``accumulation_steps``
+      takes effect at the next cycle).
+    mu: the momentum, a pytree like the params (the only parameter-sized buffer).
+  """
+
+  cycle_position: jax.Array
+  cycle_length: jax.Array
+  mu: Any
+
+
+class TigerState(NamedTuple):
+  """State of :func:`tiger`.
+
+  Attributes:
+    momentum: the :class:`ScaleByTigerState` (updated at every micro-step).
+    step: the state of the step chain (weight decay, RMS scale, learning rate), advanced once per
+      parameter update: a learning-rate schedule's ``count`` there is the update count.
+  """
+
+  momentum: ScaleByTigerState
+  step: Any
+
+
+def scale_by_tiger(
+    beta: float = 0.965,
+    *,
+    accumulation_steps: int = 1,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+    skip_nonfinite: bool = False,
+) -> optax.GradientTransformation:
+  r"""Tiger's momentum and its sign: ``u = sign(m)``, ``m ← b_t m + (1 - β)/k · g``.
+
+  With ``k = accumulation_steps`` micro-steps per cycle, at the cycle's micro-step
+  ``j = 0, ..., k - 1``
+
+  .. math::
+    m \leftarrow b_j\, m + \frac{1 - \beta}{k}\, g, \qquad
+    b_j = \begin{cases} \beta & j = 0 \\ 1 & \text{otherwise} \end{cases}, \qquad
+    u = \operatorname{sign}(m),
+
+  so over one cycle the momentum becomes ``β m + (1 - β) ḡ`` with ``ḡ`` the mean of the cycle's
+  gradients: the momentum is the accumulator. With ``k = 1`` this is
+  ``optax.scale_by_lion(b1=β, b2=β)`` bit for bit. The output is ``sign(m)`` at every
+  micro-step; applying it only at the end of a cycle (``state.cycle_position == 0`` after the
+  update) is :func:`tiger`'s job. The state keeps the cycle position and the cycle's length,
+  so a change of ``accumulation_steps`` (injected, or when a state is resumed with another
+  value) takes effect at the next cycle and never cuts the current one short.
+
+  Args:
+    beta: momentum decay ``β`` in ``[0, 1)``.
+    accumulation_steps: ``k >= 1``, micro-steps (gradients) per cycle.
+    mu_dtype: optional dtype of the momentum (default: that of the params).
+    skip_nonfinite: a leaf whose gradient has a non-finite entry keeps its momentum (``b = 1``,
+      ``g = 0``, the reference's NaN rule); its output is then that of the kept momentum.
+
+  Returns:
+    An ``optax.GradientTransformation`` with a :class:`ScaleByTigerState`; the updates are
+    ``sign(m)`` in at least float32.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import emoloss
+    >>> tx = optax.chain(emoloss.scale_by_tiger(beta=0.9), optax.scale_by_learning_rate(0.1))
+    >>> params = jnp.zeros(2)
+    >>> updates, state = tx.update(jnp.array([0.3, -0.01]), tx.init(params))
+    >>> print(updates)
+    [-0.1  0.1]
+
+  References:
+    Su Jianlin, "Tiger: 一个'抠'到极致的优化器", https://kexue.fm/archives/9512, 2023;
+    https://github.com/bojone/tiger (``tiger.py``, ``grad_accum_steps``).
+  """
+  _validation.check_scalar_range(beta, "beta", low=0.0, high=1.0, high_inclusive=False)
+  _check_accumulation_steps(accumulation_steps)
+  k = accumulation_steps
+
+  def init_fn(params):
+    return ScaleByTigerState(cycle_position=jnp.zeros([], jnp.int32),
+                             cycle_length=jnp.asarray(k, jnp.int32),
+                             mu=optax.tree.zeros_like(params, dtype=mu_dtype))
+
+  def update_fn(updates, state, params=None):
+    del params
+    first = state.cycle_position == 0
+    length = jnp.where(first, jnp.asarray(k, jnp.int32), state.cycle_length)
+    b1 = jnp.where(first, beta, 1.0)
+    b2 = jnp.where(length == k, (1.0 - beta) / k, (1.0 - beta) / length)
+    if skip_nonfinite:
+
+      def new_momentum(g, m, ok):  # a non-finite gradient keeps m (the reference's b1 = 1, g = 0)
+        return b2 * jnp.where(ok, g, jnp.zeros_like(g)) + jnp.where(ok, b1, 1.0) * m
+
+      momentum = jax.tree.map(new_momentum, updates, state.mu, _finite_leaves(updates))
+    else:
+      # b2 g + b1 m is the order of optax's update_moment (scale_by_lion).
+      momentum = jax.tree.map(lambda g, m: b2 * g + b1 * m, updates, state.mu)
+    direction = jax.tree.map(lambda m: jnp.sign(m).astype(_at_least_f32(m.dtype)), momentum)
+    mu = optax.tree.cast(momentum, mu_dtype) if mu_dtype is not None else jax.tree.map(
+        lambda new, old: new.astype(old.dtype), momentum, state.mu)
+    position = state.cycle_position + 1
+    position = jnp.where(position >= length, 0, position)
+    return direction, ScaleByTigerState(cycle_position=position, cycle_length=length, mu=mu)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _scale_by_param_rms(min_rms: Any, per_row: bool) -> optax.GradientTransformation:
+  """Multiplies each leaf's update by ``max(RMS(θ), min_rms)`` of its parameter (per row: over
+  the last axis), in float32."""
+
+  def update_fn(updates, state, params=None):
+    updates = jax.tree.map(lambda u, p: u * _rms(p, min_rms, per_row), updates, params)
+    return updates, state
+
+  return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
 def tiger(
@@ -37,29 +156,38 @@ def tiger(
   r"""Tiger ("tight-fisted optimiser"): one momentum buffer, a sign update, decoupled decay, and
   gradient accumulation without an extra buffer.
 
-  With ``k = accumulation_steps`` micro-steps per update, at micro-step ``t = 0, 1, ...``
+  Built as ``optax.lion`` is: :func:`scale_by_tiger`, then the step chain
+  ``optax.add_decayed_weights(weight_decay, mask)`` → RMS scale (with ``rms_scaling``) →
+  ``optax.scale_by_learning_rate(learning_rate)``. With ``k = accumulation_steps`` micro-steps
+  per update, the momentum takes every micro-batch's gradient,
 
   .. math::
-    m \leftarrow b_t\, m + \frac{1 - \beta}{k}\, g_t, \qquad
-    b_t = \begin{cases} \beta & t \bmod k = 0 \\ 1 & \text{otherwise} \end{cases}
+    m \leftarrow b_j\, m + \frac{1 - \beta}{k}\, g, \qquad
+    b_j = \begin{cases} \beta & j = 0 \text{ (a cycle's first micro-step)} \\ 1 &
+    \text{otherwise} \end{cases},
 
-  and only when ``(t + 1) mod k = 0`` do the parameters move,
+  and only at the last micro-step of a cycle do the parameters move (the step chain runs and
+  its state advances),
 
   .. math::
     \theta \leftarrow \theta - \eta_n\, s(\theta) \big(\operatorname{sign}(m) + \lambda\, \theta\big),
-    \qquad n = \lfloor t / k \rfloor,
 
-  the update being exactly 0 at the other micro-steps. The momentum itself is the accumulator:
-  over one cycle it becomes ``β m + (1 - β) ḡ`` with ``ḡ`` the mean of the cycle's ``k``
-  gradients, which is Tiger's update on ``ḡ``. So ``tiger(..., accumulation_steps=k)`` is
-  ``optax.MultiSteps(tiger(...), k)`` (same parameters up to float rounding) without MultiSteps'
-  extra parameter-sized buffer: the state (:class:`TigerState`) is the momentum and one integer
-  counter, whatever ``k``. With ``k = 1`` this is plain Tiger, ``m ← β m + (1 - β) g`` and a step
-  every call: Lion with ``β1 = β2 = β`` (Lion's direction ``sign(β1 m + (1-β1) g)`` is then the
-  sign of the new momentum itself). The decay is multiplied by the learning rate, as in the
-  reference (``u = η (sign(m) + λθ)``). A schedule ``η_n`` is evaluated at the update count
-  ``n`` (as under ``optax.MultiSteps``; the reference evaluates its schedule at the micro-step
-  ``t``).
+  ``n`` being the number of updates made before (the step chain's count), the update being
+  exactly 0 at the other micro-steps. Over one cycle the momentum becomes ``β m + (1 - β) ḡ``
+  with ``ḡ`` the mean of the cycle's ``k`` gradients, which is Tiger's update on ``ḡ``. So
+  ``tiger(..., accumulation_steps=k)`` is ``optax.MultiSteps(tiger(...), k)`` (same parameters
+  up to float rounding) without MultiSteps' extra parameter-sized buffer. With ``k = 1`` this is
+  plain Tiger, ``m ← β m + (1 - β) g`` and a step every call: Lion with ``β1 = β2 = β`` (Lion's
+  direction ``sign(β1 m + (1-β1) g)`` is then the sign of the new momentum itself). The decay is
+  multiplied by the learning rate, as in the reference (``u = η (sign(m) + λθ)``). A schedule
+  ``η_n`` is evaluated at the update count ``n`` (as under ``optax.MultiSteps``; the reference
+  evaluates its schedule at the micro-step).
+
+  The state keeps the cycle position, the current cycle's length and (in the step chain) the
+  update count, so a change of ``accumulation_steps`` -- injected with
+  ``optax.inject_hyperparams``, or when a saved state is resumed with another value -- takes
+  effect at the next cycle: the current cycle ends after the micro-steps it started with, with
+  its single ``β`` decay, and a schedule goes on from the update count reached.
 
   ``s(θ) = 1``, or with ``rms_scaling=True`` the reference's LAMB-like relative step
   ``s(θ) = max(RMS(θ), min_rms)`` of each parameter tensor (``rms_per_row=True``: of each row,
@@ -76,8 +204,8 @@ def tiger(
     ``optax.multi_transform`` over :func:`tiger_parameter_labels`; here ``mask`` exempts leaves
     from decay only;
   * the reference's NaN rule is off by default: ``shrink_ratio=s`` turns it on (the reference's
-    ``s = 0.99``): a tensor whose gradient has a non-finite entry keeps its momentum (``b_t = 1``,
-    ``g_t = 0``) and moves to ``c + s (θ - c)`` (``c = shrink_center``, 1 for norm scales in the
+    ``s = 0.99``): a tensor whose gradient has a non-finite entry keeps its momentum (``b = 1``,
+    ``g = 0``) and moves to ``c + s (θ - c)`` (``c = shrink_center``, 1 for norm scales in the
     reference, else 0) at that micro-step, an accumulation step or not, instead of stepping;
     other tensors step as usual. The reference tests NaN only; here ±inf counts too.
     (``optax.apply_if_finite`` is the other option: it skips the whole step.)
@@ -110,7 +238,7 @@ def tiger(
   Returns:
     An ``optax.GradientTransformation`` with a :class:`TigerState` (needs ``params`` in
     ``update`` when ``weight_decay`` is not the number 0, or with ``rms_scaling`` or
-    ``shrink_ratio``).
+    ``shrink_ratio``). The updates have the gradients' dtypes.
 
   Examples:
     >>> import jax
@@ -136,8 +264,8 @@ def tiger(
     >>> updates, state = tx.update({"w": jnp.array([-0.1, 0.02])}, state, params)
     >>> print(updates["w"])  # sign of (1 - 0.965) * (0.3 - 0.1, -0.01 + 0.02) / 2
     [-0.1 -0.1]
-    >>> print(jax.tree.leaves(state))  # the counter and the momentum, nothing else
-    [Array(2, dtype=int32), Array([0.0035, 0.0002], dtype=float32)]
+    >>> print(state.momentum.mu["w"])  # the momentum is the only parameter-sized buffer
+    [0.0035 0.0002]
 
   References:
     Su Jianlin, "Tiger: 一个'抠'到极致的优化器" (Tiger: a tight-fisted optimiser),
@@ -145,73 +273,49 @@ def tiger(
     https://github.com/bojone/tiger (``tiger.py``, ``grad_accum_steps``);
     Chen et al., "Symbolic Discovery of Optimization Algorithms" (Lion), NeurIPS 2023.
   """
-  _validation.check_scalar_range(beta, "beta", low=0.0, high=1.0, high_inclusive=False)
   _validation.check_scalar_range(weight_decay, "weight_decay", low=0.0)
   _validation.check_scalar_range(min_rms, "min_rms", low=0.0)
-  _check_accumulation_steps(accumulation_steps)
   if shrink_ratio is not None:
     _validation.check_scalar_range(shrink_ratio, "shrink_ratio", low=0.0, high=1.0)
-  if isinstance(weight_decay, (int, float)) and weight_decay == 0:
-    decay = None
-  else:
-    decay = optax.add_decayed_weights(weight_decay, mask)
-  k = accumulation_steps
-  accumulates = not (isinstance(k, int) and k == 1)  # a traced (injected) k always gates
-  needs_params = decay is not None or rms_scaling or shrink_ratio is not None
+  momentum = scale_by_tiger(beta, accumulation_steps=accumulation_steps, mu_dtype=mu_dtype,
+                            skip_nonfinite=shrink_ratio is not None)
+  decays = not (isinstance(weight_decay, (int, float)) and weight_decay == 0)
+  parts = [optax.add_decayed_weights(weight_decay, mask)] if decays else []
+  if rms_scaling:
+    parts.append(_scale_by_param_rms(min_rms, rms_per_row))
+  step = optax.chain(*parts, optax.scale_by_learning_rate(learning_rate))
+  needs_params = decays or rms_scaling or shrink_ratio is not None
 
   def init_fn(params):
-    mu = optax.tree.zeros_like(params, dtype=mu_dtype)
-    return TigerState(count=jnp.zeros([], jnp.int32), mu=mu)
+    return TigerState(momentum=momentum.init(params), step=step.init(params))
 
   def update_fn(updates, state, params=None):
     if needs_params and params is None:
       raise ValueError(
           "tiger needs `params` in `update` (for weight_decay, rms_scaling or shrink_ratio).")
-    count = state.count
-    if accumulates:
-      first = count % k == 0  # the first micro-step of a cycle decays the momentum
-      last = (count + 1) % k == 0  # the last one moves the parameters
-      b1 = jnp.where(first, beta, 1.0)
-      b2 = (1.0 - beta) / k
-      num_updates = count // k
-    else:
-      last = None
-      b1, b2, num_updates = beta, 1.0 - beta, count
-    if shrink_ratio is None:
-      momentum = jax.tree.map(lambda g, m: b2 * g + b1 * m, updates, state.mu)
-    else:
-      finite = _finite_leaves(updates)
-
-      def new_momentum(g, m, ok):  # a non-finite gradient keeps m (the reference's b1 = 1, g = 0)
-        return b2 * jnp.where(ok, g, jnp.zeros_like(g)) + jnp.where(ok, b1, 1.0) * m
-
-      momentum = jax.tree.map(new_momentum, updates, state.mu, finite)
-    # b2 g + b1 m is the order of optax's update_moment: with k = 1 the update is bit-equal to
-    # that of optax.scale_by_lion(b1=β, b2=β). The rest is computed in float32 at least.
-    direction = jax.tree.map(lambda m: jnp.sign(m).astype(_at_least_f32(m.dtype)), momentum)
-    if decay is not None:
-      direction, _ = decay.update(direction, decay.init(params), params)
-    if rms_scaling:
-      direction = jax.tree.map(lambda u, p: u * _rms(p, min_rms, rms_per_row), direction, params)
-    rate = learning_rate(num_updates) if callable(learning_rate) else learning_rate
-
-    def step(u, g):
-      u = (jnp.asarray(-rate, _at_least_f32(u.dtype)) * u).astype(g.dtype)
-      return u if last is None else jnp.where(last, u, jnp.zeros_like(u))
-
-    new_updates = jax.tree.map(step, direction, updates)
+    direction, momentum_state = momentum.update(updates, state.momentum, params)
+    moves = momentum_state.cycle_position == 0  # this micro-step ended a cycle
+    stepped, step_state = step.update(direction, state.step, params)
+    step_state = jax.tree.map(lambda new, old: jnp.where(moves, new, old), step_state, state.step)
+    new_updates = jax.tree.map(
+        lambda u, g: jnp.where(moves, u.astype(g.dtype), jnp.zeros_like(g)), stepped, updates)
     if shrink_ratio is not None:
-
-      def pick(u, ok, p):
-        shrink = (shrink_ratio - 1.0) * (p.astype(jnp.float32) - shrink_center)
-        return jnp.where(ok, u, shrink.astype(u.dtype))
-
-      new_updates = jax.tree.map(pick, new_updates, finite, params)
-    mu = optax.tree.cast(momentum, mu_dtype) if mu_dtype is not None else jax.tree.map(
-        lambda new, old: new.astype(old.dtype), momentum, state.mu)
-    return new_updates, TigerState(count=optax.safe_increment(count), mu=mu)
+      new_updates = jax.tree.map(_shrink_nonfinite(shrink_ratio, shrink_center), new_updates,
+                                 _finite_leaves(updates), params)
+    return new_updates, TigerState(momentum=momentum_state, step=step_state)
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _shrink_nonfinite(ratio: Any, center: Any):
+  """The reference's NaN rule for one leaf: ``θ → c + s (θ - c)`` (as an update) when its
+  gradient was not finite (``ok`` False), else the update ``u`` itself."""
+
+  def pick(u, ok, p):
+    shrink = (ratio - 1.0) * (p.astype(jnp.float32) - center)
+    return jnp.where(ok, u, shrink.astype(u.dtype))
+
+  return pick
 
 
 def _check_accumulation_steps(k: Any) -> None:

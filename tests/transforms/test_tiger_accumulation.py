@@ -9,7 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
-from emoloss.transforms import grouped_tiger, tiger, tiger_parameter_labels
+from emoloss.transforms import grouped_tiger, scale_by_tiger, tiger, tiger_parameter_labels
 from tests.transforms.test_tiger import _nest
 
 
@@ -95,8 +95,10 @@ def test_accumulation_matches_the_numpy_rule(k, rms):
         previous = got[t - 1][n] if t else as_f32(params)[n]
         np.testing.assert_array_equal(g[n], previous)
   for n in want_mu:
-    np.testing.assert_allclose(state.mu[n], want_mu[n], rtol=1e-5, atol=1e-7)
-  assert int(state.count) == len(grads_seq)
+    np.testing.assert_allclose(state.momentum.mu[n], want_mu[n], rtol=1e-5, atol=1e-7)
+  # The state: the position in the cycle, and (the schedule's count) the updates made.
+  assert int(state.momentum.cycle_position) == len(grads_seq) % k
+  assert int(optax.tree_utils.tree_get(state.step, "count")) == len(grads_seq) // k
 
 
 @pytest.mark.parametrize("k", [2, 3])
@@ -124,7 +126,7 @@ def test_accumulation_with_nonfinite_gradients_and_groups_matches_the_numpy_rule
       np.testing.assert_allclose(g[outer][inner], v, rtol=1e-5, atol=1e-6, err_msg=f"t={t} {n}")
   for n, v in want_mu.items():
     outer, inner = n.split("/")
-    mu = state.inner_states[groups[n]].inner_state.mu
+    mu = state.inner_states[groups[n]].inner_state.momentum.mu
     np.testing.assert_allclose(mu[outer][inner], v, rtol=1e-5, atol=1e-7, err_msg=n)
 
 
@@ -149,7 +151,7 @@ def test_one_accumulation_step_is_the_old_tiger_bit_for_bit(rms_scaling, schedul
     old, old_state = run(old_tiger(lr, 0.9, 0.05, mask, rms_scaling), params, grads_seq)
     for a, b in zip(new, old):
       jax.tree.map(np.testing.assert_array_equal, a, b)
-    jax.tree.map(np.testing.assert_array_equal, new_state.mu, old_state[0].mu)
+    jax.tree.map(np.testing.assert_array_equal, new_state.momentum.mu, old_state[0].mu)
 
 
 @pytest.mark.parametrize("k", [2, 4])
@@ -161,11 +163,12 @@ def test_accumulation_equals_multisteps_without_its_buffer(k):
   want, multi_state = run(multi, params, grads_seq)
   for a, b in zip(got, want):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), a, b)
-  # The state: one momentum and a counter; MultiSteps adds a parameter-sized accumulator.
+  # The state: one momentum and two int32 scalars (the cycle's position and length); MultiSteps
+  # adds a parameter-sized accumulator.
   param_bytes = sum(x.nbytes for x in jax.tree.leaves(params)) // 2  # float64 -> float32
   ours_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
-  assert len(jax.tree.leaves(state)) == 1 + len(jax.tree.leaves(params))
-  assert ours_bytes == param_bytes + 4
+  assert len(jax.tree.leaves(state)) == 2 + len(jax.tree.leaves(params))
+  assert ours_bytes == param_bytes + 2 * 4
   assert sum(x.nbytes for x in jax.tree.leaves(multi_state)) >= 2 * param_bytes
 
 
@@ -179,8 +182,8 @@ def test_grouped_tiger_state_is_one_momentum_whatever_k():
     leaves = jax.tree.leaves(state)
     big = [x for x in leaves if x.size > 1]
     assert sorted(x.shape for x in big) == sorted(x.shape for x in param_leaves if x.size > 1)
-    # Beyond the momentum: one int32 counter per group (4 groups).
-    assert sum(x.nbytes for x in leaves) == param_bytes + 4 * 4
+    # Beyond the momentum: two int32 scalars (cycle position and length) per group (4 groups).
+    assert sum(x.nbytes for x in leaves) == param_bytes + 4 * 2 * 4
 
 
 class _TinyLM(nnx.Module):
@@ -234,7 +237,7 @@ def test_rms_is_taken_in_float32_for_float16_leaves():
   updates, state = plain.update(grads, state, params)
   np.testing.assert_allclose(np.asarray(updates["kernel"], np.float64),
                              np.full(base.shape, -0.01 * whole), rtol=2e-3)
-  assert state.mu["kernel"].dtype == jnp.float16
+  assert state.momentum.mu["kernel"].dtype == jnp.float16
 
 
 def test_accumulation_steps_is_checked():
@@ -318,3 +321,117 @@ def test_no_default_is_a_callable_that_inject_hyperparams_would_take_for_a_sched
     for name, parameter in inspect.signature(factory).parameters.items():
       if parameter.default is not inspect.Parameter.empty:
         assert not callable(parameter.default), (factory.__name__, name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Built from Optax parts; the cycle kept in the state.
+
+
+def test_scale_by_tiger_is_scale_by_lion_with_equal_betas_bit_for_bit():
+  params, grads_seq = random_problem(31, 6, {"w": (4, 3), "b": (3,)})
+  chain = optax.chain(scale_by_tiger(0.9), optax.scale_by_learning_rate(0.03))
+  lion = optax.chain(optax.scale_by_lion(b1=0.9, b2=0.9), optax.scale_by_learning_rate(0.03))
+  ours, ours_state = run(chain, params, grads_seq)
+  want, lion_state = run(lion, params, grads_seq)
+  for a, b in zip(ours, want):
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+  jax.tree.map(np.testing.assert_array_equal, ours_state[0].mu, lion_state[0].mu)
+
+
+def test_tiger_is_scale_by_tiger_then_optax_decay_and_learning_rate():
+  """Without accumulation, tiger is the plain chain, as optax.lion is built."""
+  params, grads_seq = random_problem(32, 5, {"w": (4, 3), "b": (3,)})
+  schedule = optax.cosine_decay_schedule(0.05, 5)
+  mask = {"w": True, "b": False}
+  chain = optax.chain(scale_by_tiger(0.8), optax.add_decayed_weights(0.1, mask),
+                      optax.scale_by_learning_rate(schedule))
+  got, _ = run(tiger(schedule, 0.8, 0.1, mask=mask), params, grads_seq)
+  want, _ = run(chain, params, grads_seq)
+  for a, b in zip(got, want):
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_no_transform_is_initialised_inside_update(monkeypatch):
+  calls = {"init": 0}
+  original = optax.add_decayed_weights
+
+  def counting(*args, **kwargs):
+    inner = original(*args, **kwargs)
+
+    def init(params):
+      calls["init"] += 1
+      return inner.init(params)
+
+    return optax.GradientTransformation(init, inner.update)
+
+  monkeypatch.setattr(optax, "add_decayed_weights", counting)
+  params, grads_seq = random_problem(33, 4, {"w": (3,)})
+  run(tiger(0.1, weight_decay=0.1, accumulation_steps=2), params, grads_seq, jit=False)
+  assert calls["init"] == 1
+
+
+def simulate_cycles(params, grads_seq, lengths, *, lr, beta):
+  """Tiger without decay nor RMS, cycle by cycle with the given cycle lengths (float64): the
+  momentum decays by β once at each cycle's start, takes (1-β)/length of each gradient, and the
+  parameters move by -η_n sign(m) at each cycle's end (n: the cycle's index)."""
+  params = {n: np.array(v, np.float64) for n, v in params.items()}
+  momentum = {n: np.zeros_like(v) for n, v in params.items()}
+  history, t = [], 0
+  for n, length in enumerate(lengths):
+    for j in range(length):
+      for name in params:
+        b1 = beta if j == 0 else 1.0
+        momentum[name] = b1 * momentum[name] + (1 - beta) / length * grads_seq[t][name]
+        if j == length - 1:
+          params[name] = params[name] - lr(n) * np.sign(momentum[name])
+      history.append({name: v.copy() for name, v in params.items()})
+      t += 1
+  return history, momentum
+
+
+def test_resuming_with_another_accumulation_steps_keeps_the_schedule():
+  """A k=4 state resumed with k=2: the schedule goes on from update 3 (as under optax.MultiSteps),
+  it does not jump to 12 // 2 = 6."""
+  params, grads_seq = random_problem(34, 16, {"w": (3, 2)})
+  schedule = optax.linear_schedule(0.1, 0.0, 8)
+  first, state = run(tiger(schedule, 0.8, 0.0, accumulation_steps=4), params, grads_seq[:12])
+  second = tiger(schedule, 0.8, 0.0, accumulation_steps=2)
+  theta, got = first[-1], list(first)
+  for grads in grads_seq[12:]:
+    updates, state = jax.jit(second.update)(as_f32(grads), state, theta)
+    theta = optax.apply_updates(theta, updates)
+    got.append(theta)
+  want, _ = simulate_cycles(params, grads_seq, [4, 4, 4, 2, 2], lr=lambda n: float(schedule(n)),
+                            beta=0.8)
+  for t, (g, w) in enumerate(zip(got, want)):
+    np.testing.assert_allclose(g["w"], w["w"], rtol=1e-6, atol=1e-7, err_msg=f"t={t}")
+  step = np.abs(np.asarray(got[13]["w"], np.float64) - np.asarray(got[12]["w"], np.float64))
+  np.testing.assert_allclose(step, float(schedule(3)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("after", [1, 2, 3])
+@pytest.mark.parametrize("jit", [False, True])
+def test_an_injected_accumulation_steps_changed_mid_cycle_takes_effect_at_the_next_cycle(
+    after, jit):
+  """k = 4 changed to 2 after 1, 2 or 3 micro-steps: the current cycle still ends after 4
+  micro-steps, with one β decay and the gradients weighted 1/4; then cycles of 2."""
+  params, grads_seq = random_problem(35 + after, 8, {"w": (4,), "v": (2, 3)})
+  tx = optax.inject_hyperparams(tiger)(learning_rate=0.05, beta=0.7, weight_decay=0.0,
+                                       accumulation_steps=4)
+  theta = as_f32(params)
+  state = tx.init(theta)
+  update = jax.jit(tx.update) if jit else tx.update
+  got = []
+  for t, grads in enumerate(grads_seq):
+    if t == after:
+      state = optax.tree_utils.tree_set(state, accumulation_steps=jnp.asarray(2))
+    updates, state = update(as_f32(grads), state, theta)
+    theta = optax.apply_updates(theta, updates)
+    got.append(theta)
+  want, want_mu = simulate_cycles(params, grads_seq, [4, 2, 2], lr=lambda n: 0.05, beta=0.7)
+  for t, (g, w) in enumerate(zip(got, want)):
+    for n in w:
+      np.testing.assert_allclose(g[n], w[n], rtol=1e-6, atol=1e-7, err_msg=f"t={t} {n}")
+  mu = optax.tree_utils.tree_get(state, "mu")
+  for n in want_mu:
+    np.testing.assert_allclose(mu[n], want_mu[n], rtol=1e-5, atol=1e-7)
