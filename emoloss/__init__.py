@@ -14,7 +14,7 @@ from emoloss.fused import *
 from emoloss.losses import *
 from emoloss.transforms import *
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"
 
 __all__ = (
     ["check_label_range", "fused", "losses", "transforms"]

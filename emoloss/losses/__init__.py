@@ -1,9 +1,18 @@
-"""Per-example training losses in the style of ``optax.losses``.
+"""Training losses in the style of ``optax.losses``.
 
-Every loss returns the per-example loss (the caller reduces), accepts an optional boolean
-``where`` mask (masked examples give exactly 0 and are left out of batch statistics) and computes
-in float32 whatever the input dtype. Integer labels are class indices of shape
-``logits.shape[:-1]``; floating labels of shape ``logits.shape`` are soft labels where supported.
+Per-example losses return one value per example (the caller reduces): every loss here except the
+three batch-level ones below. Some per-example losses read a statistic of the whole (unmasked)
+batch, so one example's value depends on the others: ``f1_weighted_binary_cross_entropy`` (the
+batch's smooth F1) and ``exact_loss(..., batch_norm=True)`` (the batch's mean and variance).
+
+Batch-level losses return one scalar per batch (per label column for multi-label F1):
+``smooth_f1_loss``, ``exact_batch_loss`` and ``negative_log_mean_likelihood``; their first
+docstring line says so.
+
+Every loss accepts an optional boolean ``where`` mask (masked examples give exactly 0, or are
+left out of the batch statistic) and computes in float32 whatever the input dtype. Integer
+labels are class indices of shape ``logits.shape[:-1]``; floating labels of shape
+``logits.shape`` are soft labels where supported.
 """
 
 from emoloss.losses._accuracy import binary_smoothed_accuracy_loss, smoothed_accuracy_loss

@@ -62,7 +62,7 @@ def smooth_f1_score(
 def smooth_f1_loss(
     logits: ArrayLike, labels: ArrayLike, *, where: ArrayLike | None = None
 ) -> jax.Array:
-  r"""Plain smooth-F1 loss ``1 - F1s`` with ``F1s = 2 Σ y p / Σ (y + p)`` over the batch.
+  r"""Batch-level smooth-F1 loss ``1 - F1s``, ``F1s = 2 Σ y p / Σ (y + p)`` over the batch.
 
   A batch statistic, not a per-example loss: it equals
   ``optax.losses.dice_loss(p, y, axis=0, smooth=0)``-style Dice over the batch axis. Provided as

@@ -22,7 +22,7 @@ ArrayLike = jax.typing.ArrayLike
 def negative_log_mean_likelihood(
     neg_log_likelihood: ArrayLike, *, where: ArrayLike | None = None
 ) -> jax.Array:
-  r"""Reduces per-example ``ℓ_i = -log p_i`` to ``-log`` of the batch mean of ``p_i``.
+  r"""Batch-level ``-log`` of the batch mean of ``p_i`` from per-example ``ℓ_i = -log p_i``.
 
   .. math::
     L = -\log \frac{1}{n} \sum_{i=1}^{n} p_i
@@ -87,7 +87,7 @@ def exact_batch_loss(
     where: ArrayLike | None = None,
     batch_norm: bool = False,
 ) -> jax.Array:
-  r"""EXACT's batch objective ``-log E_D[P(y|x)]``: minus the log of the expected accuracy.
+  r"""Batch-level EXACT objective ``-log E_D[P(y|x)]``: one scalar per batch, not per example.
 
   .. math::
     L = -\log \frac{1}{n} \sum_{i=1}^{n} P(y_i \mid x_i), \qquad
