@@ -9,10 +9,8 @@ Every loss is registered in ``LOSSES`` (a test fails when a public loss is missi
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -21,79 +19,19 @@ import optax
 import pytest
 
 import emoloss
+from tests.losses import registry
 
 V = 5
 N = 8
-EMBEDDINGS = np.random.default_rng(3).normal(size=(V, 4)).astype(np.float32)
-DUPLICATE_ROWS = np.repeat(EMBEDDINGS[:1], V, axis=0) + np.eye(V, 4, dtype=np.float32) * 1e-3
-PRIOR = np.array([0.5, 0.2, 0.15, 0.1, 0.05], np.float32)
+EMBEDDINGS = registry.embeddings(V)
+PRIOR = registry.prior(V)
+Loss = registry.Loss
 
 
-@dataclasses.dataclass(frozen=True)
-class Loss:
-  call: Callable  # (logits, labels, where) -> per-example loss
-  binary: bool = False  # one logit per example, labels in {0, 1}
-  batch_statistic: bool = False  # rows interact through a batch statistic (smooth F1)
-  upper_bound: float = np.inf  # the loss's maximum (bounded losses)
-  at_most_ce_when_right: bool = False  # loss <= CE mathematically when p_y is close to 1
-  well_conditioned: bool = True  # False: tiny rounding differences are amplified (EMO/CE ratios)
-  nan_spreads: bool = False  # a NaN row makes the batch statistic, hence every unmasked row, NaN
-
-
+# The losses (tests/losses/registry.py, shared with tests/losses/test_common.py) and the fused
+# per-example losses.
 LOSSES = {
-    "smoothed_accuracy_loss": Loss(
-        lambda z, y, w: emoloss.smoothed_accuracy_loss(z, y, where=w), upper_bound=1.0,
-        at_most_ce_when_right=True),  # 1 - p <= -log p
-    "binary_smoothed_accuracy_loss": Loss(
-        lambda z, y, w: emoloss.binary_smoothed_accuracy_loss(z, y, where=w), binary=True,
-        upper_bound=1.0),
-    "exact_loss": Loss(lambda z, y, w: emoloss.exact_loss(z, y, num_nodes=16, where=w),
-                       upper_bound=1.0),
-    "exact_loss[batch_norm]": Loss(
-        lambda z, y, w: emoloss.exact_loss(z, y, num_nodes=16, batch_norm=True, sigma=2.0,
-                                           margin=0.5, where=w),
-        batch_statistic=True, upper_bound=1.0, nan_spreads=True),
-    "exact_loss[log_prob,margin]": Loss(
-        lambda z, y, w: emoloss.exact_loss(z, y, num_nodes=16, log_prob=True, margin=5.0,
-                                           sigma=0.5, where=w)),
-    "f1_weighted_binary_cross_entropy": Loss(
-        lambda z, y, w: emoloss.f1_weighted_binary_cross_entropy(z, y, where=w), binary=True,
-        batch_statistic=True, nan_spreads=True),
-    "smooth_f1_loss": Loss(lambda z, y, w: emoloss.smooth_f1_loss(z, y, where=w), binary=True,
-                           batch_statistic=True, upper_bound=1.0, nan_spreads=True),
-    "softmax_focal_loss": Loss(lambda z, y, w: emoloss.softmax_focal_loss(z, y, where=w),
-                               at_most_ce_when_right=True),  # (1 - p)^γ <= 1
-    "softmax_focal_loss[alpha]": Loss(
-        lambda z, y, w: emoloss.softmax_focal_loss(z, y, alpha=jnp.linspace(0.2, 1.0, V),
-                                                   where=w), at_most_ce_when_right=True),
-    "softmax_focal_loss[gamma=0.5]": Loss(
-        lambda z, y, w: emoloss.softmax_focal_loss(z, y, gamma=0.5, where=w),
-        at_most_ce_when_right=True),
-    "logit_adjusted_cross_entropy": Loss(
-        lambda z, y, w: emoloss.logit_adjusted_cross_entropy(z, y, PRIOR, where=w)),
-    "margin_cross_entropy": Loss(
-        lambda z, y, w: emoloss.margin_cross_entropy(z, y, jnp.linspace(0, 2, V), where=w)),
-    "norm_aware_margin_cross_entropy": Loss(
-        lambda z, y, w: emoloss.norm_aware_margin_cross_entropy(
-            z, y, jnp.linspace(0.5, 2.0, V), jnp.linspace(0.0, 0.5, V), where=w)),
-    "mixce_loss": Loss(lambda z, y, w: emoloss.mixce_loss(z, y, where=w),
-                       at_most_ce_when_right=True),  # η + (1 - η) p_y <= 1
-    "tailr_loss": Loss(lambda z, y, w: emoloss.tailr_loss(z, y, where=w),
-                       at_most_ce_when_right=True),  # w <= 1
-    "tailr_loss[open-ended,smoothing]": Loss(
-        lambda z, y, w: emoloss.tailr_loss(z, y, gamma=1e-7, min_weight=0.2,
-                                           label_smoothing=0.1, where=w)),
-    "emo_loss": Loss(lambda z, y, w: emoloss.emo_loss(z, y, EMBEDDINGS, where=w), upper_bound=2.0),
-    "emo_ce_loss": Loss(lambda z, y, w: emoloss.emo_ce_loss(z, y, EMBEDDINGS, where=w)),
-    # Near-duplicate cost rows: EMO ~ 1e-6 (1 - p_y), so the uncapped ratio CE/EMO ~ 1e6 amplifies
-    # float32 rounding; checked for finiteness and row independence, not for equality.
-    "emo_ce_loss[uncapped,duplicates]": Loss(
-        lambda z, y, w: emoloss.emo_ce_loss(z, y, DUPLICATE_ROWS, max_ratio=None, where=w),
-        well_conditioned=False),
-    "emo_ce_loss[identity cost]": Loss(
-        lambda z, y, w: emoloss.emo_ce_loss(z, y, np.eye(V, dtype=np.float32), where=w)),
-    "emo_ce_loss[mode 2]": Loss(
-        lambda z, y, w: emoloss.emo_ce_loss(z, y, EMBEDDINGS, mode=2, where=w)),
+    **registry.LOSSES,
     "fused_ce_emo": Loss(
         lambda z, y, w: sum(emoloss.fused_ce_emo(z, jnp.eye(V), y, EMBEDDINGS, where=w,
                                                  chunk_size=2))),
@@ -106,13 +44,6 @@ LOSSES = {
         lambda z, y, w: emoloss.fused_emo_ce_loss(z, jnp.eye(V), y, EMBEDDINGS, max_ratio=None,
                                                   where=w, chunk_size=3)),
 }
-# Public names of emoloss.losses that are not per-example losses of (logits, labels).
-NOT_LOSSES = {"emo_ce_combination", "log_prior_adjustment", "mixce_weight",
-              "normalize_embeddings", "posthoc_logit_adjustment", "smooth_f1_score",
-              "tailr_weight"}
-# Batch-level objectives (one scalar per batch; tests/losses/test_likelihood.py covers masks,
-# garbage in masked rows, p = 0 and NaN).
-NOT_LOSSES |= {"exact_batch_loss", "negative_log_mean_likelihood"}
 FUSED = [name for name in LOSSES if name.startswith("fused")]
 # Public names of emoloss.fused that are not per-example losses: the mesh version, the one-pass
 # reduced (scalar) loss and its per-token helpers (confident tokens, masks and -inf: see
@@ -123,8 +54,8 @@ NOT_FUSED_LOSSES = {"sharded_fused_ce_emo", "onepass_loss", "sharded_onepass_los
 
 def test_every_public_loss_is_registered():
   registered = {name.split("[")[0] for name in LOSSES}
-  public = set(emoloss.losses.__all__) | {n for n in emoloss.fused.__all__ if n.islower()}
-  missing = public - registered - NOT_LOSSES - NOT_FUSED_LOSSES
+  missing = registry.unregistered(emoloss.losses.__all__) | (
+      {n for n in emoloss.fused.__all__ if n.islower()} - registered - NOT_FUSED_LOSSES)
   assert not missing, f"register these in tests/test_reliability.py: {sorted(missing)}"
 
 

@@ -6,48 +6,15 @@ import numpy as np
 import pytest
 
 import emoloss
+from tests.losses.registry import LOSSES
 
 V = 6
-EMB = np.random.default_rng(7).normal(size=(V, 4)).astype(np.float32)
-PRIOR = np.array([40.0, 20.0, 10.0, 5.0, 2.0, 1.0])
 
-# name -> (loss(logits [N, V], labels [N], where) -> [N]) for the multi-class losses.
-MULTICLASS = {
-    "smoothed_accuracy": lambda z, y, w=None: emoloss.smoothed_accuracy_loss(z, y, where=w),
-    "focal": lambda z, y, w=None: emoloss.softmax_focal_loss(z, y, gamma=2.0, where=w),
-    "focal_alpha": lambda z, y, w=None: emoloss.softmax_focal_loss(
-        z, y, gamma=2.0, alpha=np.linspace(0.2, 1.5, V), where=w),
-    "focal_small_gamma": lambda z, y, w=None: emoloss.softmax_focal_loss(z, y, gamma=0.3,
-                                                                         where=w),
-    "tailr": lambda z, y, w=None: emoloss.tailr_loss(z, y, where=w),
-    "tailr_smoothed": lambda z, y, w=None: emoloss.tailr_loss(z, y, label_smoothing=0.1, where=w),
-    "logit_adjusted": lambda z, y, w=None: emoloss.logit_adjusted_cross_entropy(
-        z, y, PRIOR, where=w),
-    "margin": lambda z, y, w=None: emoloss.margin_cross_entropy(z, y, np.full(V, 0.5), where=w),
-    "norm_aware_margin": lambda z, y, w=None: emoloss.norm_aware_margin_cross_entropy(
-        z, y, np.linspace(0.5, 2.0, V), np.full(V, 0.3), where=w),
-    "emo": lambda z, y, w=None: emoloss.emo_loss(z, y, EMB, where=w),
-    "emo_ce": lambda z, y, w=None: emoloss.emo_ce_loss(z, y, EMB, where=w),
-    "emo_ce_mode2": lambda z, y, w=None: emoloss.emo_ce_loss(z, y, EMB, mode=2, where=w),
-}
-if hasattr(emoloss, "exact_loss"):
-  MULTICLASS["exact"] = lambda z, y, w=None: emoloss.exact_loss(z, y, where=w)
-  MULTICLASS["exact_log"] = lambda z, y, w=None: emoloss.exact_loss(z, y, log_prob=True, where=w)
-  MULTICLASS["exact_recipe"] = lambda z, y, w=None: emoloss.exact_loss(
-      z, y, sigma=0.5, margin=0.5, batch_norm=True, where=w)
-
-# Binary losses: logits [N] with labels [N].
-BINARY = {
-    "binary_smoothed_accuracy": lambda z, y, w=None: emoloss.binary_smoothed_accuracy_loss(
-        z, y, where=w),
-    "f1_weighted_bce": lambda z, y, w=None: emoloss.f1_weighted_binary_cross_entropy(
-        z, y, where=w),
-    "smooth_f1": lambda z, y, w=None: emoloss.smooth_f1_loss(z, y, where=w),
-}
-
-ALL = [(name, fn, False) for name, fn in MULTICLASS.items()] + [
-    (name, fn, True) for name, fn in BINARY.items()]
-IDS = [name for name, _, _ in ALL]
+# Every registered loss (tests/losses/registry.py, shared with tests/test_reliability.py); the
+# ill-conditioned ones are not compared across dtypes (float32 rounding is amplified there).
+ALL = [(name, loss.call, loss.binary) for name, loss in LOSSES.items()]
+IDS = list(LOSSES)
+WELL_CONDITIONED = {name for name, loss in LOSSES.items() if loss.well_conditioned}
 
 
 def _problem(binary, n=8, scale=1.0, seed=0):
@@ -108,7 +75,8 @@ def test_bfloat16_inputs_agree_with_float32(name, fn, binary):
   out = fn(low, labels)
   assert out.dtype == jnp.float32, name
   np.testing.assert_allclose(out, fn(np.asarray(low, np.float32), labels), rtol=1e-6, atol=1e-6)
-  np.testing.assert_allclose(out, fn(logits, labels), rtol=2e-2, atol=2e-2)
+  if name in WELL_CONDITIONED:
+    np.testing.assert_allclose(out, fn(logits, labels), rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("name,fn,binary", ALL, ids=IDS)
