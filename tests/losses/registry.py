@@ -26,6 +26,7 @@ class Loss:
   at_most_ce_when_right: bool = False  # loss <= CE mathematically when p_y is close to 1
   well_conditioned: bool = True  # False: tiny rounding differences are amplified (EMO/CE ratios)
   nan_spreads: bool = False  # a NaN row makes the batch statistic, hence every unmasked row, NaN
+  counts_far_classes: bool = False  # -1e4 logits are not -inf to it (label smoothing's target)
 
 
 def num_classes(logits) -> int:
@@ -109,10 +110,12 @@ LOSSES = {
     "tailr_loss": Loss(lambda z, y, w=None: emoloss.tailr_loss(z, y, where=w),
                        at_most_ce_when_right=True),  # w <= 1
     "tailr_loss[smoothing]": Loss(
-        lambda z, y, w=None: emoloss.tailr_loss(z, y, label_smoothing=0.1, where=w)),
+        lambda z, y, w=None: emoloss.tailr_loss(z, y, label_smoothing=0.1, where=w),
+        counts_far_classes=True),
     "tailr_loss[open-ended,smoothing]": Loss(
         lambda z, y, w=None: emoloss.tailr_loss(z, y, gamma=1e-7, min_weight=0.2,
-                                                label_smoothing=0.1, where=w)),
+                                                label_smoothing=0.1, where=w),
+        counts_far_classes=True),
     "emo_loss": Loss(_v(lambda z, y, w, v: emoloss.emo_loss(z, y, embeddings(v), where=w)),
                      upper_bound=2.0),
     "emo_ce_loss": Loss(_v(lambda z, y, w, v: emoloss.emo_ce_loss(z, y, embeddings(v), where=w))),
