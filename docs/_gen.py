@@ -113,7 +113,7 @@ def write_results_pages(out: Path) -> list[Path]:
     page = out / f"{path.stem}.md"
     _write_if_changed(page, results_page(path, out))
     paths.append(page)
-  index = ["# Experiment results", "",
+  index = ["# All results files", "",
            "One page per results file in `benchmarks/results/`, generated when the docs are built.",
            "", "```{toctree}", ":maxdepth: 1", ""]
   index += [p.stem for p in paths] + ["```", ""]
