@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from emoloss import _checks
+from emoloss import _validation
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -38,7 +38,7 @@ class FloodState(NamedTuple):
 
 
 def _check_flood_level(flood_level) -> None:
-  _checks.check_scalar_range(flood_level, "flood_level", low=0.0)
+  _validation.check_scalar_range(flood_level, "flood_level", low=0.0)
   if np.ndim(flood_level) != 0:
     raise ValueError(f"`flood_level` must be a scalar (got shape {np.shape(flood_level)}).")
 
@@ -68,7 +68,7 @@ def check_loss_value(value: ArrayLike | None, transform: str) -> jax.Array:
         f"`value` passed to `{transform}` must be the scalar batch-mean loss (got shape "
         f"{np.shape(value)}); reduce per-example losses first."
     )
-  dtype = _checks._dtype(value)
+  dtype = _validation.dtype_of(value)
   if not jnp.issubdtype(dtype, jnp.floating):
     raise TypeError(f"`value` passed to `{transform}` must be a float loss (got dtype {dtype}).")
   return jnp.asarray(value, jnp.float32)
@@ -258,8 +258,8 @@ def iflood_loss(
     Xie et al., "iFlood: A Stable and Effective Regularizer", ICLR 2022.
   """
   _check_flood_level(flood_level)
-  losses = _checks.check_logits(losses, name="losses", min_rank=0)
-  where = _checks.check_where(where, losses.shape)
+  losses = _validation.check_logits(losses, name="losses", min_rank=0)
+  where = _validation.check_where(where, losses.shape)
   per_example = jnp.abs(losses - flood_level) + flood_level
   if per_example.size == 0:  # an empty batch, like a fully masked one, gives 0
     return jnp.zeros([], jnp.float32)
