@@ -3,7 +3,6 @@ MAUVE's measured noise, Markdown (with sample continuations) and the figure."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable
@@ -11,6 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from benchmarks import outputs
 from benchmarks.lm import stats
 from benchmarks.machine import machine_summary
 
@@ -304,7 +304,7 @@ def _regime_markdown(key: str, regime: dict, summary: dict, config: dict) -> lis
   lines += ["### Paired differences to CE (all metrics)", "",
             "| metric | " + " | ".join(labels[o] for o in comparisons) + " |",
             "|---|" + "---|" * len(comparisons)]
-  keys = list(next(iter(comparisons.values())))
+  keys = list(next(iter(comparisons.values()), {}))
   for k in keys:
     cells = [f"{stats.format_difference(comparisons[o][k])} {_short(comparisons[o][k])}"
              if k in comparisons[o] else "" for o in comparisons]
@@ -401,12 +401,15 @@ def write_results(json_path: str, results: dict, plot_fn: Callable[[str, dict], 
                   markdown_fn: Callable[[dict, str], str]) -> str:
   """Writes ``results`` as JSON at ``json_path`` and, beside it, the PNG (``plot_fn(path,
   results)``) and the Markdown (``markdown_fn(results, png_name)``); returns the common stem.
-  Shared by the experiments (LM fine-tuning, known oracle)."""
-  os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-  with open(json_path, "w") as f:
-    json.dump(results, f, indent=1)
+  Shared by the experiments (LM fine-tuning, known oracle).
+
+  The report and the figure are made before anything is written, and every file is written to a
+  temporary name and renamed (:mod:`benchmarks.outputs`): a report that fails leaves the
+  previous files whole, never a truncated or empty one beside a new JSON."""
   stem = os.path.splitext(json_path)[0]
-  plot_fn(stem + ".png", results)
-  with open(stem + ".md", "w") as f:
-    f.write(markdown_fn(results, os.path.basename(stem) + ".png"))
+  text = markdown_fn(results, os.path.basename(stem) + ".png")
+  with outputs.atomic_path(stem + ".png") as png:
+    plot_fn(png, results)
+    outputs.write_json(json_path, results)
+    outputs.write_text(stem + ".md", text)
   return stem
