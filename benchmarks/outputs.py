@@ -9,6 +9,8 @@
   previous version stays whole);
 * :func:`load_cached`: a cache file that cannot be read (truncated, damaged) is reported as a
   :class:`UsageError` naming the file and the remedy, not as a bare decoder error;
+* :func:`counting_native_lines`: third-party log spam written by native code (faiss's
+  ``WARNING clustering`` lines) counted instead of printed, summarised once by the run;
 * :func:`quick_output_dir`: where a ``--quick`` run writes when not told (a ``runs/`` folder of
   the working tree, never ``benchmarks/results/``), and :func:`report_outputs`, the closing
   lines of every run saying where its files went.
@@ -16,10 +18,12 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
 import pickle
+import sys
 import tempfile
 import zipfile
 import zlib
@@ -211,3 +215,35 @@ def report_outputs(paths: Sequence[str], log: Callable[[str], Any] = print,
   log("outputs written" + (f" ({note})" if note else "") + ":")
   for path in paths:
     log(f"  {os.path.abspath(path)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Third-party log spam
+
+SILENCED: collections.Counter = collections.Counter()
+
+
+@contextlib.contextmanager
+def counting_native_lines(prefix: str) -> Iterator[None]:
+  """Inside the block, lines starting with ``prefix`` that anything (native code included:
+  faiss prints with C's ``fprintf``) writes to the process's standard error are counted in
+  :data:`SILENCED` instead of shown; every other line is passed on when the block ends."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  try:
+    with tempfile.TemporaryFile() as capture:
+      os.dup2(capture.fileno(), 2)
+      try:
+        yield
+      finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        capture.seek(0)
+        for line in capture.read().decode(errors="replace").splitlines(keepends=True):
+          if line.startswith(prefix):
+            SILENCED[prefix] += 1
+          else:
+            sys.stderr.write(line)
+        sys.stderr.flush()
+  finally:
+    os.close(saved)

@@ -286,6 +286,11 @@ def run_experiment(config: Config, out_dir: str, json_path: str, *, overwrite: b
     log(f"{claim['regime']} {claim['objective']:>10} {claim['metric']:<24} {claim['claim']:<9} "
         f"{stats.format_difference(claim, 4)}: {claim['verdict']}")
   log(f"wall time {results['wall_seconds']:.0f} s")
+  from benchmarks.lm.metrics import FAISS_WARNING  # pylint: disable=import-outside-toplevel
+  if outputs.SILENCED[FAISS_WARNING]:
+    log(f"faiss printed '{FAISS_WARNING} ...' {outputs.SILENCED[FAISS_WARNING]} times (hidden): "
+        "MAUVE's k-means has fewer than faiss's recommended 39 points per cluster (its default "
+        "of about n/10 clusters)")
   stem = os.path.splitext(json_path)[0]
   outputs.report_outputs([json_path, stem + ".md", stem + ".png"], log, output_note(json_path))
   log(f"checkpoints and caches (reused by a rerun): {os.path.abspath(out_dir)}")

@@ -97,3 +97,25 @@ def test_unusable_output_paths_are_refused(tmp_path):
   with pytest.raises(UsageError, match="--quick"):
     outputs.check_quick_destination(os.path.join(outputs.RESULTS, "x.json"), "--json")
   outputs.check_quick_destination(str(tmp_path / "x.json"), "--json")
+
+
+def test_native_log_spam_is_counted_and_other_lines_pass(capfd):
+  """faiss prints 'WARNING clustering ...' from C++ (not through Python's logging): such lines
+  written to the process's standard error are counted, every other line still shown."""
+  before = outputs.SILENCED["WARNING clustering"]
+  with outputs.counting_native_lines("WARNING clustering"):
+    os.write(2, b"WARNING clustering 100 points to 10 centroids: please provide at least 390\n")
+    os.write(2, b"another message\n")
+    os.write(2, b"WARNING clustering 120 points to 12 centroids: please provide at least 468\n")
+  assert outputs.SILENCED["WARNING clustering"] == before + 2
+  err = capfd.readouterr().err
+  assert "another message" in err and "WARNING clustering" not in err
+
+
+def test_mauve_scores_print_no_faiss_warnings(capfd):
+  from benchmarks.lm import metrics
+  rng = np.random.default_rng(0)
+  p, q = rng.normal(size=(100, 8)), rng.normal(0.5, 1.0, size=(100, 8))
+  score = metrics.mauve_score(p, q, seeds=(1,))
+  assert 0.0 < score <= 1.0
+  assert "WARNING clustering" not in capfd.readouterr().err
