@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import argparse
 import collections
 import contextlib
 import json
@@ -188,6 +189,19 @@ def cached_json(path: str, compute: Callable[[], Any]) -> Any:
 
 # ----------------------------------------------------------------------------------------------
 # Where outputs go
+
+
+class HelpFormatter(argparse.HelpFormatter):
+  """``--help`` that shows every option's default: appended as ``(default: X)`` unless the help
+  text already states one; a flag (``store_true``) shows ``(default: off)``."""
+
+  def _get_help_string(self, action: argparse.Action) -> str:
+    text = action.help or ""
+    if "default" in text or action.default is argparse.SUPPRESS or action.dest == "help":
+      return text
+    if action.nargs == 0:
+      return f"{text} (default: off)"
+    return f"{text} (default: %(default)s)"
 
 
 def _inside(path: str, folder: str) -> bool:

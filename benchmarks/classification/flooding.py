@@ -90,13 +90,17 @@ def method_summary(run: common.TrainResult, tail: int) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  parser = common.base_parser(__doc__.split("\n\n")[0])
+  parser = common.base_parser(__doc__.split("\n\n")[0], seeds=(3, 2))
   parser.add_argument("--noise", type=float, default=0.2, help="fraction of flipped labels")
   parser.add_argument("--hidden", type=int, default=128, help="width of both hidden layers")
-  parser.add_argument("--lr", type=float, default=1e-3)
-  parser.add_argument("--steps", type=int, default=None)
-  parser.add_argument("--flood-levels", type=float, nargs="+", default=None)
-  parser.add_argument("--ascent-ratios", type=float, nargs="+", default=None)
+  parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+  parser.add_argument("--steps", type=int, default=None,
+                      help="full-batch training steps (default: 2000; --quick: 600)")
+  parser.add_argument("--flood-levels", type=float, nargs="+", default=None,
+                      help="flood levels b (default: 0.1 0.2 0.4 0.7; --quick: 0.1 0.4)")
+  parser.add_argument("--ascent-ratios", type=float, nargs="+", default=None,
+                      help="alternation: ascent rate over descent rate (default: 0.1 0.5 0.9; "
+                      "--quick: 0.1 0.5)")
   args = parser.parse_args(argv)
   num_seeds = args.seeds or (2 if args.quick else 3)
   num_steps = args.steps or (600 if args.quick else 2000)
