@@ -382,7 +382,8 @@ def plot(path: str, results: dict) -> None:
       lows = np.array([comparisons[o][metric]["low"] for o in names])
       highs = np.array([comparisons[o][metric]["high"] for o in names])
       y = np.arange(len(names))
-      ax.errorbar(means, y, xerr=[means - lows, highs - means], fmt="o", capsize=3)
+      ax.errorbar(means, y, xerr=np.nan_to_num([means - lows, highs - means]), fmt="o",
+                  capsize=3)  # one seed: no interval, no bar
       margin = MARGINS[metric.split("/")[0]].margin
       ax.axvspan(-margin, margin, color="gray", alpha=0.2)
       ax.axvline(0, color="black", lw=0.8)

@@ -103,3 +103,9 @@ def test_every_comparison_in_the_benchmarks_gives_one_seed_an_inconclusive_verdi
       for i, v in enumerate((300, 600, 1200))}
   trend = oracle_report.vocab_trend(sweep, ["emo"])
   assert trend["n"] == 1 and trend["verdict"] == stats.INCONCLUSIVE
+  from benchmarks.lm import report as lm_report
+
+  lm = lm_report.compare([{"ce": {"test_nll": 1.0, "rep2_gap/greedy": 0.3},
+                           "emo": {"test_nll": 0.6, "rep2_gap/greedy": 0.001}}],
+                         ["ce", "emo"], {}, "A")
+  assert {c["verdict"] for c in lm["emo"].values()} == {stats.INCONCLUSIVE}
