@@ -33,7 +33,7 @@ extensions = [
     "_links",  # docs/_links.py: inline `name` of a public function links to its API entry
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "_generated/tables"]  # tables: included by the experiment pages
 myst_enable_extensions = ["dollarmath"]
 myst_heading_anchors = 3
 
@@ -83,6 +83,8 @@ html_theme_options = {
     "navbar_persistent": [],  # the sidebar has the search field; no second one in a header bar
 }
 
-# Generated pages (gitignored): the API reference from `__all__`, the results from the JSON.
+# Generated pages (gitignored): the API reference from `__all__`, the results pages and the
+# experiment pages' tables from the JSON.
 _gen.write_api_pages(HERE / "_generated" / "api")
 _gen.write_results_pages(HERE / "_generated" / "results")
+_gen.write_table_fragments(HERE / "_generated" / "tables")

@@ -45,7 +45,7 @@ class Claim(NamedTuple):
 
 
 _EMO = "EMO paper (Ren et al., ICLR 2024) Table 1: higher MAUVE of unbiased samples than MLE"
-_EMO_PPL = ("a blog post on the EMO paper (project seed 004): EMO-trained models even have lower "
+_EMO_PPL = ("Su Jianlin's article on the EMO paper (kexue.fm/archives/9797): EMO-trained models even have lower "
             "test perplexity than MLE")
 _MIXCE = ("MixCE paper (Zhang et al., ACL 2023) and EMO Table 1: higher MAUVE of unbiased "
           "samples than MLE")
