@@ -360,40 +360,50 @@ def _short(summary: dict) -> str:
 
 
 def plot(path: str, results: dict) -> None:
-  """Per regime: validation curves (mean over seeds) and paired MAUVE differences to CE."""
+  """One column per regime, sized for a documentation column: validation curves (mean over
+  seeds) above the paired MAUVE differences to CE (both featurisers, one row per objective)."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
   regimes = list(results["per_regime"].items())
-  fig, axes = plt.subplots(len(regimes), 3, figsize=(15, 4.5 * len(regimes)), squeeze=False)
-  for row, (key, regime) in zip(axes, regimes):
+  rows = max(len(regime["comparisons"]) for _, regime in regimes)
+  fig, axes = plt.subplots(2, len(regimes), figsize=(5 * len(regimes), 10), squeeze=False,
+                           gridspec_kw={"height_ratios": [1, 1.15]})
+  for column, (key, regime) in zip(axes.T, regimes):
     labels = regime["labels"]
-    ax = row[0]
+    ax = column[0]
     for name, curves in regime["mean_curves"].items():
       ax.plot(curves["step"], curves["nll"], marker=".", label=labels[name])
-    ax.set(xlabel="fine-tuning step", ylabel="nats")
-    ax.set_title(f"regime {key}: validation NLL (mean over seeds)", fontsize=9)
-    ax.legend(fontsize=6)
+    ax.set(xlabel="fine-tuning step", ylabel="validation NLL (nats)")
+    ax.set_title(f"regime {key}: validation NLL, mean over seeds", fontsize=10)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2, frameon=False)
+    ax = column[1]
     comparisons = regime["comparisons"]
     names = list(comparisons)
-    for ax, metric in zip(row[1:], ("mauve_hidden/unbiased", "mauve_tfidf/unbiased")):
+    y = np.arange(len(names))
+    for offset, marker, metric in ((-0.15, "o", "mauve_hidden/unbiased"),
+                                   (0.15, "s", "mauve_tfidf/unbiased")):
       means = np.array([comparisons[o][metric]["mean"] for o in names])
       lows = np.array([comparisons[o][metric]["low"] for o in names])
       highs = np.array([comparisons[o][metric]["high"] for o in names])
-      y = np.arange(len(names))
-      ax.errorbar(means, y, xerr=[means - lows, highs - means], fmt="o", capsize=3)
-      margin = MARGINS[metric.split("/")[0]].margin
-      ax.axvspan(-margin, margin, color="gray", alpha=0.2)
-      ax.axvline(0, color="black", lw=0.8)
-      ax.set_title(f"regime {key}: {metric} − CE (higher is better)", fontsize=9)
-      ax.set_yticks(y)
-      ax.set_yticklabels([labels[o] for o in names], fontsize=7)
+      featuriser = "hidden states" if "hidden" in metric else "TF-IDF"
+      ax.errorbar(means, y + offset, xerr=[means - lows, highs - means], fmt=marker, capsize=3,
+                  markersize=4, label=featuriser)
+    margin = MARGINS["mauve_hidden"].margin
+    ax.axvspan(-margin, margin, color="gray", alpha=0.2)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_title(f"regime {key}: MAUVE − CE, paired", fontsize=10)
+    ax.set_xlabel("difference to CE (higher is better)", fontsize=9)
+    ax.set_yticks(y)
+    ax.set_yticklabels([labels[o] for o in names], fontsize=8)
+    ax.set_ylim(rows - 0.5, -0.5)
+    ax.legend(fontsize=8, loc="lower right")
   fig.suptitle("bars: 95% t-intervals of the paired difference to CE; grey: margin",
                fontsize=10)
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0, 1, 0.97))
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=90)
+  fig.savefig(path, dpi=100)
   plt.close(fig)
 
 
