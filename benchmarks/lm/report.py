@@ -360,25 +360,25 @@ def _short(summary: dict) -> str:
 
 
 def plot(path: str, results: dict) -> None:
-  """One column per regime, sized for a documentation column: validation curves (mean over
-  seeds) above the paired MAUVE differences to CE (both featurisers, one row per objective)."""
+  """Sized for a documentation column: per regime, one panel above the other, the validation
+  curves (mean over seeds) and the paired MAUVE differences to CE (both featurisers, one row per
+  objective)."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
   regimes = list(results["per_regime"].items())
-  rows = max(len(regime["comparisons"]) for _, regime in regimes)
-  fig, axes = plt.subplots(2, len(regimes), figsize=(5 * len(regimes), 10), squeeze=False,
-                           gridspec_kw={"height_ratios": [1, 1.15]})
-  for column, (key, regime) in zip(axes.T, regimes):
+  heights = [h for _, regime in regimes for h in (2.6, 0.8 + 0.32 * len(regime["comparisons"]))]
+  fig, axes = plt.subplots(len(heights), 1, figsize=(8, sum(heights) + 0.6),
+                           gridspec_kw={"height_ratios": heights})
+  for (key, regime), ax, diff_ax in zip(regimes, axes[::2], axes[1::2]):
     labels = regime["labels"]
-    ax = column[0]
     for name, curves in regime["mean_curves"].items():
       ax.plot(curves["step"], curves["nll"], marker=".", label=labels[name])
-    ax.set(xlabel="fine-tuning step", ylabel="validation NLL (nats)")
-    ax.set_title(f"regime {key}: validation NLL, mean over seeds", fontsize=10)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2, frameon=False)
-    ax = column[1]
+    ax.set_xlabel("fine-tuning step", fontsize=9)
+    ax.set_ylabel("nats", fontsize=9)
+    ax.set_title(f"regime {key}: validation NLL (mean over seeds)", fontsize=10)
+    ax.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     comparisons = regime["comparisons"]
     names = list(comparisons)
     y = np.arange(len(names))
@@ -388,20 +388,19 @@ def plot(path: str, results: dict) -> None:
       lows = np.array([comparisons[o][metric]["low"] for o in names])
       highs = np.array([comparisons[o][metric]["high"] for o in names])
       featuriser = "hidden states" if "hidden" in metric else "TF-IDF"
-      ax.errorbar(means, y + offset, xerr=[means - lows, highs - means], fmt=marker, capsize=3,
-                  markersize=4, label=featuriser)
+      diff_ax.errorbar(means, y + offset, xerr=[means - lows, highs - means], fmt=marker,
+                       capsize=3, markersize=4, label=f"MAUVE, {featuriser}")
     margin = MARGINS["mauve_hidden"].margin
-    ax.axvspan(-margin, margin, color="gray", alpha=0.2)
-    ax.axvline(0, color="black", lw=0.8)
-    ax.set_title(f"regime {key}: MAUVE − CE, paired", fontsize=10)
-    ax.set_xlabel("difference to CE (higher is better)", fontsize=9)
-    ax.set_yticks(y)
-    ax.set_yticklabels([labels[o] for o in names], fontsize=8)
-    ax.set_ylim(rows - 0.5, -0.5)
-    ax.legend(fontsize=8, loc="lower right")
-  fig.suptitle("bars: 95% t-intervals of the paired difference to CE; grey: margin",
-               fontsize=10)
-  fig.tight_layout(rect=(0, 0, 1, 0.97))
+    diff_ax.axvspan(-margin, margin, color="gray", alpha=0.2, label="margin")
+    diff_ax.axvline(0, color="black", lw=0.8)
+    diff_ax.set_title(f"regime {key}: MAUVE − CE, paired over seeds (95% t-intervals)",
+                      fontsize=10)
+    diff_ax.set_xlabel("difference to CE (higher is better)", fontsize=9)
+    diff_ax.set_yticks(y)
+    diff_ax.set_yticklabels([labels[o] for o in names], fontsize=8.5)
+    diff_ax.set_ylim(len(names) - 0.5, -0.5)
+    diff_ax.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+  fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=100)
   plt.close(fig)
