@@ -9,9 +9,9 @@ Adam for long enough to memorise the noise under plain cross-entropy, and compar
   (``b = 0`` is plain CE; the flood level is injected per run with ``optax.inject_hyperparams``),
 * ascent/descent alternation without a flood level,
   ``emoloss.alternate_ascent_descent(optax.adam(lr), r)``: every second update is the previous
-  kind of Adam step reversed and scaled by ``r``; ``r = 0.1`` is the ratio ``ε2/ε1`` that the
-  flooding discussion reports as its best (Su Jianlin, kexue.fm/archives/7643, 2020), ``0.5``
-  and ``0.9`` larger ones.
+  kind of Adam step reversed and scaled by ``r``; ``r = 0.1`` is the ratio ``ε2/ε1`` that
+  wmathor's post on flooding ran (wmathor.com/index.php/archives/1551; the one ratio it tried),
+  ``0.5`` and ``0.9`` larger ones.
 
 We plot training loss (on the noisy labels) and held-out loss over the steps, and report the best
 held-out loss and accuracy over the run (early stopping on the test set, an optimistic number for
@@ -21,7 +21,9 @@ References: Ishida et al., "Do We Need Zero Training Loss After Achieving Zero T
 ICML 2020 (arXiv 2002.08709): with flooding the held-out loss can fall a second time after the
 training loss reaches ``b``. Su Jianlin, "我们真的需要把训练集的损失降低到零吗?" (Do we really need
 to reduce the training loss to zero?), kexue.fm/archives/7643, 2020: the alternation of descent
-and smaller ascent steps as a gradient-norm penalty, and its best ratio ``ε2/ε1 = 0.1``.
+and smaller ascent steps as a gradient-norm penalty. wmathor, "loss损失讨论",
+wmathor.com/index.php/archives/1551: the alternation run with descent rate 1e-5 and ascent rate
+1e-6 (``ε2/ε1 = 0.1``).
 
   python -m benchmarks.classification.flooding [--quick] [--out DIR] [--seeds N]
 """
