@@ -16,11 +16,16 @@ class UsageError(Exception):
 class Config:
   """Every setting that changes the result (saved next to the checkpoints).
 
-  Two regimes share one tokenizer and the pretrained base(s):
+  Three regimes share one tokenizer and the pretrained base(s):
 
-  * regime A, the papers' regime (``adapt_*``): light in-domain adaptation of a competent base
-    on held-out standard-library files (about one epoch at a small learning rate), ``seeds``
-    paired fine-tuning seeds, the cost ablation, MixCE's ``η`` chosen on validation MAUVE;
+  * regime C, the headline (``package_*``): the base adapted to another package's code (the
+    non-test source of ``package``, split by file), gated by a one-seed CE pilot (base/CE test
+    perplexity ratio within ``gate_ratio`` and CE's best validation checkpoint in the second
+    half of the run; see :mod:`benchmarks.lm.gate`), ``seeds`` paired seeds, the cost ablation,
+    MixCE's ``η`` chosen on validation MAUVE, and a CE arm at the temperature matching each
+    EMO arm's sample entropy;
+  * regime A (``adapt_*``): the base fine-tuned on held-out standard-library files (the
+    pretraining domain), ``seeds`` paired seeds;
   * regime B, a domain shift (``shift_*``): the same base fine-tuned on Python's reference manual
     at a larger learning rate, ``shift_seeds`` seeds.
   """
@@ -31,6 +36,17 @@ class Config:
   adapt_val_chars: int = 300_000       # regime A: held-out stdlib files (by file), validation
   adapt_test_chars: int = 800_000    # ... test (prompts, human continuations, perplexity)
   adapt_train_chars: int = 130_000     # ... fine-tuning text
+  package: str = "sklearn"            # regime C: import name of an installed package
+  package_val_chars: int = 250_000     # regime C: validation files (checkpoint choice, η, T)
+  package_test_chars: int = 900_000    # ... test files (prompts, human sets, perplexity)
+  package_train_chars: int = 1_500_000  # ... fine-tuning files
+  package_steps: int = 160             # regime C: fine-tuning steps (the pilot may change them)
+  package_lr: float = 1e-3             # ... peak learning rate (the pilot may change it)
+  gate_ratio: tuple[float, float] = (1.15, 1.6)  # pilot: base/CE test perplexity ratio
+  gate_attempts: int = 3               # pilots before the run stops (the adjustment rule)
+  enforce_gate: bool = True            # False: record a failed gate and go on (--quick)
+  match_prompts: int = 250             # validation prompts for the temperature match
+  match_iterations: int = 6            # bisection steps of the matched temperature
   held_out_every: int = 4              # every k-th manual topic is held out (regime B) ...
   # ... and the held-out documents alternate between validation and test.
   vocab_size: int = 2048
@@ -68,11 +84,12 @@ class Config:
   tfidf_dim: int = 64                  # TruncatedSVD dimension of the TF-IDF featuriser
   objectives: tuple[str, ...] = ()     # () = every objective of objectives.OBJECTIVES
   shift_objectives: tuple[str, ...] = ("ce", "emo", "emo_cap3")
-  ablation: bool = True                # regime A: the cost ablation of the uncapped mix
-  select_eta: bool = True              # regime A: MixCE's η on validation MAUVE (first seed)
+  ablation: bool = True                # regime C: the cost ablation of the uncapped mix
+  select_eta: bool = True              # regime C: MixCE's η on validation MAUVE (first seed)
   mixce_etas: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)  # ... from these
   greedy_prompts: int = 250            # greedy continuations (repetition) per model
-  regimes: tuple[str, ...] = ("A", "B")
+  regimes: tuple[str, ...] = ("C", "A", "B")
+  primary_featuriser: str = "tfidf"    # MAUVE's primary features (code-token n-gram TF-IDF)
   loss_path: str = "fused"             # fused (emoloss.fused_ce_emo) | plain
   chunk_size: int = 1024               # vocabulary chunk of the fused path
 
@@ -94,4 +111,7 @@ QUICK = {
     "eval_every": 5, "seeds": 2, "shift_seeds": 2, "prefix_len": 8, "new_tokens": 24,
     "max_prompts": 100, "greedy_prompts": 50, "mauve_seeds": 3, "tfidf_dim": 16,
     "chunk_size": 256, "shift_objectives": ("ce", "emo"), "mixce_etas": (0.3, 0.7),
+    "package_val_chars": 30_000, "package_test_chars": 40_000, "package_train_chars": 60_000,
+    "package_steps": 20, "package_lr": 3e-3, "enforce_gate": False, "match_prompts": 50,
+    "match_iterations": 3,
 }
