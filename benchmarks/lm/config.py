@@ -113,5 +113,5 @@ QUICK = {
     "chunk_size": 256, "shift_objectives": ("ce", "emo"), "mixce_etas": (0.3, 0.7),
     "package_val_chars": 30_000, "package_test_chars": 40_000, "package_train_chars": 60_000,
     "package_steps": 20, "package_lr": 3e-3, "enforce_gate": False, "match_prompts": 50,
-    "match_iterations": 3,
+    "match_iterations": 3, "regimes": ("C", "B"),
 }

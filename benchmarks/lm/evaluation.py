@@ -479,16 +479,20 @@ def _vector(state) -> np.ndarray:
 
 def ablation_distances(states: dict, base_state, tokens: dict, arms) -> dict:
   """Per cost arm: its parameter distance to the frozen-head arm ``emo`` relative to how far
-  ``emo`` moved from the base (``||θ_arm - θ_emo|| / ||θ_emo - θ_base||``), and the agreement
-  of their unbiased samples under the same keys (share of identical continuation tokens and
-  of identical continuations); ``coincides`` when the distance is below
-  :data:`COINCIDE_DISTANCE` or at least :data:`COINCIDE_AGREEMENT` of the continuations are
-  identical."""
+  the two moved from the base at their selected checkpoints
+  (``||θ_arm - θ_emo|| / max(||θ_arm - θ_base||, ||θ_emo - θ_base||)``, 0 when both are the
+  base), and the agreement of their unbiased samples under the same keys (share of identical
+  continuation tokens and of identical continuations); ``coincides`` when the distance is
+  below :data:`COINCIDE_DISTANCE` or at least :data:`COINCIDE_AGREEMENT` of the continuations
+  are identical."""
   emo = _vector(states["emo"])
-  moved = float(np.linalg.norm(emo - _vector(base_state)))
+  base = _vector(base_state)
   out = {}
   for arm in arms:
-    distance = float(np.linalg.norm(_vector(states[arm]) - emo)) / max(moved, 1e-30)
+    theta = _vector(states[arm])
+    moved = max(float(np.linalg.norm(theta - base)), float(np.linalg.norm(emo - base)))
+    gap = float(np.linalg.norm(theta - emo))
+    distance = gap / moved if moved > 0 else 0.0
     entry = {"relative_distance": distance, "token_agreement": None,
              "identical_samples": None}
     if tokens.get(arm) is not None and tokens.get("emo") is not None:

@@ -64,9 +64,17 @@ CLAIMS = (
         Claim(o, "rep2_gap/unbiased", "better", _TAILR),
         Claim(o, "distinct2_gap/unbiased", "not worse", _TAILR))),
 )
+SAME_NLL = 1e-4  # test NLLs this close (nats) are the same model up to float error
 PRIMARY = "mauve_tfidf"
 FEATURISERS = {"mauve_tfidf": "code-token TF-IDF (primary)",
                "mauve_hidden": "base hidden states: closeness to the base (secondary)"}
+WORD_FEATURISERS = dict(FEATURISERS, mauve_tfidf="word TF-IDF (primary)")
+"""Labels of results made before the TF-IDF featuriser split code tokens (it split words)."""
+
+
+def featuriser_labels(config: dict) -> dict:
+  """The featurisers' labels for results made with ``config``."""
+  return FEATURISERS if "primary_featuriser" in config else WORD_FEATURISERS
 EQUALS_CE = {"tailr_open": "equals CE at this scale: its weight p/(γ + (1-γ)p) with γ = 1e-7 is "
                            "below 0.99 only for targets with p < 1e-5"}
 """Objectives that are CE at this scale: their claims are not testable here."""
@@ -250,6 +258,7 @@ def summarise(results: dict) -> None:
   results["regimes"], results["claims"] = {}, []
   for key, regime in results["per_regime"].items():
     regime["title"] = REGIME_TITLES.get(key, regime["title"])
+    regime["featurisers"] = featuriser_labels(config)
     human = regime["human"]
     names = ["pretrained", *regime["objectives"]]
     flat = [{n: flat_metrics(s["models"][n], human) for n in names} for s in regime["seeds"]]
@@ -275,8 +284,8 @@ def summarise(results: dict) -> None:
         "base_bits_per_char": bits.get("base"),
         "xz_bits_per_char": bits.get("xz_9"),
         "bz2_bits_per_char": bits.get("bz2_9"),
-        "primary_featuriser": FEATURISERS[PRIMARY],
-        "secondary_featuriser": FEATURISERS["mauve_hidden"],
+        "primary_featuriser": regime["featurisers"][PRIMARY],
+        "secondary_featuriser": regime["featurisers"]["mauve_hidden"],
         "selected_step_correlation": regime["step_correlation"],
         "detectable_power": stats.POWER,
         "ablation_coinciding": {a: r["coincides_seeds"]
@@ -394,12 +403,14 @@ def _regime_markdown(key: str, regime: dict, summary: dict, config: dict) -> lis
                + ("(**below the measured noise** for " + ", ".join(flags) + ")" if flags
                   else "(above it)") + "."), ""]
   lines += [(f"**Human ceiling** (two disjoint human sets, {human['samples_per_side']} per side):"
-             f" MAUVE {human['ceiling_mauve_tfidf']:.3f} code-token TF-IDF (primary), "
+             f" MAUVE {human['ceiling_mauve_tfidf']:.3f} "
+             f"{regime['featurisers'][PRIMARY]}, "
              f"{human['ceiling_mauve_hidden']:.3f} base hidden states; human rep-2 "
              f"{human['text']['rep2']:.3f}, distinct-2 {human['text']['distinct2']:.3f}."), ""]
   corr = regime.get("step_correlation") or {}
   if corr:
-    lines += [("**Featurisers.** The primary MAUVE featuriser is code-token TF-IDF, "
+    primary = regime["featurisers"][PRIMARY].replace(" (primary)", "")
+    lines += [(f"**Featurisers.** The primary MAUVE featuriser is {primary}, "
                "independent of every model; the secondary one is the base's own hidden "
                "states, so it measures *closeness to the base*. Within-seed correlation of "
                "the selected checkpoint step with MAUVE over the fine-tuned models: "
@@ -415,11 +426,16 @@ def _regime_markdown(key: str, regime: dict, summary: dict, config: dict) -> lis
                  + ", ".join(f"{e:g}" for e in sel["within_noise"])
                  + f" → the smallest, η = {sel['eta']:g}, then fixed for every seed."), ""]
     else:
+      noise = regime["noise"].get("mauve_hidden", 0.0)
+      best = max(v["mauve_hidden"] for v in sel["scores"].values())
+      close = [e for e, v in sel["scores"].items() if v["mauve_hidden"] >= best - 2 * noise]
       lines += [(f"**MixCE η** chosen on validation MAUVE (hidden, seed {sel['seed']}, "
                  f"{sel['validation_prompts']} validation prompts, one sampling run each): "
                  + ", ".join(f"η={e}: {v['mauve_hidden']:.3f}" for e, v in sel["scores"].items())
-                 + f" → η = {sel['eta']:g}. The scores differ by less than the noise of one "
-                 "sampling run, so this choice is not a measured optimum."), ""]
+                 + f" → η = {sel['eta']:g}, the largest single score. Within twice the measured "
+                 f"noise of one test-split sampling run ({noise:.3f}; larger on fewer validation "
+                 "prompts) of the best: η = " + ", ".join(close)
+                 + ", so this choice is not a measured optimum."), ""]
   lines += ["### Claims", "",
             ("| objective | claim | metric | difference: mean [95% CI] (seeds better) | margin | "
              "detectable (80% power) | verdict |"), "|---|---|---|---|---:|---:|---|"]
@@ -437,7 +453,7 @@ def _regime_markdown(key: str, regime: dict, summary: dict, config: dict) -> lis
       note = f" (CE is {s['room']:.4f} from the ideal, inside the margin)"
     metric = c.metric
     if metric.startswith("mauve_"):
-      metric = f"MAUVE {FEATURISERS[metric.split('/')[0]]}"
+      metric = f"MAUVE {regime['featurisers'][metric.split('/')[0]]}"
     lines.append(f"| {labels[c.objective]} | {kind} | {metric} | "
                  f"{stats.format_difference(s)} | {s['margin']:g} | {_detectable(s)} | "
                  f"**{s['verdict']}**{note} |")
@@ -487,8 +503,15 @@ def _regime_markdown(key: str, regime: dict, summary: dict, config: dict) -> lis
       if name in comparisons:
         c = comparisons[name]
         row = coinciding.get(name)
-        same = ("(reference)" if name == "emo" else "not measured" if row is None else
-                f"{row['coincides_seeds']}/{row['seeds']} seeds")
+        if name == "emo":
+          same = "(reference)"
+        elif row is not None:
+          same = f"{row['coincides_seeds']}/{row['seeds']} seeds"
+        else:
+          equal = sum(abs(s["models"][name]["test"]["nll"] - s["models"]["emo"]["test"]["nll"])
+                      < SAME_NLL for s in regime["seeds"])
+          same = (f"not measured; same test NLL (within {SAME_NLL:g} nats) in {equal}/"
+                  f"{len(regime['seeds'])} seeds")
         lines.append(f"| {ABLATION_LABELS[name]} | "
                      f"{stats.format_difference(c['mauve_tfidf/unbiased'])} | "
                      f"{stats.format_difference(c['mauve_hidden/unbiased'])} | "
@@ -525,6 +548,8 @@ def markdown(results: dict, plot_name: str) -> str:
   samples; then setup and machine."""
   lines = ["# LM fine-tuning: CE vs EMO+CE vs TaiLr vs MixCE (paired seeds)", "",
            f"Command: `{results['command']}`", ""]
+  if results.get("regenerated"):
+    lines += [f"**Report regenerated.** {results['regenerated']}", ""]
   if not results.get("complete", True):
     lines += [("**Partial results**: the run stopped before every regime was finished; the "
                "regimes below are complete."), ""]
@@ -533,7 +558,8 @@ def markdown(results: dict, plot_name: str) -> str:
              "before the run: holds, does not hold, inconclusive at this size, not testable "
              "here (CE already within the margin of the ideal, or the objective equals CE at "
              "this scale)."), "",
-            "Claim sources: " + "; ".join(sorted({c.source for c in CLAIMS})) + ".", ""]
+            "Claim sources: " + "; ".join(sorted({c["source"] for c in results["claims"]}))
+            + ".", ""]
   for key, regime in results["per_regime"].items():
     lines += _regime_markdown(key, regime, results["regimes"][key], results["config"])
   lines += [f"![curves and paired differences]({plot_name})", "", "## Setup", ""]
@@ -568,9 +594,10 @@ def _ablation_markdown(regime: dict, labels: dict) -> list[str]:
     lines.append(f"| {labels[arm]} | "
                  + ", ".join(f"{v:.3f}" for v in row["relative_distance"])
                  + f" | {same} | {row['coincides_seeds']}/{row['seeds']} seeds |")
-  lines += ["", ("Relative distance: ‖θ_arm − θ_frozen-head‖ / ‖θ_frozen-head − θ_base‖ at the "
-                 "selected checkpoints (0: the same model; 1: as far apart as the fine-tuning "
-                 "step itself)."), ""]
+  lines += ["", ("Relative distance: ‖θ_arm − θ_frozen-head‖ over the larger of the two arms' "
+                 "distances from the base, at the selected checkpoints (0: the same model, "
+                 "also when both selected the base itself; about 1 or more: as far apart as "
+                 "fine-tuning moved them)."), ""]
   return lines
 
 
@@ -606,7 +633,7 @@ def plot(path: str, results: dict) -> None:
       margin = MARGINS[metric.split("/")[0]].margin
       ax.axvspan(-margin, margin, color="gray", alpha=0.2)
       ax.axvline(0, color="black", lw=0.8)
-      ax.set_title(f"regime {key}: MAUVE {FEATURISERS[metric.split('/')[0]]} − CE",
+      ax.set_title(f"regime {key}: MAUVE {regime['featurisers'][metric.split('/')[0]]} − CE",
                    fontsize=9)
       ax.set_yticks(y)
       ax.set_yticklabels([labels[o] for o in names], fontsize=7)
@@ -631,3 +658,28 @@ def write_results(json_path: str, results: dict, plot_fn: Callable[[str, dict], 
   with open(stem + ".md", "w") as f:
     f.write(markdown_fn(results, os.path.basename(stem) + ".png"))
   return stem
+
+
+def regenerate(json_path: str, note: str) -> dict:
+  """Re-summarises stored results with the current report code (claims, checks, detectable
+  differences, words) and rewrites the JSON, Markdown and PNG beside it; ``note`` says at the
+  top of the report what was regenerated. No model is trained or sampled."""
+  with open(json_path) as f:
+    results = json.load(f)
+  results["regenerated"] = note
+  summarise(results)
+  write_results(json_path, results, plot, markdown)
+  return results
+
+
+def main(argv=None) -> None:
+  """``python -m benchmarks.lm.report RESULTS.json "note"``: :func:`regenerate`."""
+  import sys  # pylint: disable=import-outside-toplevel
+  args = sys.argv[1:] if argv is None else list(argv)
+  if len(args) != 2:
+    sys.exit("usage: python -m benchmarks.lm.report RESULTS.json NOTE")
+  regenerate(args[0], args[1])
+
+
+if __name__ == "__main__":
+  main()
