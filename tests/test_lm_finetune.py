@@ -142,7 +142,7 @@ def test_base_bits_per_char_covers_every_test_token_next_to_xz(quick):
 def test_regime_check_is_recomputed_from_the_runs(quick):
   """Ratio and convergence check from the stored curves (the last quarter's improvement of the
   best validation NLL), and CE lowering the base's perplexity in the headline regime."""
-  for key, regime in quick.results["per_regime"].items():
+  for regime in quick.results["per_regime"].values():
     check = regime["check"]
     assert check["ppl_ratio"] == pytest.approx(check["base_test_ppl"] / check["ce_test_ppl"])
     assert check["adapts"] == (1.15 <= check["ppl_ratio"] <= 1.6)
