@@ -114,7 +114,9 @@ def setup_description(config: Config, data: data_lib.Data) -> dict:
                       f"(about {config.shift_steps * config.batch_size * config.seq_len / tokens['finetune_train']:.1f}"
                       " epochs); each run keeps its checkpoint with the lowest validation NLL "
                       f"(first {config.val_tokens:,} validation tokens, every {config.eval_every} "
-                      "steps)"),
+                      "steps; regime C every "
+                      f"{max(config.eval_every, config.package_steps // 16)} steps, at the "
+                      "pilot's step count)"),
       "generation": (f"{config.prefix_len}-token prefixes of up to {config.max_prompts} "
                      f"non-overlapping held-out test windows, {config.new_tokens} new tokens; "
                      "unbiased (temperature 1, top-p 1) and greedy; KV-cached sampler; the same "
@@ -307,9 +309,15 @@ def fine_tune(ctx: Context, regime: Regime, name: str, objective, seed: int, bas
   return train.train_run(
       train.Run(run_name or f"ft_{regime.key}_s{seed}_{name}", index,
                 ctx.data.streams[regime.streams[0]], regime.steps, regime.lr, seed, 1),
-      init_state=base_state, cost=cost, eval_every=ctx.config.eval_every,
+      init_state=base_state, cost=cost, eval_every=regime_eval_every(ctx.config, regime),
       val_sets={"val": ctx.covering[regime.streams[1]]},
       **dict(ctx.common, batch_size=ctx.config.finetune_batch_size))
+
+
+def regime_eval_every(config: Config, regime: Regime) -> int:
+  """Steps between validation evaluations of a regime's runs: ``config.eval_every``, or
+  more for long runs (at most about 16 evaluations per run)."""
+  return max(config.eval_every, regime.steps // 16)
 
 
 def plateau_drop(record: dict, steps: int) -> float:

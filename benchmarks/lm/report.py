@@ -44,8 +44,8 @@ class Claim(NamedTuple):
 
 
 _EMO = "EMO paper (Ren et al., ICLR 2024) Table 1: higher MAUVE of unbiased samples than MLE"
-_EMO_PPL = ("a blog post on the EMO paper (project seed 004): EMO-trained models even have lower "
-            "test perplexity than MLE")
+_EMO_PPL = ("Su Jianlin's article on the EMO paper (kexue.fm/archives/9797): EMO-trained models "
+            "even have lower test perplexity than MLE")
 _MIXCE = ("MixCE paper (Zhang et al., ACL 2023) and EMO Table 1: higher MAUVE of unbiased "
           "samples than MLE")
 _TAILR = ("TaiLr paper (Ji et al., ICLR 2023): fewer degenerate (repetitive) samples "
