@@ -31,7 +31,7 @@ class Config:
   """
   pretrain_corpus: str | None = None   # None: the Python standard library source.
   finetune_corpus: str | None = None   # None: pydoc_data.topics (Python reference manual).
-  pretrain_chars: int = 3_000_000      # training text taken from the pretraining corpus
+  pretrain_chars: int = 6_000_000      # training text taken from the pretraining corpus
   pretrain_val_chars: int = 60_000     # held-out pretraining text (forgetting)
   adapt_val_chars: int = 300_000       # regime A: held-out stdlib files (by file), validation
   adapt_test_chars: int = 800_000    # ... test (prompts, human continuations, perplexity)
@@ -52,7 +52,7 @@ class Config:
   vocab_size: int = 2048
   seq_len: int = 128
   d_model: int = 128
-  num_layers: int = 2
+  num_layers: int = 3
   num_heads: int = 4
   batch_size: int = 16                 # pretraining batch (sequences)
   finetune_batch_size: int = 8         # fine-tuning batch (both regimes)
@@ -60,7 +60,7 @@ class Config:
   val_tokens: int = 16_384             # validation NLL (checkpoint choice) on this many tokens
   test_tokens: int = 65_536            # token metrics on this many test tokens
   bases: int = 1                       # pretrained bases; seed s fine-tunes base s % bases
-  pretrain_steps: int = 1600
+  pretrain_steps: int = 4800
   pretrain_lr: float = 3e-3
   finetune_steps: int = 40             # regime A: about one epoch of adapt_train
   finetune_lr: float = 3e-4

@@ -242,6 +242,52 @@ def load_tokenizer(path: str):
   return tokenizers.Tokenizer.from_file(path)
 
 
+def corpus_texts(config: Config, package: bool = True) -> tuple[dict[str, list[str]], dict]:
+  """The documents of every split (:data:`STREAMS`) and each corpus's description;
+  ``package=False`` leaves regime C's splits empty (results made before it existed)."""
+  pre_docs, pre_source = load_documents(config.pretrain_corpus, "pretrain")
+  fine_docs, fine_source = load_documents(config.finetune_corpus, "finetune")
+  pre_train, pre_val = split_by_budget(pre_docs, config.pretrain_val_chars, config.pretrain_chars)
+  fine_train, fine_val, fine_test = split_held_out(fine_docs, config.held_out_every)
+  adapt_train, adapt_val, adapt_test = split_held_out_files(
+      pre_docs, len(pre_train) + len(pre_val), config.adapt_val_chars, config.adapt_test_chars,
+      config.adapt_train_chars)
+  package_train: list[str] = []
+  package_val: list[str] = []
+  package_test: list[str] = []
+  package_source = ""
+  if package:
+    package_docs, package_source = package_documents(config.package)
+    package_train, package_val, package_test = split_files(
+        package_docs, config.package_val_chars, config.package_test_chars,
+        config.package_train_chars)
+    if not package_train:
+      raise UsageError(f"--package {config.package!r}: its source holds too little text for "
+                       "validation, test and fine-tuning files; lower --package-test-chars.")
+  texts = {"pretrain_train": pre_train, "pretrain_val": pre_val, "finetune_train": fine_train,
+           "finetune_val": fine_val, "finetune_test": fine_test, "adapt_train": adapt_train,
+           "adapt_val": adapt_val, "adapt_test": adapt_test, "package_train": package_train,
+           "package_val": package_val, "package_test": package_test}
+  return texts, {"pretrain": pre_source, "finetune": fine_source, "package": package_source}
+
+
+def target_text(tokenizer, stream: np.ndarray, count: int) -> str:
+  """The text of the first ``count`` predicted tokens of ``stream`` (``stream[1:count + 1]``),
+  each ``<|endoftext|>`` as one separator character: the characters that a model's NLL over
+  those targets codes (:func:`bits_per_char`)."""
+  eos = tokenizer.token_to_id(SPECIAL_TOKEN)
+  parts: list[str] = []
+  run: list[int] = []
+  for token in stream[1:count + 1].tolist():
+    if token == eos:
+      parts += [tokenizer.decode(run, skip_special_tokens=True), "\x00"]
+      run = []
+    else:
+      run.append(token)
+  parts.append(tokenizer.decode(run, skip_special_tokens=True))
+  return "".join(parts)
+
+
 def prepare_data(config: Config, out_dir: str, log=print) -> Data:
   """Corpus, tokenizer and token streams (cached as ``tokenizer.json`` and ``data.npz``)."""
   cache = os.path.join(out_dir, "data.npz")
@@ -254,24 +300,9 @@ def prepare_data(config: Config, out_dir: str, log=print) -> Data:
         return Data(streams, description["vocab_size"], description,
                     load_tokenizer(tokenizer_path))
 
-  pre_docs, pre_source = load_documents(config.pretrain_corpus, "pretrain")
-  fine_docs, fine_source = load_documents(config.finetune_corpus, "finetune")
-  pre_train, pre_val = split_by_budget(pre_docs, config.pretrain_val_chars, config.pretrain_chars)
-  fine_train, fine_val, fine_test = split_held_out(fine_docs, config.held_out_every)
-  adapt_train, adapt_val, adapt_test = split_held_out_files(
-      pre_docs, len(pre_train) + len(pre_val), config.adapt_val_chars, config.adapt_test_chars,
-      config.adapt_train_chars)
-  package_docs, package_source = package_documents(config.package)
-  package_train, package_val, package_test = split_files(
-      package_docs, config.package_val_chars, config.package_test_chars,
-      config.package_train_chars)
-  if not package_train:
-    raise UsageError(f"--package {config.package!r}: its source holds too little text for "
-                     "validation, test and fine-tuning files; lower --package-test-chars.")
-  texts = {"pretrain_train": pre_train, "pretrain_val": pre_val, "finetune_train": fine_train,
-           "finetune_val": fine_val, "finetune_test": fine_test, "adapt_train": adapt_train,
-           "adapt_val": adapt_val, "adapt_test": adapt_test, "package_train": package_train,
-           "package_val": package_val, "package_test": package_test}
+  texts, sources = corpus_texts(config)
+  pre_train = texts["pretrain_train"]
+  adapt_files = sum(len(texts[k]) for k in ("adapt_train", "adapt_val", "adapt_test"))
   log("text (chars): " + ", ".join(f"{k} {sum(map(len, v)):,}" for k, v in texts.items()))
   tokenizer = train_tokenizer(pre_train, config.vocab_size)
   learned = tokenizer.get_vocab_size()
@@ -286,11 +317,11 @@ def prepare_data(config: Config, out_dir: str, log=print) -> Data:
       raise UsageError(f"the {name.replace('_', ' ')} text gives {stream.size} tokens, fewer "
                        f"than two sequences of --seq-len {config.seq_len} + 1; give more text.")
   description = {
-      "pretrain_source": pre_source,
-      "finetune_source": fine_source,
-      "adapt_source": (f"{len(adapt_train) + len(adapt_val) + len(adapt_test)} files of the "
-                       "pretraining corpus held out from pretraining (split by file)"),
-      "package_source": package_source,
+      "pretrain_source": sources["pretrain"],
+      "finetune_source": sources["finetune"],
+      "adapt_source": (f"{adapt_files} files of the pretraining corpus held out from "
+                       "pretraining (split by file)"),
+      "package_source": sources["package"],
       "compressors": {k: compressor_bits_per_char(texts[k]) for k in COMPRESSED_SPLITS},
       "tokenizer": "byte-level BPE (tokenizers), trained on the pretraining train split",
       "vocab_size": learned,
@@ -317,9 +348,13 @@ def compressor_bits_per_char(documents: Sequence[str]) -> dict:
   """Bits per character of general-purpose compressors on the documents joined
   (:func:`joined_text`): ``xz -9`` (Python's ``lzma``, preset 9, the same compressor) and
   ``bzip2 -9`` (``bz2``), with the character count."""
+  return text_compressed_bits(joined_text(documents))
+
+
+def text_compressed_bits(text: str) -> dict:
+  """:func:`compressor_bits_per_char` of one text."""
   import bz2  # pylint: disable=import-outside-toplevel
   import lzma  # pylint: disable=import-outside-toplevel
-  text = joined_text(documents)
   raw = text.encode("utf-8")
   chars = len(text)
   return {"chars": chars, "utf8_bytes": len(raw),

@@ -373,11 +373,12 @@ def _check_markdown(regime: dict, labels: dict) -> list[str]:
   bits = regime.get("bits_per_char")
   if bits:
     margin = bits["xz_9"] - bits["base"]
-    lines += [(f"**Base competence.** On the {bits['chars']:,} characters of the test files the "
+    scope = bits.get("scope", "the test files")
+    lines += [(f"**Base competence.** On the {bits['chars']:,} characters of {scope} the "
                f"base needs {bits['base']:.3f} bits per character, `xz -9` "
-               f"{bits['xz_9']:.3f} and `bzip2 -9` {bits['bz2_9']:.3f} on the same files: "
+               f"{bits['xz_9']:.3f} and `bzip2 -9` {bits['bz2_9']:.3f} on the same text: "
                + (f"{margin:.3f} bits per character below xz." if margin > 0 else
-                  f"**{-margin:.3f} above xz**: the base compresses these files worse than a "
+                  f"**{-margin:.3f} above xz**: the base compresses this text worse than a "
                   "general-purpose compressor.")), ""]
   return lines
 
@@ -660,13 +661,47 @@ def write_results(json_path: str, results: dict, plot_fn: Callable[[str, dict], 
   return stem
 
 
+def stored_bits_per_char(results: dict) -> None:
+  """For regimes of stored results without ``bits_per_char``: the base's bits per character
+  on the text of the test tokens it was evaluated on (its stored test NLL over those tokens;
+  the corpora and tokenizer rebuilt from the stored settings, which fix them), next to
+  ``xz -9`` and ``bzip2 -9`` on the same text. No model is run."""
+  import dataclasses  # pylint: disable=import-outside-toplevel
+
+  from benchmarks.lm import data as data_lib  # pylint: disable=import-outside-toplevel
+  from benchmarks.lm.config import Config  # pylint: disable=import-outside-toplevel
+  missing = [r for r in results["per_regime"].values() if not r.get("bits_per_char")]
+  if not missing:
+    return
+  names = {f.name for f in dataclasses.fields(Config)}
+  config = Config(**{k: tuple(v) if isinstance(v, list) else v
+                     for k, v in results["config"].items() if k in names})
+  texts, _ = data_lib.corpus_texts(config, package=False)
+  tokenizer = data_lib.train_tokenizer(texts["pretrain_train"], config.vocab_size)
+  for regime in missing:
+    split = regime["streams"][2]
+    stream = data_lib.encode_stream(tokenizer, texts[split])
+    if stream.size != results["data"]["tokens"][split]:
+      raise ValueError(f"the rebuilt {split} split does not match the stored one.")
+    base = regime["bases"][0]["test"]
+    text = data_lib.target_text(tokenizer, stream, base["tokens"])
+    compressed = data_lib.text_compressed_bits(text)
+    regime["bits_per_char"] = {
+        "split": split, "chars": compressed["chars"], "tokens": base["tokens"],
+        "base": data_lib.bits_per_char(base["nll"] * base["tokens"], compressed["chars"]),
+        "xz_9": compressed["xz_9"], "bz2_9": compressed["bz2_9"],
+        "scope": f"the text of the first {base['tokens']:,} test tokens"}
+
+
 def regenerate(json_path: str, note: str) -> dict:
   """Re-summarises stored results with the current report code (claims, checks, detectable
-  differences, words) and rewrites the JSON, Markdown and PNG beside it; ``note`` says at the
-  top of the report what was regenerated. No model is trained or sampled."""
+  differences, words; the base's bits per character where missing, :func:`stored_bits_per_char`)
+  and rewrites the JSON, Markdown and PNG beside it; ``note`` says at the top of the report
+  what was regenerated. No model is trained or sampled."""
   with open(json_path) as f:
     results = json.load(f)
   results["regenerated"] = note
+  stored_bits_per_char(results)
   summarise(results)
   write_results(json_path, results, plot, markdown)
   return results
