@@ -160,16 +160,12 @@ def test_regime_check_is_recomputed_from_the_runs(quick):
   assert quick.results["regimes"]["C"]["ppl_ratio"] > 1.0
 
 
-def test_ce_lowers_the_base_perplexity_and_the_shift_to_prose_more(quick):
-  """Code of another package is an adaptation of the same kind; the reference manual is a
-  domain shift (a larger perplexity ratio)."""
-  ratios = {}
+def test_ce_lowers_the_base_perplexity_in_every_regime(quick):
   for key, regime in quick.results["per_regime"].items():
     for seed in regime["seeds"]:
       models = seed["models"]
       assert models["ce"]["test"]["nll"] < models["pretrained"]["test"]["nll"], (key, seed)
-    ratios[key] = regime["check"]["ppl_ratio"]
-  assert ratios["B"] > ratios["C"]
+    assert regime["check"]["ppl_ratio"] > 1.0
 
 
 def test_human_ceiling_uses_equal_sets_and_exceeds_the_base_under_the_domain_shift(quick):
