@@ -271,14 +271,15 @@ def corpus_texts(config: Config, package: bool = True) -> tuple[dict[str, list[s
   return texts, {"pretrain": pre_source, "finetune": fine_source, "package": package_source}
 
 
-def target_text(tokenizer, stream: np.ndarray, count: int) -> str:
-  """The text of the first ``count`` predicted tokens of ``stream`` (``stream[1:count + 1]``),
-  each ``<|endoftext|>`` as one separator character: the characters that a model's NLL over
-  those targets codes (:func:`bits_per_char`)."""
+def target_text(tokenizer, stream: np.ndarray, count: int, start: int = 1) -> str:
+  """The text of ``count`` tokens of ``stream`` from ``start`` (by default the first ``count``
+  predicted tokens), each ``<|endoftext|>`` as one separator character: the characters that a
+  model's NLL over those targets codes (:func:`bits_per_char`). With ``start=0`` and
+  ``count=stream.size`` it is :func:`joined_text` of the documents (the BPE is lossless)."""
   eos = tokenizer.token_to_id(SPECIAL_TOKEN)
   parts: list[str] = []
   run: list[int] = []
-  for token in stream[1:count + 1].tolist():
+  for token in stream[start:start + count].tolist():
     if token == eos:
       parts += [tokenizer.decode(run, skip_special_tokens=True), "\x00"]
       run = []
@@ -322,7 +323,6 @@ def prepare_data(config: Config, out_dir: str, log=print) -> Data:
       "adapt_source": (f"{adapt_files} files of the pretraining corpus held out from "
                        "pretraining (split by file)"),
       "package_source": sources["package"],
-      "compressors": {k: compressor_bits_per_char(texts[k]) for k in COMPRESSED_SPLITS},
       "tokenizer": "byte-level BPE (tokenizers), trained on the pretraining train split",
       "vocab_size": learned,
       "chars": {k: sum(map(len, v)) for k, v in texts.items()},
@@ -333,9 +333,6 @@ def prepare_data(config: Config, out_dir: str, log=print) -> Data:
   tokenizer.save(tokenizer_path)
   atomic_savez(cache, description=np.asarray(json.dumps(description)), **streams)
   return Data(streams, learned, description, tokenizer)
-
-
-COMPRESSED_SPLITS = ("adapt_test", "package_test", "finetune_test")
 
 
 def joined_text(documents: Sequence[str]) -> str:

@@ -436,7 +436,9 @@ def base_bits_per_char(ctx: Context, regime: Regime, base) -> dict:
     windows, mask = data_lib.covering_windows(ctx.data.streams[stream], config.seq_len,
                                               config.eval_batch_size)
     result = metrics.evaluate(base, windows, mask, config.eval_batch_size)
-    compressors = ctx.data.description["compressors"][stream]
+    tokens = ctx.data.streams[stream]
+    compressors = data_lib.text_compressed_bits(
+        data_lib.target_text(ctx.data.tokenizer, tokens, tokens.size, start=0))
     return {"split": stream, "chars": compressors["chars"], "tokens": result["tokens"],
             "base": data_lib.bits_per_char(result["nll"] * result["tokens"],
                                            compressors["chars"]),

@@ -24,6 +24,16 @@ def test_compressor_bits_per_char_on_texts_of_known_entropy():
   assert repeated["xz_9"] < 0.05 and repeated["bz2_9"] < 0.05
 
 
+def test_the_text_of_a_token_stream_is_the_joined_documents():
+  docs = ["def f(x):\n  return x + 1\n", "import os\n", "x = 'caf\u00e9'\n"] * 30
+  tokenizer = data_lib.train_tokenizer(docs, 300)
+  stream = data_lib.encode_stream(tokenizer, docs)
+  assert data_lib.target_text(tokenizer, stream, stream.size, start=0) == data_lib.joined_text(
+      docs)
+  first = data_lib.target_text(tokenizer, stream, 5)  # the first five predicted tokens
+  assert first == data_lib.target_text(tokenizer, stream[1:], 5, start=0)
+
+
 def test_bits_per_char_of_a_uniform_code():
   """A model that spends log(256) nats on each of n tokens of one character each needs 8 bits
   per character."""
