@@ -1,0 +1,48 @@
+"""One process of a multi-process run of tests/multiproc/cases.py (started by
+tests/multiproc/test_losses.py through examples/launch_local.py): joins jax.distributed, runs
+every case on a (data 2, model 2) mesh over all devices of all processes, and writes
+``OUT/results.npz`` (process 0, gathered values) and ``OUT/process<I>.json`` (the rows and
+unmasked counts of the tokens this process held)."""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's emoloss, tests
+
+from tests.multiproc import cases  # noqa: E402
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--out", type=Path, required=True)
+  parser.add_argument("--coordinator-address")
+  parser.add_argument("--num-processes", type=int)
+  parser.add_argument("--process-id", type=int)
+  args = parser.parse_args()
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                             initialization_timeout=120, heartbeat_timeout_seconds=30)
+  assert jax.device_count() == 4, jax.devices()
+  mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(2, 2), ("data", "model"))
+  results = cases.run_all(mesh)
+  # The token rows this process's devices held, and their unmasked counts.
+  hidden = cases.place(cases.problem(), mesh)["hidden"]
+  rows = sorted({tuple(s.index[0].indices(cases.N)[:2]) for s in hidden.addressable_shards})
+  where = cases.problem()["where"][0]
+  held = {"process": jax.process_index(), "rows": rows,
+          "unmasked": int(sum(where[a:b].sum() for a, b in rows))}
+  (args.out / f"process{jax.process_index()}.json").write_text(json.dumps(held))
+  if jax.process_index() == 0:
+    np.savez(args.out / "results.npz", **results)
+  print("process", jax.process_index(), "done", flush=True)
+  os.sys.stdout.flush()
+
+
+if __name__ == "__main__":
+  main()
