@@ -39,11 +39,13 @@ def process_command(script: str, args: list[str], port: int, processes: int,
           "--num-processes", str(processes), "--process-id", str(process_id)]
 
 
-def process_env(devices_per_process: int) -> dict[str, str]:
-  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+def process_env(devices_per_process: int, base=None) -> dict[str, str]:
+  """``base`` (default: this environment) with JAX on ``devices_per_process`` CPU devices."""
+  base = os.environ if base is None else base
+  flags = [f for f in base.get("XLA_FLAGS", "").split()
            if not f.startswith("--xla_force_host_platform_device_count")]
   flags.append(f"--xla_force_host_platform_device_count={devices_per_process}")
-  return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags),
+  return dict(base, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags),
               PYTHONUNBUFFERED="1")
 
 
