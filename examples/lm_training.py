@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import hashlib
 import tempfile
 from pathlib import Path
 
@@ -317,6 +318,14 @@ def host_values(tree):
   return jax.tree.map(np.asarray, tree)
 
 
+def fingerprint(params) -> str:
+  """SHA-256 of the parameters' bytes: equal fingerprints are equal parameters bit for bit."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(host_values(params)):
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  return digest.hexdigest()
+
+
 def resume_is_bit_for_bit(config: Config, mesh, directory: Path) -> bool:
   """Trains ``config.steps`` in one go, and again as two halves through a checkpoint: the
   final parameters must be identical bit for bit."""
@@ -430,13 +439,14 @@ def main(argv=None) -> dict:
   if jax.process_count() > 1:
     log(f"{jax.process_count()} processes, {jax.device_count()} devices, mesh "
         f"{dict(mesh.shape)}; each process reads the batch rows of its own devices")
-  _, _, losses = train(config, mesh, checkpoint_dir=args.checkpoint_dir,
-                       save_every=args.save_every, stop=args.stop_at, log=log)
+  params, _, losses = train(config, mesh, checkpoint_dir=args.checkpoint_dir,
+                            save_every=args.save_every, stop=args.stop_at, log=log)
+  stop = args.stop_at or args.steps
   if losses:
-    stop = args.stop_at or args.steps
     log(f"loss (token-mean EMO + CE) over steps {stop - len(losses) + 1}..{stop}: "
         f"{losses[0]:.4f} -> {losses[-1]:.4f}")
-  result = {"losses": losses}
+  result = {"losses": losses, "fingerprint": fingerprint(params)}
+  log(f"parameters after step {stop}: sha256 {result['fingerprint']}")
   if args.check_resume:
     with tempfile.TemporaryDirectory() as directory:
       result["resume_bit_for_bit"] = resume_is_bit_for_bit(config, mesh, Path(directory))
