@@ -44,31 +44,38 @@ def free_port() -> int:
   raise RuntimeError(f"no free port in [{block}, {block + PORTS_PER_WORKER})")
 
 
-def env() -> dict[str, str]:
+def env(cache: Path | None = None) -> dict[str, str]:
+  """This checkout first on the path; with ``cache``, JAX's persistent compilation cache there
+  (every program cached), so that the runs of a test module compile each program once."""
   path = os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
-  return dict(os.environ, PYTHONPATH=path)
+  extra = {} if cache is None else {"JAX_COMPILATION_CACHE_DIR": str(cache),
+                                    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                                    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+  return dict(os.environ, PYTHONPATH=path, **extra)
 
 
-def start(script, args, processes: int, devices_per_process: int, log: Path | None = None):
+def start(script, args, processes: int, devices_per_process: int, log: Path | None = None,
+          cache: Path | None = None):
   """The processes of one run (stdout and stderr to ``log``<i>.txt, or captured)."""
   procs, port = [], free_port()
   for i in range(processes):
     out = open(f"{log}{i}.txt", "w") if log else subprocess.PIPE  # noqa: SIM115
     procs.append(subprocess.Popen(
         launcher.process_command(str(script), [str(a) for a in args], port, processes, i),
-        env=launcher.process_env(devices_per_process, env()), stdout=out,
+        env=launcher.process_env(devices_per_process, env(cache)), stdout=out,
         stderr=subprocess.STDOUT, text=True))
   return procs
 
 
-def run(script, args, processes: int, devices_per_process: int, timeout: float) -> str:
+def run(script, args, processes: int, devices_per_process: int, timeout: float,
+        cache: Path | None = None) -> str:
   """Runs ``examples/launch_local.py`` (the user's command) and returns its output; fails the
   test on a non-zero status, and kills the processes after ``timeout`` seconds."""
   command = [sys.executable, str(ROOT / "examples" / "launch_local.py"), "--processes",
              str(processes), "--devices-per-process", str(devices_per_process), "--port",
              str(free_port()), "--timeout", str(timeout), "--grace", "30", str(script),
              *[str(a) for a in args]]
-  result = subprocess.run(command, env=env(), capture_output=True, text=True,
+  result = subprocess.run(command, env=env(cache), capture_output=True, text=True,
                           timeout=timeout + 60, check=False)
   output = result.stdout + result.stderr
   assert result.returncode == 0, output[-4000:]

@@ -38,24 +38,29 @@ def complete_steps(directory) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def cache(tmp_path_factory):
+  return tmp_path_factory.mktemp("compilation_cache")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, cache):
   directory = tmp_path_factory.mktemp("uninterrupted")
   output = helpers.run(SCRIPT, ["--mesh", "2", "2", "--steps", STEPS, "--checkpoint-dir",
-                                directory], processes=2, devices_per_process=2, timeout=300)
+                                directory], processes=2, devices_per_process=2, timeout=300,
+                       cache=cache)
   assert "2 processes, 4 devices" in output
   assert output.count("loss (token-mean EMO + CE)") == 1  # logged by process 0 only
   return fingerprint(output)
 
 
-def test_one_process_with_the_same_mesh_and_batch_ends_bit_for_bit_equal(uninterrupted,
-                                                                         tmp_path):
+def test_one_process_with_the_same_mesh_and_batch_ends_bit_for_bit_equal(uninterrupted, cache):
   output = helpers.run(SCRIPT, ["--mesh", "2", "2", "--steps", STEPS], processes=1,
-                       devices_per_process=4, timeout=300)
+                       devices_per_process=4, timeout=300, cache=cache)
   assert fingerprint(output) == uninterrupted
 
 
 def test_killed_process_stops_the_others_and_the_resumed_run_ends_bit_for_bit(uninterrupted,
-                                                                             tmp_path):
+                                                                             tmp_path, cache):
   """Process 1 is killed (SIGKILL) once the checkpoint of step 3 exists; process 0 exits
   non-zero within DETECTION_BOUND seconds with JAX's message naming process 1. A leftover
   temporary folder of a later step (what a save cut short leaves) is ignored: the resumed
@@ -64,7 +69,7 @@ def test_killed_process_stops_the_others_and_the_resumed_run_ends_bit_for_bit(un
   directory = tmp_path / "checkpoints"
   args = ["--mesh", "2", "2", "--steps", STEPS, "--checkpoint-dir", directory, "--save-every",
           1, "--heartbeat-timeout", HEARTBEAT]
-  procs = helpers.start(SCRIPT, args, 2, 2, log=tmp_path / "process")
+  procs = helpers.start(SCRIPT, args, 2, 2, log=tmp_path / "process", cache=cache)
   try:
     deadline = time.monotonic() + 300
     while not (directory / "3").exists():
@@ -87,6 +92,7 @@ def test_killed_process_stops_the_others_and_the_resumed_run_ends_bit_for_bit(un
   steps = complete_steps(directory)
   assert steps and 3 <= steps[-1] < STEPS, steps
   (directory / f"{steps[-1] + 1}.orbax-checkpoint-tmp-0").mkdir(exist_ok=True)
-  output = helpers.run(SCRIPT, args, processes=2, devices_per_process=2, timeout=300)
+  output = helpers.run(SCRIPT, args, processes=2, devices_per_process=2, timeout=300,
+                       cache=cache)
   assert f"resumed from the checkpoint of step {steps[-1]} in" in output
   assert fingerprint(output) == uninterrupted
