@@ -33,6 +33,7 @@ import argparse
 import dataclasses
 import functools
 import hashlib
+import os
 import tempfile
 from pathlib import Path
 
@@ -41,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
@@ -262,13 +264,17 @@ def init(config: Config, mesh):
           place(cost, mesh, lambda *_: P("model", None)))
 
 
-def checkpoints(directory: Path) -> ocp.CheckpointManager:
+def checkpoints(directory) -> ocp.CheckpointManager:
   """Orbax's manager of the step checkpoints in ``directory`` (one sub-folder per step). Every
   process writes its own shards of the same checkpoint; a step's folder is written under a
   temporary name and renamed when every process has finished, so an interrupted save leaves no
-  step folder and ``latest_step()`` is always a complete checkpoint."""
+  step folder and ``latest_step()`` is always a complete checkpoint. With several hosts the
+  folder must be one that all of them see (a shared file system, or ``gs://...``)."""
   options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
-  return ocp.CheckpointManager(Path(directory).absolute(), options=options)
+  directory = str(directory)
+  if "://" not in directory:
+    directory = os.path.abspath(directory)
+  return ocp.CheckpointManager(epath.Path(directory), options=options)
 
 
 def restore(manager: ocp.CheckpointManager, step: int, params, opt_state):
@@ -280,8 +286,8 @@ def restore(manager: ocp.CheckpointManager, step: int, params, opt_state):
   return restored["params"], restored["opt_state"]
 
 
-def train(config: Config, mesh=None, *, checkpoint_dir: Path | None = None, save_every: int = 0,
-          stop: int | None = None, log=print):
+def train(config: Config, mesh=None, *, checkpoint_dir: str | Path | None = None,
+          save_every: int = 0, stop: int | None = None, log=print):
   """Trains up to step ``stop`` (default ``config.steps``). With ``checkpoint_dir``, resumes from
   its latest complete checkpoint if there is one, and saves ``(params, opt_state)`` every
   ``save_every`` steps (0: never) and at ``stop``. Returns ``(params, opt_state, losses)``, the
@@ -419,8 +425,9 @@ def main(argv=None) -> dict:
   parser.add_argument("--mesh", type=int, nargs=2, default=None, metavar=("DATA", "MODEL"),
                       help="data x model mesh (needs DATA * MODEL devices; with several "
                       "processes, all of them; default with several processes: DATA = all)")
-  parser.add_argument("--checkpoint-dir", type=Path, default=None,
-                      help="Orbax checkpoints; a run resumes from the latest complete one there")
+  parser.add_argument("--checkpoint-dir", default=None,
+                      help="Orbax checkpoints (a local folder, or gs://... with several hosts); "
+                      "a run resumes from the latest complete one there")
   parser.add_argument("--save-every", type=int, default=0, metavar="STEPS",
                       help="also save every STEPS steps (default: only at the end)")
   parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",

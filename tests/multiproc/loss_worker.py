@@ -6,16 +6,12 @@ unmasked counts of the tokens this process held)."""
 
 import argparse
 import json
-import os
-import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's emoloss, tests
-
-from tests.multiproc import cases  # noqa: E402
+from tests.multiproc import cases  # the checkout is on PYTHONPATH (tests/multiproc/helpers.py)
 
 
 def main():
@@ -41,7 +37,6 @@ def main():
   if jax.process_index() == 0:
     np.savez(args.out / "results.npz", **results)
   print("process", jax.process_index(), "done", flush=True)
-  os.sys.stdout.flush()
 
 
 if __name__ == "__main__":
