@@ -176,7 +176,8 @@ def token_sum_loss(params, graphdef, cost, tokens, mask, mesh):
 
 def accumulated_gradients(params, graphdef, cost, tokens, mask, micro_batches, mesh=None):
   """``(loss, grads)`` of the full batch's token mean, as the float32 sum over ``micro_batches``
-  pieces (strided: rows ``j::micro_batches``) of ``∇(token sum of the piece) / (target tokens of the whole batch)``."""
+  pieces (strided: rows ``j::micro_batches``) of ``∇(token sum of the piece) / (target tokens
+  of the whole batch)``."""
   count = jnp.maximum(jnp.sum(mask[:, 1:]), 1).astype(jnp.float32)
   # Micro-batch j holds rows j, j + micro_batches, ...: each data shard (a contiguous block of
   # rows) contributes equally to every micro-batch, so no rows move between devices.

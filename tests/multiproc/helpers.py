@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("launch_local", ROOT / "examples" / "launch_local.py")
+_spec = importlib.util.spec_from_file_location("launch_local",
+                                               ROOT / "examples" / "launch_local.py")
 assert _spec is not None and _spec.loader is not None
 launcher = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(launcher)
