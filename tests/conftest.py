@@ -18,8 +18,7 @@ hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "derandomi
 
 # Two test lanes (markers in pyproject.toml): `python -m pytest -q` runs the library's own tests
 # (pyproject's addopts: `-m 'not slow and not experiments'`); `python -m pytest -q -m experiments`
-# runs the end-to-end experiment runs, the 8-device and multi-process subprocess checks (marked in
-# their modules)
+# runs the end-to-end experiment runs and the 8-device subprocess checks (marked in their modules)
 # and the unit tests of the experiments' code (benchmarks/), every test under EXPERIMENT_DIRS
 # (marked here, so a new file there is in the lane without a marker of its own). A `-m` expression
 # that does not name `slow` leaves the `slow` tests (full-size experiments) out, so the second lane
