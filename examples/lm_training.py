@@ -16,12 +16,22 @@ The pieces a real training stack needs, at a size that runs in seconds on a CPU:
 * a mesh with a ``data`` axis (batch) and a ``model`` axis (the head's vocabulary rows and the
   cost embeddings are split over it; the loss combines the shards with ``psum``/``pmax`` of
   per-token vectors);
-* an Orbax checkpoint of ``(params, opt_state, step)``: training resumed from it continues bit for
-  bit (the data of each step are a function of the step).
+* Orbax checkpoints of ``(params, opt_state)`` per step (``--checkpoint-dir``, ``--save-every``):
+  a run started again resumes from the latest complete one and continues bit for bit (the data of
+  each step are a function of the step);
+* several processes (a TPU pod slice, a multi-node GPU job) joined by ``jax.distributed``
+  (``--coordinator-address``, ``--num-processes``, ``--process-id``, or ``--distributed`` for
+  JAX's auto-detection): the mesh spans every process's devices, each process generates only the
+  batch rows its own devices hold (row ``r`` of step ``i`` depends on the seed, ``i`` and ``r``
+  alone), logs from process 0 only, and writes its shards of one Orbax checkpoint.
 
   python examples/lm_training.py                       # one device
   XLA_FLAGS=--xla_force_host_platform_device_count=8 \\
     python examples/lm_training.py --mesh 2 4          # 8 simulated CPU devices: data 2 x model 4
+  python examples/launch_local.py --processes 2 --devices-per-process 2 -- \\
+    examples/lm_training.py --mesh 2 2                 # 2 local processes x 2 CPU devices
+
+The docs' "Scaling out" page has the launch lines for a TPU pod, SLURM and Kubernetes.
 
 bfloat16 parameters are updated in place here (the optimizer state is float32); a long run would
 keep a float32 master copy of the parameters to avoid losing small updates to rounding.

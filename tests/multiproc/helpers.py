@@ -74,7 +74,7 @@ def run(script, args, processes: int, devices_per_process: int, timeout: float,
   test on a non-zero status, and kills the processes after ``timeout`` seconds."""
   command = [sys.executable, str(ROOT / "examples" / "launch_local.py"), "--processes",
              str(processes), "--devices-per-process", str(devices_per_process), "--port",
-             str(free_port()), "--timeout", str(timeout), "--grace", "30", str(script),
+             str(free_port()), "--timeout", str(timeout), "--grace", "30", "--", str(script),
              *[str(a) for a in args]]
   result = subprocess.run(command, env=env(cache), capture_output=True, text=True,
                           timeout=timeout + 60, check=False)
