@@ -9,6 +9,7 @@ parameters' bytes, which process 0 prints.
 """
 
 import re
+import shutil
 import signal
 import time
 
@@ -91,7 +92,9 @@ def test_killed_process_stops_the_others_and_the_resumed_run_ends_bit_for_bit(un
 
   steps = complete_steps(directory)
   assert steps and 3 <= steps[-1] < STEPS, steps
-  (directory / f"{steps[-1] + 1}.orbax-checkpoint-tmp-0").mkdir(exist_ok=True)
+  # What a save of the next step cut short leaves (Orbax's temporary name, files inside).
+  shutil.copytree(directory / str(steps[-1]),
+                  directory / f"{steps[-1] + 1}.orbax-checkpoint-tmp-1234567890")
   output = helpers.run(SCRIPT, args, processes=2, devices_per_process=2, timeout=300,
                        cache=cache)
   assert f"resumed from the checkpoint of step {steps[-1]} in" in output
