@@ -119,3 +119,16 @@ def run_all(mesh) -> dict[str, np.ndarray]:
   results.update({"step/proj": params["proj"], "step/head": params["head"],
                   "step/momentum_proj": momentum["proj"], "step/momentum_head": momentum["head"]})
   return gathered(results)
+
+
+def compiled_programs(mesh) -> dict[str, str]:
+  """The HLO text of each loss's value-and-gradient program compiled for ``mesh`` (for the
+  communication checks)."""
+  x = place(problem(), mesh)
+  texts = {}
+  for name, loss in (("fused", fused_loss), ("onepass", onepass_loss)):
+    fn = jax.jit(jax.value_and_grad(
+        lambda h, w, y, c, m, loss=loss: loss(h, w, y, c, m, mesh), argnums=(0, 1)))
+    lowered = fn.lower(x["hidden"], x["head"], x["labels"][0], x["cost"], x["where"][0])
+    texts[name] = lowered.compile().as_text()
+  return texts

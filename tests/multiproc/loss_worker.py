@@ -1,7 +1,8 @@
 """One process of a multi-process run of tests/multiproc/cases.py (started by
 tests/multiproc/test_losses.py through examples/launch_local.py): joins jax.distributed, runs
 every case on a (data 2, model 2) mesh over all devices of all processes, and writes
-``OUT/results.npz`` (process 0, gathered values) and ``OUT/process<I>.json`` (the rows and
+``OUT/results.npz`` (process 0, gathered values), ``OUT/<loss>.hlo.txt`` (process 0, the
+compiled programs) and ``OUT/process<I>.json`` (the rows and
 unmasked counts of the tokens this process held)."""
 
 import argparse
@@ -36,6 +37,8 @@ def main():
   (args.out / f"process{jax.process_index()}.json").write_text(json.dumps(held))
   if jax.process_index() == 0:
     np.savez(args.out / "results.npz", **results)
+    for name, text in cases.compiled_programs(mesh).items():
+      (args.out / f"{name}.hlo.txt").write_text(text)
   print("process", jax.process_index(), "done", flush=True)
 
 
