@@ -110,8 +110,8 @@ def all_reduces(hlo: str):
 
 
 @pytest.mark.parametrize("loss, per_token", [
-    ("fused", 4 + cases.K + cases.D),     # max, sum_exp, target logit, EMO sum, target cost row, ∂h
-    ("onepass", 5 + cases.K + cases.D),   # the same and Σ_v z_v (label smoothing)
+    ("fused", 4 + cases.K + cases.D),  # max, sum_exp, target logit, EMO sum, target cost row, ∂h
+    ("onepass", 5 + cases.K + cases.D),  # the same and Σ_v z_v (label smoothing)
 ])
 def test_communication_per_token_is_the_documented_one(runs, loss, per_token):
   """docs/scaling.md's table, read from the programs compiled by process 0 of the 2-process run:
