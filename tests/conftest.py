@@ -42,6 +42,8 @@ LIBRARY_LONGEST_FIRST = (
     "tests/losses/test_long_tail.py",
 )
 EXPERIMENTS_LONGEST_FIRST = (
+    "tests/multiproc/test_lm_training.py",
+    "tests/multiproc/test_losses.py",
     "tests/test_lm_finetune.py",
     "tests/test_classification_experiments.py",
     "tests/test_lm_training_example.py",
