@@ -40,7 +40,8 @@ def tx():
 
 
 def tiny_gemma3(tx, seed=0):
-  """A two-layer Gemma3 (one sliding-window layer, one global) with random float32 weights."""
+  """A two-layer Gemma3 (both sliding-window layers, window 8 of 16 tokens) with random float32
+  weights."""
   config = tx.gemma3.ModelConfig(
       num_layers=2, num_embed=VOCAB, embed_dim=32, hidden_dim=64, num_heads=2, head_dim=16,
       num_kv_heads=1, sliding_window_size=8, param_dtype=jnp.float32)
