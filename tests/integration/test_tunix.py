@@ -17,7 +17,7 @@ import optax
 import pytest
 
 import emoloss
-from tests.integration.ce_check import load_check_ce_matches
+from tests.integration.ce_check import load_check_ce_matches, load_from_trainer_doc
 
 pytestmark = pytest.mark.tunix
 
@@ -74,20 +74,9 @@ def model_inputs(tx):
   return gen
 
 
-def emoloss_loss_fn(tx, cost=None, per_token=None):
-  """The glue: a loss for `PeftTrainer.with_loss_fn` (the signature of tunix's default loss)."""
-
-  def loss_fn(model, input_tokens, input_mask, positions, attention_mask):
-    model(input_tokens, positions, None, attention_mask, output_hidden_states=True)
-    hidden = tx.nnx.pop(model, tx.nnx.Intermediate)["all_hidden_states"].get_value()[-1]
-    head = model.embedder.input_embedding[...]  # tied: the embedding table, [V, d]
-    h = hidden[:, :-1].reshape(-1, hidden.shape[-1])  # position t predicts token t + 1
-    labels = input_tokens[:, 1:].reshape(-1)
-    where = input_mask[:, 1:].reshape(-1)
-    if per_token is None:
-      return emoloss.onepass_loss(h, head, labels, where=where)
-    return emoloss.onepass_loss(h, head, labels, cost, where=where, per_token=per_token)
-  return loss_fn
+def recipe(cost=None):
+  """The loss of the tunix recipe of docs/trainer.md, as printed there."""
+  return load_from_trainer_doc("### tunix", "emoloss_loss")(cost)
 
 
 def train(tx, loss_fn=None, learning_rate=3e-3):
@@ -118,7 +107,7 @@ def default_run(tx):
 def test_ce_through_the_loss_hook_equals_tunix_default_loss_at_every_step(tx, default_run):
   check_ce_matches = load_check_ce_matches()
   _, theirs = default_run
-  _, ours = train(tx, emoloss_loss_fn(tx))
+  _, ours = train(tx, recipe())
   assert len(ours) == len(theirs) == STEPS
   gaps = [check_ce_matches(a, b) for a, b in zip(ours, theirs)]
   print(f"CE vs tunix's default loss over {STEPS} logged steps: max relative gap {max(gaps):.1e}")
@@ -132,7 +121,7 @@ def test_step0_check_catches_a_lost_mask_through_tunix(tx):
   model = tiny_gemma3(tx)
   inputs = model_inputs(tx)(batches(tx, 1)[0])
   theirs = tunix_loss(tx, model)(model, **inputs)
-  check_ce_matches(emoloss_loss_fn(tx)(model, **inputs), theirs)
+  check_ce_matches(recipe()(model, **inputs), theirs)
 
   def no_mask(model, input_tokens, input_mask, positions, attention_mask):
     model(input_tokens, positions, None, attention_mask, output_hidden_states=True)
@@ -146,8 +135,7 @@ def test_step0_check_catches_a_lost_mask_through_tunix(tx):
 
 def test_emo_ce_with_the_frozen_head_as_cost_trains(tx):
   cost = jnp.array(tiny_gemma3(tx).embedder.input_embedding[...])  # the initial head, frozen
-  model, losses = train(
-      tx, emoloss_loss_fn(tx, cost, emoloss.emo_ce_per_token(mode=1)), learning_rate=1e-2)
+  model, losses = train(tx, recipe(cost), learning_rate=1e-2)
   assert len(losses) == STEPS and np.all(np.isfinite(losses))
   first, last = losses[:5].mean(), losses[-5:].mean()
   print(f"EMO + CE logged loss: first 5 steps {first:.3f}, last 5 steps {last:.3f}")
