@@ -1,15 +1,15 @@
-"""Offline LM fine-tuning experiment: CE vs EMO+CE vs TaiLr vs MixCE over paired seeds, in two
-regimes (A: light in-domain adaptation of a competent base, the papers' regime; B: a domain
-shift).
+"""Offline LM fine-tuning experiment: CE vs EMO+CE vs TaiLr vs MixCE over paired seeds, in three
+regimes (C, the headline: adaptation to another package's code, gated by a CE pilot; A:
+held-out standard-library files; B: a domain shift to prose).
 
 One command, no download::
 
-  python benchmarks/lm_finetune.py            # default run (timing: README, "Main experiment")
+  python benchmarks/lm_finetune.py            # default run (timing: docs/experiments/lm.md)
   python benchmarks/lm_finetune.py --quick    # CI-sized run (the tests' second lane)
 
 The experiment lives in the package :mod:`benchmarks.lm` (data, model + KV-cached sampler,
 objectives, train, metrics, stats, report, evaluation, run); this file is its entry point (as is
-``python -m benchmarks.lm``). See README.md, "Main experiment".
+``python -m benchmarks.lm``). See docs/experiments/lm.md.
 """
 
 import os

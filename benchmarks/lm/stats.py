@@ -10,10 +10,16 @@ verdict against a margin declared before the run:
   entirely inside ``[-margin, +margin]``; otherwise **inconclusive at this size**;
 * non-inferiority claim (``"not worse"``): **holds** if the interval lies above ``-margin``;
   **does not hold** if it lies entirely below ``-margin``; otherwise inconclusive;
+* **detectable** (:func:`detectable_difference`): the smallest true difference that the
+  claim would call "holds" with 80% power at the measured spread;
 * **not testable here** (either claim kind): the baseline already sits within ``margin`` of the
   ideal (``room``, its mean distance from the ideal, is below the margin), so no improvement
   beyond the margin is possible whatever the method does -- e.g. a repetition gap to human text
   that is already smaller than the margin.
+
+Fewer than two paired seeds give no interval (``low`` and ``high`` are NaN: one difference has
+no spread to estimate) and the verdict **inconclusive at this size**, whatever the margin or the
+room: a claim is never concluded from one seed.
 
 "Above" is in the claimed direction: differences are multiplied by ``+1`` when higher is better
 and ``-1`` when lower is better before the comparison. Nothing here knows about language
@@ -57,13 +63,34 @@ def t_quantile(n: int, level: float = 0.95) -> float:
 
 def t_interval(differences: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
   """``(mean, low, high)`` of the ``level`` t-interval of the mean of ``differences``
-  (``low = high = mean`` for a single value: no interval without a spread)."""
+  (``low`` and ``high`` are NaN for fewer than two values: no interval without a spread; the
+  mean is NaN for none)."""
   values = np.asarray(differences, np.float64)
-  mean = float(values.mean())
+  mean = float(values.mean()) if values.size else float("nan")
   if values.size < 2:
-    return mean, mean, mean
+    return mean, float("nan"), float("nan")
   half = t_quantile(values.size, level) * float(values.std(ddof=1)) / math.sqrt(values.size)
   return mean, mean - half, mean + half
+
+
+POWER = 0.8
+
+
+def detectable_difference(margin: float, standard_error: float, n: int,
+                          power: float = POWER, level: float = 0.95) -> float:
+  """The smallest true difference that a ``"better"`` claim calls **holds** with probability
+  ``power``: ``margin + (t_{(1+level)/2, n-1} + t_{power, n-1}) · SE`` with ``SE`` the standard
+  error of the paired mean (``nan`` for ``n < 2``). At ``power = 0.5`` it is margin + the
+  interval's half-width.
+
+  >>> round(detectable_difference(0.04, 0.01, 5), 4)  # 0.04 + (2.776 + 0.941) * 0.01
+  0.0772
+  """
+  if n < 2:
+    return float("nan")
+  from scipy import stats  # pylint: disable=import-outside-toplevel
+  quantiles = t_quantile(n, level) + float(stats.t.ppf(power, n - 1))
+  return margin + quantiles * standard_error
 
 
 def verdict(low: float, high: float, margin: float, claim: str = "better",
@@ -71,11 +98,16 @@ def verdict(low: float, high: float, margin: float, claim: str = "better",
   """The verdict of an interval ``[low, high]`` of improvements (positive = the claimed
   direction) against ``margin`` for a ``"better"`` or ``"not worse"`` claim; ``room`` (the
   baseline's distance from the ideal, if known) below ``margin`` makes a ``"better"`` claim
-  :data:`NOT_TESTABLE`.
+  :data:`NOT_TESTABLE`. No interval (a NaN bound: fewer than two seeds) is
+  :data:`INCONCLUSIVE`, before any other rule.
 
   >>> verdict(0.05, 0.09, 0.03), verdict(-0.01, 0.02, 0.03), verdict(0.0, 0.2, 0.03, room=0.01)
   ('holds', 'does not hold', 'not testable here')
   """
+  if claim not in ("better", "not worse"):
+    raise ValueError(f"`claim` must be 'better' or 'not worse' (got {claim!r}).")
+  if not (math.isfinite(low) and math.isfinite(high)):
+    return INCONCLUSIVE
   if claim == "better" and room is not None and room < margin:
     return NOT_TESTABLE
   if claim == "better":
@@ -84,13 +116,11 @@ def verdict(low: float, high: float, margin: float, claim: str = "better",
     if high < -margin or (low >= -margin and high <= margin):
       return DOES_NOT_HOLD
     return INCONCLUSIVE
-  if claim == "not worse":
-    if low > -margin:
-      return HOLDS
-    if high < -margin:
-      return DOES_NOT_HOLD
-    return INCONCLUSIVE
-  raise ValueError(f"`claim` must be 'better' or 'not worse' (got {claim!r}).")
+  if low > -margin:  # "not worse"
+    return HOLDS
+  if high < -margin:
+    return DOES_NOT_HOLD
+  return INCONCLUSIVE
 
 
 def paired_comparison(method: Sequence[float], baseline: Sequence[float], margin: Margin,
@@ -109,7 +139,10 @@ def paired_comparison(method: Sequence[float], baseline: Sequence[float], margin
 
   Returns:
     A dict with ``n``, ``mean`` / ``low`` / ``high`` (the difference and its interval, in the
-    metric's units and sign), ``improved`` (seeds whose difference is in the better direction),
+    metric's units and sign; ``low`` and ``high`` NaN and the verdict :data:`INCONCLUSIVE` for
+    fewer than two seeds), ``se`` (standard error of the mean difference), ``detectable``
+    (:func:`detectable_difference` at ``detectable_power`` 0.8), ``improved`` (seeds whose
+    difference is in the better direction),
     ``margin``, ``claim``, ``room`` and ``verdict``.
   """
   method = np.asarray(method, np.float64)
@@ -121,9 +154,14 @@ def paired_comparison(method: Sequence[float], baseline: Sequence[float], margin
   mean, low, high = t_interval(differences, level)
   sign = 1.0 if margin.higher_is_better else -1.0
   improvement = sorted((sign * low, sign * high))
+  se = (float(differences.std(ddof=1)) / math.sqrt(differences.size) if differences.size > 1
+        else float("nan"))
   return {
       "metric": margin.metric,
       "n": int(differences.size),
+      "se": se,
+      "detectable": detectable_difference(margin.margin, se, int(differences.size)),
+      "detectable_power": POWER,
       "mean": mean,
       "low": low,
       "high": high,
@@ -137,7 +175,10 @@ def paired_comparison(method: Sequence[float], baseline: Sequence[float], margin
 
 
 def format_difference(summary: dict, digits: int = 3) -> str:
-  """``"+0.012 [-0.004, +0.028] (4/5)"``: the mean difference, its interval and sign count."""
+  """``"+0.012 [-0.004, +0.028] (4/5)"``: the mean difference, its interval and sign count
+  (``"+0.012 [no interval] (1/1)"`` for fewer than two seeds)."""
   f = f"{{:+.{digits}f}}"
+  if not (math.isfinite(summary["low"]) and math.isfinite(summary["high"])):
+    return f"{f.format(summary['mean'])} [no interval] ({summary['improved']}/{summary['n']})"
   return (f"{f.format(summary['mean'])} [{f.format(summary['low'])}, "
           f"{f.format(summary['high'])}] ({summary['improved']}/{summary['n']})")

@@ -1,4 +1,4 @@
-"""Known-oracle experiment: exact precision and recall of each LM objective (issue 11).
+"""Known-oracle experiment: exact precision and recall of each LM objective.
 
 * :mod:`~benchmarks.oracle.exact` -- exact token-level forward/reverse KL, total variation and
   EMO transport cost between two models' next-token distributions along given prefixes;

@@ -139,10 +139,10 @@ def flood(flood_level: float) -> optax.GradientTransformationExtraArgs:
     >>> print(updates["w"])
     [0.2]
 
-  Choosing ``b``: the paper searches ``b`` in ``{0, 0.01, ..., 0.50}`` on validation data; the
-  flooding discussion this library follows (Su Jianlin, kexue.fm/archives/7643) suggests a
-  level below half of the training loss at which the validation error starts to rise (train
-  once without flooding, note that loss, take ``b`` under half of it). Below ``b`` the updates
+  Choosing ``b``: the paper searches ``b`` in ``{0, 0.01, ..., 0.50}`` on validation data; a
+  rule of thumb quoted in wmathor's post on flooding (from a reader's comment under a Zhihu
+  article) is a level below half of the training loss at which the validation error starts to
+  rise (train once without flooding, note that loss, take ``b`` under half of it). Below ``b`` the updates
   alternate descent and ascent, which is descent on the gradient norm (the docs' "Derivations"
   page; :func:`alternation_equivalent_loss`).
 
@@ -150,8 +150,9 @@ def flood(flood_level: float) -> optax.GradientTransformationExtraArgs:
     Ishida et al., "Do We Need Zero Training Loss After Achieving Zero Training Error?",
     ICML 2020 (arXiv 2002.08709); ``b`` searched in {0, 0.01, ..., 0.50}. Su Jianlin,
     "我们真的需要把训练集的损失降低到零吗?" (Do we really need to reduce the training loss to
-    zero?), kexue.fm/archives/7643, 2020 (the flood-level rule; the alternation below ``b`` as a
-    gradient-norm penalty).
+    zero?), kexue.fm/archives/7643, 2020 (the alternation below ``b`` as a gradient-norm
+    penalty). wmathor, "loss损失讨论", wmathor.com/index.php/archives/1551 (the flood-level
+    rule of thumb).
   """
   check_flood_level(flood_level)
 
