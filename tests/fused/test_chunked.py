@@ -365,7 +365,7 @@ def test_argument_errors():
   with pytest.raises(ValueError, match="mode"):
     emoloss.fused_emo_ce_loss(hidden, head, labels, cost, mode=3)
   with pytest.raises(ValueError, match="softcap"):
-    emoloss.fused_ce_emo(hidden, head, labels, softcap=0.0)
+    emoloss.fused_ce_emo(hidden, head, labels, softcap=-1.0)
   with pytest.raises(ValueError, match="temperature"):
     emoloss.fused_ce_emo(hidden, head, labels, temperature=-1.0)
   with pytest.raises(ValueError, match="label_smoothing"):

@@ -419,7 +419,7 @@ def test_compiled_memory_is_a_few_token_chunks():
   compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(*args).compile()
   temp = compiled.memory_analysis().temp_size_in_bytes
   # ... plus up to 16 [N] per-token vectors (statistics, weights, labels, label-rule masks).
-  bound = 4 * (2 * chunk * v + emoloss.fused.onepass.VOCAB_BLOCK * d + 4 * n * (d + k) + 16 * n)
+  bound = 4 * (2 * chunk * v + emoloss.fused._plumbing.VOCAB_BLOCK * d + 4 * n * (d + k) + 16 * n)
   assert temp <= bound, (temp, bound)
   assert temp < 0.1 * (n * v * 4), temp
 
