@@ -501,6 +501,16 @@ def emo_ce_per_token(mode: int = 1, max_ratio: float | None = MODE1_MAX_RATIO) -
     Ren et al., "EMO: Earth Mover Distance Optimization for Auto-Regressive Language
     Modeling", ICLR 2024 (arXiv 2310.04691); code DRSY/EMO (PyPI ``EMOLoss``).
   """
+  try:
+    return _emo_ce_mix_for(mode, max_ratio)
+  except TypeError:  # unhashable arguments: not cached
+    return _emo_ce_mix_for.__wrapped__(mode, max_ratio)
+
+
+@functools.lru_cache(maxsize=64)
+def _emo_ce_mix_for(mode, max_ratio) -> PerToken:
+  """One function per ``(mode, max_ratio)``, so that calls with ``emo_ce_per_token(...)`` written
+  inline reuse one compiled program."""
   mix = functools.partial(_emo_ce_mix, mode=mode, max_ratio=max_ratio)
   x = jnp.zeros((1,), jnp.float32)
   jax.eval_shape(mix, TokenStats(nll=x, emo=x, lse=x, entropy=x))  # checks mode and max_ratio
