@@ -47,7 +47,7 @@ def test_concrete_0d_options_are_accepted_eagerly(value, problem):
 def test_traced_options_are_refused_with_the_remedy(problem):
   for option in ("temperature", "softcap", "label_smoothing"):
     with pytest.raises(TypeError, match=f"`{option}` is a traced value.*static_argnames"):
-      jax.jit(lambda t: emoloss.fused_token_stats(*problem, **{option: t}).nll)(0.5)
+      jax.jit(lambda t, o=option: emoloss.fused_token_stats(*problem, **{o: t}).nll)(0.5)
   with pytest.raises(TypeError, match="temperature.*0-d"):
     emoloss.fused_token_stats(*problem, temperature=np.array([0.7]))
 
