@@ -38,8 +38,8 @@ def _frozen(head, freeze_head):
 def fused_ce_emo(hidden, head, labels, cost_embeddings=None, *, where=None,
                  chunk_size=DEFAULT_CHUNK_SIZE, softcap=None, temperature=1.0,
                  label_smoothing=0.0, freeze_head=False) -> TokenStats:
-  """Deprecated: :func:`emoloss.fused_token_stats` (``freeze_head=True``: pass
-  ``jax.lax.stop_gradient(head)``)."""
+  """Deprecated (``hidden [..., d]``, ``[V, d]`` head): :func:`emoloss.fused_token_stats`
+  (``freeze_head=True``: pass ``jax.lax.stop_gradient(head)``)."""
   _warn("fused_ce_emo")
   return fused_token_stats(hidden, _frozen(head, freeze_head), labels, cost_embeddings,
                            where=where, chunk_size=chunk_size, softcap=softcap,
@@ -50,7 +50,8 @@ def sharded_fused_ce_emo(hidden, head, labels, cost_embeddings=None, *, mesh, da
                          model_axis="model", where=None, chunk_size=DEFAULT_CHUNK_SIZE,
                          softcap=None, temperature=1.0, label_smoothing=0.0,
                          freeze_head=False) -> TokenStats:
-  """Deprecated: :func:`emoloss.fused_token_stats` with ``mesh``."""
+  """Deprecated (``hidden [N, d]``, ``[V, d]`` head): :func:`emoloss.fused_token_stats` with
+  ``mesh``."""
   _warn("sharded_fused_ce_emo")
   if mesh is None:
     raise TypeError("`mesh` must be a jax.sharding.Mesh (got NoneType).")
@@ -115,7 +116,8 @@ def onepass_loss(hidden, head, labels, cost_embeddings=None, *,
                  per_token=_onepass.ce_per_token, reduction="mean", where=None,
                  token_chunk_size=None, vocab_block_size=VOCAB_BLOCK, softcap=None,
                  temperature=1.0, label_smoothing=0.0, entropy=False, freeze_head=False):
-  """Deprecated: :func:`emoloss.fused_loss` (``per_token`` receives one record)."""
+  """Deprecated (``hidden [..., d]``, ``[V, d]`` head): :func:`emoloss.fused_loss`
+  (``per_token`` receives one record)."""
   return _reduced("onepass_loss", hidden, head, labels, cost_embeddings, per_token=per_token,
                   reduction=reduction, where=where, token_chunk_size=token_chunk_size,
                   vocab_block_size=vocab_block_size, softcap=softcap, temperature=temperature,
@@ -127,7 +129,7 @@ def sharded_onepass_loss(hidden, head, labels, cost_embeddings=None, *, mesh, da
                          where=None, token_chunk_size=None, vocab_block_size=VOCAB_BLOCK,
                          softcap=None, temperature=1.0, label_smoothing=0.0, entropy=False,
                          freeze_head=False):
-  """Deprecated: :func:`emoloss.fused_loss` with ``mesh``."""
+  """Deprecated (``hidden [N, d]``, ``[V, d]`` head): :func:`emoloss.fused_loss` with ``mesh``."""
   if mesh is None:
     raise TypeError("`mesh` must be a jax.sharding.Mesh (got NoneType).")
   return _reduced("sharded_onepass_loss", hidden, head, labels, cost_embeddings,
