@@ -5,10 +5,10 @@ states and the LM head) of the token-mean loss for:
 
 * ``naive CE``: ``optax.losses.softmax_cross_entropy_with_integer_labels(h @ W.T, y)``,
 * ``naive CE+EMO``: ``emoloss.emo_ce_loss(h @ W.T, y, E)`` (published mode-1 mix),
-* ``fused CE``: ``emoloss.fused_ce_emo(h, W, y).nll`` (vocabulary chunks, recompute schedule),
+* ``fused CE``: ``emoloss.fused_token_stats(h, W, y).nll`` (vocabulary chunks, recompute),
 * ``fused CE+EMO``: ``emoloss.fused_emo_ce_loss(h, W, y, E)``,
-* ``one-pass CE``: ``emoloss.onepass_loss(h, W, y)`` (token chunks, gradient in the forward pass),
-* ``one-pass CE+EMO``: ``emoloss.onepass_loss(h, W, y, E, per_token=emo_ce_per_token(1))``,
+* ``one-pass CE``: ``emoloss.fused_loss(h, W, y)`` (token chunks, gradient in the forward pass),
+* ``one-pass CE+EMO``: ``emoloss.fused_loss(h, W, y, E, per_token=emo_ce_per_token(1))``,
 * ``jax-cce CE``: ``jax_cce.linear_cross_entropy(h, W, y)`` (PyPI peer, when installed),
 
 and reports XLA's compiled memory analysis (temporary buffers, and argument + output + temp) and,
@@ -52,6 +52,7 @@ import optax
 from tqdm import tqdm
 
 import emoloss
+from emoloss.fused._onepass import default_token_chunk_size  # the default of chunk_size=None
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
   import sys
@@ -105,18 +106,18 @@ def loss_functions(chunk_size: int, token_chunk_size: int | None = None) -> dict
     return jnp.mean(emoloss.emo_ce_loss(logits, y, e))
 
   def fused_ce(h, w, y, e):
-    return jnp.mean(emoloss.fused_ce_emo(h, w, y, chunk_size=chunk_size).nll)
+    return jnp.mean(emoloss.fused_token_stats(h, w, y, chunk_size=chunk_size).nll)
 
   def fused_ce_emo(h, w, y, e):
     return jnp.mean(emoloss.fused_emo_ce_loss(h, w, y, e, chunk_size=chunk_size))
 
   def onepass_ce(h, w, y, e):
-    return emoloss.onepass_loss(h, w, y, token_chunk_size=token_chunk_size)
+    return emoloss.fused_loss(h, w, y, chunk_size=token_chunk_size)
 
   mix = emoloss.emo_ce_per_token(1)
 
   def onepass_ce_emo(h, w, y, e):
-    return emoloss.onepass_loss(h, w, y, e, per_token=mix, token_chunk_size=token_chunk_size)
+    return emoloss.fused_loss(h, w, y, e, per_token=mix, chunk_size=token_chunk_size)
 
   functions = {"naive CE": naive_ce, "naive CE+EMO": naive_ce_emo, "fused CE": fused_ce,
                "fused CE+EMO": fused_ce_emo, "one-pass CE": onepass_ce,
@@ -129,21 +130,23 @@ def loss_functions(chunk_size: int, token_chunk_size: int | None = None) -> dict
 
 def option_functions(chunk_size: int, token_chunk_size: int | None = None) -> dict:
   """Scalar token-mean losses of :data:`OPTION_METHODS` (see :func:`loss_functions`)."""
-  def onepass(**options):
-    return lambda h, w, y, e: emoloss.onepass_loss(h, w, y, token_chunk_size=token_chunk_size,
-                                                   **options)
+  def onepass(frozen=False, **options):
+    def loss(h, w, y, e):
+      w = jax.lax.stop_gradient(w) if frozen else w  # a frozen head: no ∂W work
+      return emoloss.fused_loss(h, w, y, chunk_size=token_chunk_size, **options)
+    return loss
 
   def fused(h, w, y, e, entropy_weight=None):
-    out = emoloss.fused_ce_emo(h, w, y, e, chunk_size=chunk_size)
+    out = emoloss.fused_token_stats(h, w, y, e, chunk_size=chunk_size)
     loss = emoloss.emo_ce_combination(out.nll, out.emo)
     return jnp.mean(loss if entropy_weight is None else loss - entropy_weight * out.entropy)
 
   def fused_without_entropy(h, w, y, e):
     """The same kernel with the entropy statistic switched off (private configuration): what
     the fused path cost before it had an entropy output."""
-    from emoloss.fused import chunked, core
-    config = chunked._Config(chunk_size=chunk_size, options=core.Options(entropy=False))
-    nll, emo, _, _ = chunked._fused(config, h, w, y, jax.lax.stop_gradient(e))
+    from emoloss.fused import _chunked, _core, _plumbing
+    config = _plumbing.Config(options=_core.Options(entropy=False), chunk_size=chunk_size)
+    nll, emo, _, _ = _chunked._fused(config, h, w, y, jax.lax.stop_gradient(e))
     return jnp.mean(emoloss.emo_ce_combination(jnp.maximum(nll, 0.0), jnp.maximum(emo, 0.0)))
 
   return {
@@ -151,7 +154,7 @@ def option_functions(chunk_size: int, token_chunk_size: int | None = None) -> di
       "one-pass CE softcap 30": onepass(softcap=30.0),
       "one-pass CE temperature 0.7": onepass(temperature=0.7),
       "one-pass CE label smoothing 0.1": onepass(label_smoothing=0.1),
-      "one-pass CE frozen head": onepass(freeze_head=True),
+      "one-pass CE frozen head": onepass(frozen=True),
       "fused CE+EMO no entropy statistic": fused_without_entropy,
       "fused CE+EMO": fused,
       "fused CE+EMO + entropy bonus": lambda h, w, y, e: fused(h, w, y, e, entropy_weight=0.01),
@@ -260,7 +263,7 @@ def run(args) -> dict:
   grid = [(size, True) for size in args.sizes] + [(size, False) for size in args.memory_sizes]
   for (n, v, d, k), timed in tqdm(grid, desc="sizes"):
     row = {"N": n, "V": v, "d": d, "k": k, "timed": timed, "methods": {},
-           "token_chunk_size": args.token_chunk_size or emoloss.default_token_chunk_size(v)}
+           "token_chunk_size": args.token_chunk_size or default_token_chunk_size(v)}
     inputs = abstract_inputs(n, v, d, k, dtype)
     compiled = {}
     for name in tqdm(names, desc=f"compile N={n} V={v} d={d}", leave=False):
@@ -285,7 +288,7 @@ def run(args) -> dict:
       "jax": jax.__version__,
       "dtype": str(dtype),
       "chunk_size": args.chunk_size,
-      "token_chunk_size": args.token_chunk_size or "default (emoloss.default_token_chunk_size)",
+      "token_chunk_size": args.token_chunk_size or "default (fused_loss's chunk_size=None)",
       "repeats": args.repeats,
       "jax_cce": cce_error or "installed",
       "load_average": {"before": [round(x, 2) for x in load_before],

@@ -11,6 +11,7 @@ Everything public in a subpackage is re-exported here.
 from emoloss import fused, losses, transforms
 from emoloss._validation import check_label_range
 from emoloss.fused import *
+from emoloss.fused import _deprecated as _fused_deprecated
 from emoloss.losses import *
 from emoloss.transforms import *
 
@@ -22,3 +23,8 @@ __all__ = (
     + list(transforms.__all__)
     + list(fused.__all__)
 )
+
+
+def __getattr__(name: str):
+  """The 0.2 fused names, thin aliases that warn (see :mod:`emoloss.fused`)."""
+  return _fused_deprecated.lookup(name, __name__)

@@ -19,6 +19,19 @@ def _load_script():
   return module
 
 
+def assert_timing_columns(row, name, naive):
+  """The time columns of one method are what its timings give: 0 < fastest <= median call,
+  ratios to naive CE of the medians and of the fastest calls, GFLOP/s of its matmul work over its
+  fastest call, and the fraction of the plain matmul's GFLOP/s timed in the same rounds."""
+  m = row["methods"][name]
+  assert 0 < m["seconds_min"] <= m["seconds_median"] < float("inf"), (name, m)
+  assert m["time_vs_naive_ce"] == pytest.approx(m["seconds_median"] / naive["seconds_median"])
+  assert m["min_time_vs_naive_ce"] == pytest.approx(m["seconds_min"] / naive["seconds_min"])
+  flops = _load_script().matmul_flops(name, row["N"], row["V"], row["d"], row["k"])
+  assert m["gflops"] == pytest.approx(flops / m["seconds_min"] / 1e9), name
+  assert m["fraction_of_matmul"] == pytest.approx(m["gflops"] / row["matmul_gflops"]), name
+
+
 def test_quick_benchmark_writes_results_and_fused_memory_is_small(tmp_path):
   stem = tmp_path / "fused"
   _load_script().main(["--quick", "--output", str(stem)])
@@ -27,13 +40,12 @@ def test_quick_benchmark_writes_results_and_fused_memory_is_small(tmp_path):
   timed = [row for row in result["rows"] if row["timed"]]
   compiled_only = [row for row in result["rows"] if not row["timed"]]
   assert timed and compiled_only
-  for row in timed:  # every method ran; the baseline is the unit of the time column
+  for row in timed:  # every method ran, and its columns are its own timings' ratios
+    naive = row["methods"]["naive CE"]
     for name in ("naive CE", "naive CE+EMO", "fused CE", "fused CE+EMO", "one-pass CE",
                  "one-pass CE+EMO"):
-      assert row["methods"][name]["time_vs_naive_ce"] > 0, (name, row)
-      assert 0 < row["methods"][name]["gflops"] < float("inf"), (name, row)
-    assert row["methods"]["naive CE"]["time_vs_naive_ce"] == 1.0
-    assert row["matmul_gflops"] > 0
+      assert_timing_columns(row, name, naive)
+    assert naive["time_vs_naive_ce"] == 1.0
   for row in result["rows"]:
     memory = {name: m["temp_bytes"] for name, m in row["methods"].items() if "temp_bytes" in m}
     logits_bytes = row["N"] * row["V"] * 4
@@ -59,7 +71,8 @@ def test_quick_scaling_run_with_the_gpu_command_options(tmp_path):
   assert result["dtype"] == "bfloat16" and result["platform"] == "cpu" and result["device"]
   for row in result["rows"]:
     assert set(row["methods"]) == {"naive CE", "naive CE+EMO", "one-pass CE", "one-pass CE+EMO"}
-    assert all(m["seconds_min"] > 0 for m in row["methods"].values())
+    for name in row["methods"]:
+      assert_timing_columns(row, name, row["methods"]["naive CE"])
   assert "| one-pass CE+EMO |" in stem.with_suffix(".md").read_text()
 
 
@@ -72,6 +85,8 @@ def test_quick_options_run(tmp_path):
   (row,) = result["rows"]
   assert set(row["methods"]) == set(module.OPTION_METHODS)
   for name, base in module.OPTION_BASE.items():
-    assert row["methods"][name]["time_vs_base"] > 0, name
-    assert row["methods"][base]["time_vs_base"] == 1.0, base
+    m, b = row["methods"][name], row["methods"][base]
+    assert m["time_vs_base"] == pytest.approx(m["seconds_median"] / b["seconds_median"]), name
+    assert m["min_time_vs_base"] == pytest.approx(m["seconds_min"] / b["seconds_min"]), name
+    assert b["time_vs_base"] == 1.0, base
   assert "| one-pass CE frozen head |" in stem.with_suffix(".md").read_text()

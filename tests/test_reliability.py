@@ -32,9 +32,9 @@ Loss = registry.Loss
 # per-example losses.
 LOSSES = {
     **registry.LOSSES,
-    "fused_ce_emo": Loss(
-        lambda z, y, w: sum(emoloss.fused_ce_emo(z, jnp.eye(V), y, EMBEDDINGS, where=w,
-                                                 chunk_size=2))),
+    "fused_token_stats": Loss(
+        lambda z, y, w: sum(emoloss.fused_token_stats(z, jnp.eye(V), y, EMBEDDINGS, where=w,
+                                                      chunk_size=2))),
     "fused_emo_ce_loss": Loss(
         lambda z, y, w: emoloss.fused_emo_ce_loss(z, jnp.eye(V), y, np.eye(V, dtype=np.float32),
                                                   where=w, chunk_size=3)),
@@ -45,11 +45,9 @@ LOSSES = {
                                                   where=w, chunk_size=3)),
 }
 FUSED = [name for name in LOSSES if name.startswith("fused")]
-# Public names of emoloss.fused that are not per-example losses: the mesh version, the one-pass
-# reduced (scalar) loss and its per-token helpers (confident tokens, masks and -inf: see
-# tests/fused/test_onepass.py).
-NOT_FUSED_LOSSES = {"sharded_fused_ce_emo", "onepass_loss", "sharded_onepass_loss",
-                    "ce_per_token", "emo_ce_per_token", "default_token_chunk_size"}
+# Public names of emoloss.fused that are not per-example losses: the one-pass reduced (scalar)
+# loss and its per-token helpers (confident tokens, masks and -inf: see tests/fused/test_onepass.py).
+NOT_FUSED_LOSSES = {"fused_loss", "ce_per_token", "emo_ce_per_token"}
 
 
 def test_every_public_loss_is_registered():
@@ -570,12 +568,12 @@ def test_check_label_range_names_positions_and_refuses_tracers():
     emoloss.check_label_range(labels.astype(np.float32), 5)
 
 
-def test_onepass_loss_label_rule_and_inert_padding():
+def test_fused_loss_label_rule_and_inert_padding():
   """The reduced one-pass loss follows the same label rule: an unmasked out-of-range label makes
   it NaN; masked rows (NaN hidden states, pad labels) change neither value nor gradient."""
   logits, labels = random_problem(False, seed=7)
   head = jnp.eye(V)
-  loss = jax.jit(lambda h, y, w: emoloss.onepass_loss(h, head, y, where=w))
+  loss = jax.jit(lambda h, y, w: emoloss.fused_loss(h, head, y, where=w))
   where = jnp.arange(N) != 3
   clean = loss(logits, labels, where)
   garbage = loss(logits.at[3].set(jnp.nan), labels.at[3].set(-100), where)

@@ -1,5 +1,6 @@
-"""Shared by the fused-path tests (test_chunked, test_onepass and their 8-device checks): random
-problems, and the runner of a check script on 8 simulated CPU devices.
+"""Shared by the fused-path tests (test_chunked, test_onepass, test_properties and the 8-device
+checks): random problems, the one naive reference (the logits materialised), the one
+``assert_close``, and the runner of a check script on 8 simulated CPU devices.
 
 The data come from NumPy's generator: ``jax.random`` compiles one program per shape (about 0.4 s
 each on CPU), a cost the test data do not need.
@@ -11,9 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import jax.extend
 import jax.numpy as jnp
 import numpy as np
+import optax
+
+from emoloss import TokenStats, emo_loss
 
 ROOT = Path(__file__).resolve().parents[2]
 COLLECTIVE = re.compile(
@@ -30,6 +35,50 @@ def make_problem(n: int, v: int, d: int, k: int, seed: int = 0, scale: float = 1
   labels = jnp.asarray(rng.integers(0, v, n), jnp.int32)
   cost = jnp.asarray(rng.standard_normal((v, k)), jnp.float32)
   return hidden, head, labels, cost
+
+
+RTOL = 1e-5  # float32: relative to the largest reference entry of each array
+
+
+def assert_close(actual, expected, rtol: float = RTOL, name: str = "") -> None:
+  """``max |actual - expected| <= rtol * max |expected|`` (compared in float64)."""
+  actual = np.asarray(actual, np.float64)
+  expected = np.asarray(expected, np.float64)
+  scale = max(float(np.max(np.abs(expected))), 1e-30)
+  error = float(np.max(np.abs(actual - expected)))
+  assert error <= rtol * scale, f"{name}: max error {error:.3g} > {rtol:g} x {scale:.3g}"
+
+
+def transformed_logits(hidden, head, softcap=None, temperature=1.0, **_):
+  """Materialised float32 logits (inputs upcast) with the soft-cap, then the temperature."""
+  logits = jnp.dot(hidden.astype(jnp.float32), head.astype(jnp.float32).T)
+  if softcap is not None:
+    logits = softcap * jnp.tanh(logits / softcap)
+  return logits / temperature
+
+
+def naive_token_stats(hidden, head, labels, cost, where=None, **options) -> TokenStats:
+  """The naive path: transformed logits materialised, then optax (smoothed targets from
+  optax.smooth_labels) / emoloss.emo_loss, and the entropy from log_softmax; masked tokens 0."""
+  logits = transformed_logits(hidden, head, **options)
+  mask = (lambda x: x) if where is None else (lambda x: jnp.where(where, x, 0.0))
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, head.shape[0]),
+                                options.get("label_smoothing", 0.0))
+  nll = mask(optax.losses.softmax_cross_entropy(logits, targets))
+  lse = mask(jax.nn.logsumexp(logits, axis=-1))
+  emo = None if cost is None else emo_loss(logits, labels, cost, where=where)
+  log_p = jax.nn.log_softmax(logits)
+  entropy = mask(-jnp.sum(jnp.exp(log_p) * log_p, axis=-1))
+  return TokenStats(nll=nll, emo=emo, lse=lse, entropy=entropy)
+
+
+def naive_loss(hidden, head, labels, cost, per_token, where=None, reduction="mean", **options):
+  """The naive reduced loss: ``per_token`` of :func:`naive_token_stats` (unmasked), summed over
+  the unmasked tokens, divided by their count for a mean."""
+  values = per_token(naive_token_stats(hidden, head, labels, cost, **options))
+  mask = jnp.ones(labels.shape) if where is None else where.astype(jnp.float32)
+  total = jnp.sum(jnp.where(mask > 0, values, 0.0))
+  return total if reduction == "sum" else total / jnp.maximum(jnp.sum(mask), 1.0)
 
 
 def cotangents(n: int, seed: int = 0):

@@ -13,12 +13,30 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import emoloss
+from emoloss.fused import _onepass
 from tests.fused import helpers  # the checkout is on PYTHONPATH (helpers.run_on_8_cpu_devices)
 
 
-def z_loss(nll, emo, lse):
-  del emo
-  return nll + 0.1 * lse ** 2
+def z_loss(s):
+  return s.nll + 0.1 * s.lse ** 2
+
+
+def fused_loss(hidden, head, labels, cost, *, block, freeze_head=False, mesh=None,
+               data_axis=None, model_axis=None, **options):
+  """emoloss.fused_loss (frozen: the head under stop_gradient); with a ∂W block other than the
+  default, its implementation with that internal setting."""
+  head = jax.lax.stop_gradient(head) if freeze_head else head
+  if block == 4096:
+    if mesh is not None:
+      options.update(mesh=mesh, data_axis=data_axis, model_axis=model_axis)
+    return emoloss.fused_loss(hidden, head, labels, cost, **options)
+  defaults = {"per_token": emoloss.ce_per_token, "reduction": "mean", "where": None,
+              "chunk_size": None, "softcap": None, "temperature": 1.0, "label_smoothing": 0.0}
+  options = {**defaults, **options}
+  where = options.pop("where")
+  return _onepass.reduced_loss(hidden, head, labels, cost, where, mesh=mesh,
+                               data_axis=data_axis, model_axis=model_axis,
+                               vocab_block_size=block, **options)
 
 
 def problem(n, v, d, k, seed=0):
@@ -33,12 +51,12 @@ def check(mesh, data_axis, model_axis, n, v, d, k, chunk, per_token, with_emo, m
   cost = cost if with_emo else None
   where = (jnp.arange(n) % 5 != 2) if masked else None
   options = {"per_token": per_token, "where": where, "reduction": reduction,
-             "token_chunk_size": chunk, "vocab_block_size": block, **extra}
+             "chunk_size": chunk, "block": block, **extra}
   single = jax.jit(jax.value_and_grad(
-      lambda h, w: emoloss.onepass_loss(h, w, labels, cost, **options), argnums=(0, 1)))
+      lambda h, w: fused_loss(h, w, labels, cost, **options), argnums=(0, 1)))
   def loss(h, w):
-    return emoloss.sharded_onepass_loss(h, w, labels, cost, mesh=mesh, data_axis=data_axis,
-                                        model_axis=model_axis, **options)
+    return fused_loss(h, w, labels, cost, mesh=mesh, data_axis=data_axis,
+                      model_axis=model_axis, **options)
   sharded = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
   args = (jax.device_put(hidden, NamedSharding(mesh, P(data_axis, None))),
           jax.device_put(head, NamedSharding(mesh, P(model_axis, None))))
@@ -75,22 +93,22 @@ def check_closed_over_weight(mesh):
   """d/da of a loss whose per_token closes over ``a`` (an explicit argument of the custom VJP,
   replicated on the mesh): equal to one device."""
   hidden, head, labels, cost = problem(32, 88, 8, 4)
-  def loss(a, fn, **kw):
-    per_token = lambda nll, emo, lse: a * nll + a ** 2 * emo
-    return fn(hidden, head, labels, cost, per_token=per_token, token_chunk_size=4, **kw)
-  single = jax.grad(lambda a: loss(a, emoloss.onepass_loss))(2.0)
-  sharded = jax.jit(jax.grad(lambda a: loss(a, emoloss.sharded_onepass_loss, mesh=mesh)))(2.0)
+  def loss(a, **kw):
+    per_token = lambda s: a * s.nll + a ** 2 * s.emo
+    return emoloss.fused_loss(hidden, head, labels, cost, per_token=per_token, chunk_size=4,
+                              **kw)
+  single = jax.grad(loss)(2.0)
+  sharded = jax.jit(jax.grad(lambda a: loss(a, mesh=mesh)))(2.0)
   assert abs(float(sharded) - float(single)) <= 1e-5 * abs(float(single)), (sharded, single)
   # The value alone (no gradient: the vocabulary-chunked forward pass), the weight a jit argument.
-  value = jax.jit(lambda a: loss(a, emoloss.sharded_onepass_loss, mesh=mesh))(2.0)
-  expected = loss(2.0, emoloss.onepass_loss)
+  value = jax.jit(lambda a: loss(a, mesh=mesh))(2.0)
+  expected = loss(2.0)
   assert abs(float(value) - float(expected)) <= 1e-5 * abs(float(expected)), (value, expected)
   print("ok closed-over weight", dict(mesh.shape))
 
 
-def entropy_bonus(nll, emo, lse, entropy):
-  del emo, lse
-  return nll - 0.1 * entropy
+def entropy_bonus(s):
+  return s.nll - 0.1 * s.entropy
 
 
 def main():
@@ -116,7 +134,7 @@ def main():
         per_token=emoloss.emo_ce_per_token(1), with_emo=True, masked=True, reduction="mean",
         block=8, softcap=2.0, temperature=0.7, label_smoothing=0.1)
   check(auto, "data", "model", n=32, v=88, d=8, k=4, chunk=8, per_token=entropy_bonus,
-        with_emo=False, masked=True, reduction="sum", entropy=True, softcap=30.0,
+        with_emo=False, masked=True, reduction="sum", softcap=30.0,
         freeze_head=True)
   check_closed_over_weight(explicit)
   print("ALL OK")

@@ -36,11 +36,13 @@ def check(mesh, data_axis, model_axis, n, v, d, k, chunk_size, with_emo, masked,
   hidden, head, labels, cost, weights = problem(n, v, d, k)
   cost = cost if with_emo else None
   where = (jnp.arange(n) % 5 != 2) if masked else None
-  single = program(lambda h, w, y, e, m: emoloss.fused_ce_emo(
-      h, w, y, e, where=m, chunk_size=chunk_size, **options), labels, cost, where, weights)
-  sharded = jax.jit(program(lambda h, w, y, e, m: emoloss.sharded_fused_ce_emo(
-      h, w, y, e, mesh=mesh, data_axis=data_axis, model_axis=model_axis, where=m,
-      chunk_size=chunk_size, **options), labels, cost, where, weights))
+  fused = {key: value for key, value in options.items() if key != "freeze_head"}
+  frozen = (lambda w: jax.lax.stop_gradient(w)) if options.get("freeze_head") else (lambda w: w)
+  single = program(lambda h, w, y, e, m: emoloss.fused_token_stats(
+      h, frozen(w), y, e, where=m, chunk_size=chunk_size, **fused), labels, cost, where, weights)
+  sharded = jax.jit(program(lambda h, w, y, e, m: emoloss.fused_token_stats(
+      h, frozen(w), y, e, mesh=mesh, data_axis=data_axis, model_axis=model_axis, where=m,
+      chunk_size=chunk_size, **fused), labels, cost, where, weights))
   args = (jax.device_put(hidden, NamedSharding(mesh, P(data_axis, None))),
           jax.device_put(head, NamedSharding(mesh, P(model_axis, None))))
   expected, got = single(hidden, head), sharded(*args)

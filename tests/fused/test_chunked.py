@@ -1,4 +1,5 @@
-"""Tests of emoloss.fused: the chunked path against the naive (materialised logits) path."""
+"""Tests of emoloss.fused_token_stats (the recompute schedule) and the per-token losses built on
+it, against the naive path (the logits materialised, tests/fused/helpers.py)."""
 
 
 import functools
@@ -7,14 +8,14 @@ import jax
 import jax.numpy as jnp
 import jax.test_util
 import numpy as np
-import optax
 import pytest
 
 import emoloss
-from emoloss.losses import emo_ce_loss, emo_loss
+from emoloss.losses import emo_ce_loss
 from tests.fused import helpers
 
-RTOL = 1e-5  # float32: relative to the largest reference entry of each array
+RTOL = helpers.RTOL
+assert_close = helpers.assert_close
 
 
 def make_problem(n=12, v=37, d=8, k=5, seed=0, scale=1.0):
@@ -31,32 +32,13 @@ OPTIONS = {  # name: keyword arguments of the fused functions (the reference app
 }
 
 
-def transformed_logits(hidden, head, softcap=None, temperature=1.0, **_):
-  """Materialised logits with the soft-cap, then the temperature, written out."""
-  logits = jnp.dot(hidden, head.T, preferred_element_type=jnp.float32)
-  if softcap is not None:
-    logits = softcap * jnp.tanh(logits / softcap)
-  return logits / temperature
-
-
 def naive_outputs(hidden, head, labels, cost, where=None, **options):
-  """The naive path: transformed logits materialised, then optax (smoothed targets from
-  optax.smooth_labels) / emoloss.emo_loss, and the entropy from log_softmax."""
-  logits = transformed_logits(hidden, head, **options)
-  mask = (lambda x: x) if where is None else (lambda x: jnp.where(where, x, 0.0))
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, head.shape[0]),
-                                options.get("label_smoothing", 0.0))
-  nll = mask(optax.losses.softmax_cross_entropy(logits, targets))
-  lse = mask(jax.nn.logsumexp(logits, axis=-1))
-  emo = None if cost is None else emo_loss(logits, labels, cost, where=where)
-  log_p = jax.nn.log_softmax(logits)
-  entropy = mask(-jnp.sum(jnp.exp(log_p) * log_p, axis=-1))
-  return nll, emo, lse, entropy
+  return tuple(helpers.naive_token_stats(hidden, head, labels, cost, where, **options))
 
 
 def fused_outputs(hidden, head, labels, cost, where=None, chunk_size=8, **options):
-  return tuple(emoloss.fused_ce_emo(hidden, head, labels, cost, where=where,
-                                    chunk_size=chunk_size, **options))
+  return tuple(emoloss.fused_token_stats(hidden, head, labels, cost, where=where,
+                                         chunk_size=chunk_size, **options))
 
 
 def weighted_sum(outputs, weights):
@@ -74,14 +56,6 @@ def values_and_grads(fn, hidden, head, weights):
     grads = jax.grad(lambda h, w: weighted_sum(fn(h, w), weights), argnums=(0, 1))(h, w)
     return fn(h, w), grads
   return jax.jit(run)(hidden, head)
-
-
-def assert_close(actual, expected, rtol=RTOL, name=""):
-  actual = np.asarray(actual, np.float64)
-  expected = np.asarray(expected, np.float64)
-  scale = max(float(np.max(np.abs(expected))), 1e-30)
-  error = float(np.max(np.abs(actual - expected)))
-  assert error <= rtol * scale, f"{name}: max error {error:.3g} > {rtol:g} x {scale:.3g}"
 
 
 def assert_match(fused, naive, rtol=RTOL):
@@ -154,9 +128,9 @@ def test_entropy_matches_float64_numpy_and_its_gradient_the_closed_form():
   """H = -Σ p log p and ∂H/∂z_v = -p_v (log p_v + H), written out in float64 NumPy."""
   hidden, head, labels, _, weights = make_problem(n=9, v=23, d=6, seed=3, scale=2.0)
   g = weights[0]
-  out = emoloss.fused_ce_emo(hidden, head, labels, chunk_size=5)
+  out = emoloss.fused_token_stats(hidden, head, labels, chunk_size=5)
   d_hidden = jax.grad(lambda h: jnp.sum(
-      g * emoloss.fused_ce_emo(h, head, labels, chunk_size=5).entropy))(hidden)
+      g * emoloss.fused_token_stats(h, head, labels, chunk_size=5).entropy))(hidden)
   h, w, gn = (np.asarray(x, np.float64) for x in (hidden, head, g))
   logits = h @ w.T
   log_p = logits - logits.max(1, keepdims=True)
@@ -178,14 +152,15 @@ def test_softcap_gradient_matches_finite_differences():
                             eps=1e-2)
 
 
-def test_freeze_head_skips_the_head_gradient():
-  """freeze_head: zero cotangent for the head, the same ∂h, and one N V d matmul fewer in the
-  value-and-grad program (the ∂W matmul is not traced at all)."""
+def test_stop_gradient_head_skips_the_head_gradient():
+  """A head under jax.lax.stop_gradient (a frozen head): zero cotangent for the head, the same ∂h,
+  and one N V d matmul fewer in the value-and-grad program (the ∂W matmul is not traced)."""
   n, v, d, k = 12, 40, 6, 5
   hidden, head, labels, cost, weights = make_problem(n=n, v=v, d=d, k=k)
 
   def loss(h, w, freeze):
-    out = emoloss.fused_ce_emo(h, w, labels, cost, chunk_size=8, freeze_head=freeze)
+    w = jax.lax.stop_gradient(w) if freeze else w
+    out = emoloss.fused_token_stats(h, w, labels, cost, chunk_size=8)
     return weighted_sum(tuple(out), weights)
   trained = jax.grad(loss, argnums=(0, 1))(hidden, head, False)
   frozen = jax.grad(loss, argnums=(0, 1))(hidden, head, True)
@@ -222,7 +197,7 @@ def test_without_cost_embeddings_is_plain_cross_entropy():
 def test_values_match_float64_numpy_reference():
   """Independent reference: explicit probabilities and the [V, V] cosine cost matrix."""
   hidden, head, labels, cost, _ = make_problem(n=9, v=23, d=6, k=4, seed=3)
-  out = emoloss.fused_ce_emo(hidden, head, labels, cost, chunk_size=5)
+  out = emoloss.fused_token_stats(hidden, head, labels, cost, chunk_size=5)
   h, w, e = (np.asarray(x, np.float64) for x in (hidden, head, cost))
   y = np.asarray(labels)
   logits = h @ w.T
@@ -241,7 +216,7 @@ def test_gradient_matches_closed_form():
   hidden, head, labels, cost, weights = make_problem(n=7, v=19, d=5, k=3, seed=4)
   g = weights[1]
   d_hidden = jax.grad(
-      lambda h: jnp.sum(g * emoloss.fused_ce_emo(h, head, labels, cost, chunk_size=4).emo))(hidden)
+      lambda h: jnp.sum(g * emoloss.fused_token_stats(h, head, labels, cost, chunk_size=4).emo))(hidden)
   h, w, e, gn = (np.asarray(x, np.float64) for x in (hidden, head, cost, g))
   logits = h @ w.T
   probs = np.exp(logits - logits.max(1, keepdims=True))
@@ -279,8 +254,8 @@ def test_extreme_logits_are_finite_and_match_naive():
 
 def test_leading_batch_dimensions():
   hidden, head, labels, cost, _ = make_problem(n=12)
-  flat = emoloss.fused_ce_emo(hidden, head, labels, cost, chunk_size=8)
-  batched = emoloss.fused_ce_emo(hidden.reshape(3, 4, -1), head, labels.reshape(3, 4), cost,
+  flat = emoloss.fused_token_stats(hidden, head, labels, cost, chunk_size=8)
+  batched = emoloss.fused_token_stats(hidden.reshape(3, 4, -1), head, labels.reshape(3, 4), cost,
                                  chunk_size=8)
   for a, b in zip(batched, flat):
     assert a.shape == (3, 4)
@@ -328,7 +303,7 @@ def test_fused_emo_ce_loss_matches_emo_ce_loss(mode):
 
 def test_no_gradient_to_cost_embeddings():
   hidden, head, labels, cost, _ = make_problem()
-  d_cost = jax.grad(lambda e: jnp.sum(emoloss.fused_ce_emo(hidden, head, labels, e).emo))(cost)
+  d_cost = jax.grad(lambda e: jnp.sum(emoloss.fused_token_stats(hidden, head, labels, e).emo))(cost)
   np.testing.assert_array_equal(d_cost, np.zeros_like(cost))
 
 
@@ -349,36 +324,34 @@ def test_compiled_program_never_holds_the_logits(vocab):
 def test_argument_errors():
   hidden, head, labels, cost, _ = make_problem()
   with pytest.raises(ValueError, match="head"):
-    emoloss.fused_ce_emo(hidden, head[:, :3], labels)
+    emoloss.fused_token_stats(hidden, head[:, :3], labels)
   with pytest.raises(TypeError, match="labels"):
-    emoloss.fused_ce_emo(hidden, head, labels.astype(jnp.float32))
+    emoloss.fused_token_stats(hidden, head, labels.astype(jnp.float32))
   with pytest.raises(ValueError, match="labels"):
-    emoloss.fused_ce_emo(hidden, head, labels[:3])
+    emoloss.fused_token_stats(hidden, head, labels[:3])
   with pytest.raises(ValueError, match="cost_embeddings"):
-    emoloss.fused_ce_emo(hidden, head, labels, cost[:5])
+    emoloss.fused_token_stats(hidden, head, labels, cost[:5])
   with pytest.raises(ValueError, match="chunk_size"):
-    emoloss.fused_ce_emo(hidden, head, labels, chunk_size=0)
+    emoloss.fused_token_stats(hidden, head, labels, chunk_size=0)
   with pytest.raises(ValueError, match="where"):
-    emoloss.fused_ce_emo(hidden, head, labels, where=jnp.ones(3, bool))
+    emoloss.fused_token_stats(hidden, head, labels, where=jnp.ones(3, bool))
   with pytest.raises(TypeError, match="hidden"):
-    emoloss.fused_ce_emo(hidden.astype(jnp.int32), head, labels)
+    emoloss.fused_token_stats(hidden.astype(jnp.int32), head, labels)
   with pytest.raises(ValueError, match="mode"):
     emoloss.fused_emo_ce_loss(hidden, head, labels, cost, mode=3)
   with pytest.raises(ValueError, match="softcap"):
-    emoloss.fused_ce_emo(hidden, head, labels, softcap=0.0)
+    emoloss.fused_token_stats(hidden, head, labels, softcap=-1.0)
   with pytest.raises(ValueError, match="temperature"):
-    emoloss.fused_ce_emo(hidden, head, labels, temperature=-1.0)
+    emoloss.fused_token_stats(hidden, head, labels, temperature=-1.0)
   with pytest.raises(ValueError, match="label_smoothing"):
-    emoloss.fused_ce_emo(hidden, head, labels, label_smoothing=1.5)
+    emoloss.fused_token_stats(hidden, head, labels, label_smoothing=1.5)
   with pytest.raises(TypeError, match="temperature"):
-    jax.jit(lambda t: emoloss.fused_ce_emo(hidden, head, labels, temperature=t).nll)(2.0)
-  with pytest.raises(TypeError, match="freeze_head"):
-    emoloss.fused_ce_emo(hidden, head, labels, freeze_head="yes")
+    jax.jit(lambda t: emoloss.fused_token_stats(hidden, head, labels, temperature=t).nll)(2.0)
   # NumPy integers and floats are static values like Python ones.
   np.testing.assert_array_equal(
-      emoloss.fused_ce_emo(hidden, head, labels, chunk_size=np.int64(8),
+      emoloss.fused_token_stats(hidden, head, labels, chunk_size=np.int64(8),
                            temperature=np.float32(2.0)).nll,
-      emoloss.fused_ce_emo(hidden, head, labels, chunk_size=8, temperature=2.0).nll)
+      emoloss.fused_token_stats(hidden, head, labels, chunk_size=8, temperature=2.0).nll)
 
 
 @pytest.mark.experiments  # 8-device subprocess: second test lane

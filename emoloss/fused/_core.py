@@ -42,6 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from emoloss.losses._emo import normalize_embeddings
+
 AxisName = str | tuple[str, ...] | None
 
 
@@ -60,26 +62,54 @@ class Options(NamedTuple):
   entropy: bool = True
 
 
+def _static_number(value, name: str) -> float:
+  """A static real number as ``float``: a Python or NumPy scalar, or a concrete 0-d array
+  (``jnp.float32(0.7)``, ``np.array(0.7)``). A traced value is refused with the remedy."""
+  if isinstance(value, jax.core.Tracer):
+    raise TypeError(f"`{name}` is a traced value ({value}); it selects the compiled program, so "
+                    "it must be a concrete number: pass a Python float from outside `jit` (a "
+                    "closure, `functools.partial`, or `static_argnames`).")
+  dtype = getattr(value, "dtype", None)
+  if isinstance(value, (bool, np.bool_)) or (dtype is not None and (
+      np.ndim(value) != 0 or not (jnp.issubdtype(dtype, jnp.integer)
+                                  or jnp.issubdtype(dtype, jnp.floating)))) \
+      or (dtype is None and not isinstance(value, (int, float))):
+    raise TypeError(f"`{name}` must be a real number: a Python float or a 0-d array (got "
+                    f"{value!r}).")
+  value = float(value)
+  if not math.isfinite(value):
+    raise ValueError(f"`{name}` must be finite (got {value}).")
+  return value
+
+
+def _finite_in_float32(*values: float) -> bool:
+  with np.errstate(over="ignore"):
+    return all(np.isfinite(np.float32(v)) for v in values)
+
+
 def make_options(softcap, temperature, label_smoothing, entropy: bool = True) -> Options:
-  """Checks the options (static Python or NumPy scalars) and returns them as :class:`Options`."""
-  def number(value, name):
-    if isinstance(value, (jax.core.Tracer, bool)) \
-        or not isinstance(value, (int, float, np.integer, np.floating)):
-      raise TypeError(f"`{name}` must be a static Python float (got {value!r}); it selects "
-                      "the compiled program, so pass it outside `jit` (e.g. with "
-                      "`functools.partial`).")
-    value = float(value)
-    if not math.isfinite(value):
-      raise ValueError(f"`{name}` must be finite (got {value}).")
-    return value
+  """Checks the options and returns them as :class:`Options` (static floats).
+
+  Each may be a Python or NumPy scalar or a concrete 0-d array; ``softcap`` ``None`` or ``0``
+  means no cap (MaxText's ``final_logits_soft_cap = 0.0``). ``softcap`` and ``temperature`` must
+  be positive with ``c``, ``T``, their reciprocals and ``c / T`` finite in float32 (``1e-40``
+  would turn every output into NaN through ``1 / c = inf``)."""
   if softcap is not None:
-    softcap = number(softcap, "softcap")
-    if softcap <= 0:
-      raise ValueError(f"`softcap` must be positive or None (got {softcap}).")
-  temperature = number(temperature, "temperature")
+    softcap = _static_number(softcap, "softcap")
+    if softcap == 0.0:
+      softcap = None
+    elif softcap < 0:
+      raise ValueError(f"`softcap` must be positive, 0 or None (no cap) (got {softcap}).")
+  temperature = _static_number(temperature, "temperature")
   if temperature <= 0:
     raise ValueError(f"`temperature` must be positive (got {temperature}).")
-  label_smoothing = number(label_smoothing, "label_smoothing")
+  for name, value in (("softcap", softcap), ("temperature", temperature)):
+    if value is not None and not _finite_in_float32(value, 1.0 / value):
+      raise ValueError(f"`{name}` = {value} is out of float32 range: it and its reciprocal "
+                       "must be finite in float32.")
+  if softcap is not None and not _finite_in_float32(softcap / temperature):
+    raise ValueError(f"`softcap / temperature` = {softcap / temperature} overflows float32.")
+  label_smoothing = _static_number(label_smoothing, "label_smoothing")
   if not 0.0 <= label_smoothing <= 1.0:
     raise ValueError(f"`label_smoothing` must lie in [0, 1] (got {label_smoothing}).")
   return Options(softcap=softcap, temperature=temperature, label_smoothing=label_smoothing,
@@ -232,6 +262,116 @@ def merge_over(p: Partial, axis: AxisName) -> Partial:
     return p
   p = _rescaled(p, pmax(p.max, axis))
   return Partial(p.max, *(psum(x, axis) for x in p[1:]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-device layout and the per-block computation shared by both schedules. ``vocab_axis`` names
+# the mesh axis over which the head's rows are split (None on one device); collectives are only
+# issued for named axes.
+
+
+def axis_count(axis: AxisName):
+  """Number of devices along a mesh axis inside ``shard_map`` (1 for ``None``)."""
+  return 1 if axis is None else jax.lax.axis_size(axis)
+
+
+def vocab_offset(local_vocab: int, axis: AxisName) -> jax.Array:
+  """First global vocabulary id held by this device."""
+  if axis is None:
+    return jnp.zeros((), jnp.int32)
+  return (jax.lax.axis_index(axis) * local_vocab).astype(jnp.int32)
+
+
+class Local(NamedTuple):
+  """One device's view of a call: the matmul ``dtype`` (promoted from ``hidden`` and ``head``),
+  the :class:`Scaling`, the scaled hidden states in ``dtype``, the first global vocabulary id
+  held here and the global vocabulary size."""
+  dtype: jnp.dtype
+  scale: Scaling
+  hidden: jax.Array
+  offset: jax.Array
+  num_classes: int
+
+
+def local_setup(hidden: jax.Array, head: jax.Array, options: Options, vocab_axis: AxisName
+                ) -> Local:
+  """The preamble of every per-device kernel (see :class:`Local`)."""
+  dtype = jnp.result_type(hidden.dtype, head.dtype)
+  scale = scaling(options, dtype)
+  local_vocab = head.shape[0]
+  return Local(dtype=dtype, scale=scale, hidden=scale_hidden(hidden.astype(dtype), scale),
+               offset=vocab_offset(local_vocab, vocab_axis),
+               num_classes=local_vocab * axis_count(vocab_axis))
+
+
+def chunk_starts(size: int, chunk: int) -> tuple[jax.Array, jax.Array]:
+  """Chunk ``i`` covers rows ``[start_i, start_i + chunk)`` and is responsible for the rows from
+  ``fresh_i = i * chunk`` on. When ``chunk`` does not divide ``size`` the last chunk is moved back
+  to end at ``size`` (``start = size - chunk < fresh``), so every chunk has the same static size,
+  nothing is padded, and its first ``fresh - start`` rows (already covered by the previous chunk)
+  are masked out of every sum (:func:`fresh_columns`)."""
+  num_chunks = -(-size // chunk)
+  fresh = jnp.arange(num_chunks, dtype=jnp.int32) * chunk
+  return jnp.minimum(fresh, size - chunk), fresh
+
+
+def fresh_columns(start, fresh, size):
+  """Columns of a chunk not already covered by the previous chunk (see :func:`chunk_starts`)."""
+  return start + jnp.arange(size, dtype=jnp.int32) >= fresh
+
+
+def held_rows(table, labels, offset):
+  """Rows ``table[y - offset]`` of the targets this device holds (zeros elsewhere)."""
+  local_vocab = table.shape[0]
+  local = labels - offset
+  held = (local >= 0) & (local < local_vocab)
+  rows = jnp.take(table, jnp.clip(local, 0, local_vocab - 1), axis=0)
+  return jnp.where(held[:, None], rows, jnp.zeros((), rows.dtype))
+
+
+def unit_rows(rows: jax.Array) -> jax.Array:
+  """Rows L2-normalised in float32 whatever their dtype (a zero row stays zero): rounding the
+  unit rows of bfloat16 embeddings back to bfloat16 would cost EMO ~1e-3."""
+  return normalize_embeddings(rows)
+
+
+def inverse_norms(cost_embeddings: jax.Array) -> jax.Array:
+  """``1 / ||e_v||`` as float32 ``[V]`` (0 for a zero row, whose cosines are then 0)."""
+  norms = jnp.linalg.norm(cost_embeddings.astype(jnp.float32), axis=-1)
+  return jnp.where(norms > 0, 1.0 / jnp.maximum(norms, 1e-30), 0.0)
+
+
+def target_unit(cost_embeddings, labels, offset, vocab_axis: AxisName) -> jax.Array:
+  """``ê_y [n, k]`` (float32): each device gathers the targets it holds; a ``psum`` completes
+  the rows."""
+  return psum(unit_rows(held_rows(cost_embeddings, labels, offset)), vocab_axis)
+
+
+def dot_rows(a: jax.Array, b: jax.Array) -> jax.Array:
+  """``a bᵀ`` in float32 for ``a [n, d]``, ``b [c, d]`` (contracting the rows, no transpose)."""
+  return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def block_logits(local: Local, rows: jax.Array, options: Options
+                 ) -> tuple[jax.Array, jax.Array | None]:
+  """Transformed logits ``z' [n, c]`` of a block of head ``rows [c, d]`` (matmul in
+  ``local.dtype``, float32 accumulation) and their slope (:func:`transform`)."""
+  return transform(dot_rows(local.hidden, rows.astype(local.dtype)), options, local.scale)
+
+
+def block_cosines(unit_targets: jax.Array, cost_rows: jax.Array, inverse: jax.Array
+                  ) -> jax.Array:
+  """``ê_y · ê_v [n, c]`` for a block of cost rows ``[c, k]`` and their :func:`inverse_norms`
+  ``[c]``: ``(ê_y · e_v) / ||e_v||`` in float32, so no normalised ``[V, k]`` copy is held."""
+  return dot_rows(unit_targets, cost_rows.astype(jnp.float32)) * inverse[None, :]
+
+
+def with_linear_logit_sum(p: Partial, hidden: jax.Array, column_sum: jax.Array | None,
+                          scale: Scaling) -> Partial:
+  """``p`` with the whole vocabulary's ``Σ_v z'_v`` from :func:`linear_logit_sum` (label
+  smoothing without a cap; unchanged otherwise)."""
+  total = linear_logit_sum(hidden, column_sum, scale)
+  return p if total is None else p._replace(logit_sum=total)
 
 
 class Stats(NamedTuple):
