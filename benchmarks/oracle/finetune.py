@@ -104,14 +104,28 @@ def decayed_training(model, objectives, index: int, seed: int, phase: int, rows:
                 "seconds": time.perf_counter() - started}
 
 
-def _load_into(model, path: str):
-  """``model`` with the ``best`` parameters saved in the checkpoint ``path``."""
-  from flax import nnx  # pylint: disable=import-outside-toplevel
+class Models:
+  """Models of one architecture from parameter states, without re-running the initialiser (an
+  initialisation costs more than a merge): :meth:`of` a state, :meth:`load` a checkpoint."""
 
-  from benchmarks.lm import train  # pylint: disable=import-outside-toplevel
-  trees, meta = train.load_checkpoint(path, {"best": nnx.state(model)})
-  nnx.update(model, trees["best"])
-  return model, meta
+  def __init__(self, model_config):
+    from flax import nnx  # pylint: disable=import-outside-toplevel
+
+    from benchmarks.lm.model import build_model  # pylint: disable=import-outside-toplevel
+    self.graphdef, self.template = nnx.split(build_model(model_config, 0))
+
+  def of(self, state):
+    """A model holding a copy of ``state`` (host or device arrays)."""
+    import jax  # pylint: disable=import-outside-toplevel
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    from flax import nnx  # pylint: disable=import-outside-toplevel
+    return nnx.merge(self.graphdef, jax.tree.map(jnp.array, state))
+
+  def load(self, path: str):
+    """``(model, meta)`` of the ``best`` parameters saved in the checkpoint ``path``."""
+    from benchmarks.lm import train  # pylint: disable=import-outside-toplevel
+    trees, meta = train.load_checkpoint(path, {"best": self.template})
+    return self.of(trees["best"]), meta
 
 
 def target_oracle(config, data, oracle0, out_dir: str, progress: bool, log):
@@ -123,7 +137,6 @@ def target_oracle(config, data, oracle0, out_dir: str, progress: bool, log):
 
   from benchmarks.lm import data as data_lib  # pylint: disable=import-outside-toplevel
   from benchmarks.lm import train  # pylint: disable=import-outside-toplevel
-  from benchmarks.lm.model import build_model  # pylint: disable=import-outside-toplevel
   from benchmarks.oracle.run import BY_NAME  # pylint: disable=import-outside-toplevel
 
   model_config = config.oracle_config(data.vocab_size)
@@ -139,9 +152,7 @@ def target_oracle(config, data, oracle0, out_dir: str, progress: bool, log):
       eval_every=max(config.shift_steps // 8, 1), warmup_steps=config.warmup_steps,
       weight_decay=config.weight_decay, path=train.LossPath(), out_dir=out_dir,
       progress=progress, log=log)
-  target = build_model(model_config, 0)
-  nnx.update(target, best)
-  return target, record
+  return Models(model_config).of(best), record
 
 
 def target_samples(config, target, separator: int, out_dir: str) -> dict:
@@ -155,11 +166,13 @@ def target_samples(config, target, separator: int, out_dir: str) -> dict:
   if os.path.exists(path):
     with np.load(path) as stored:
       return {k: stored[k] for k in stored.files}
-  sets = {name: sample_rows(target, count, config.seq_len, separator, jax.random.key(100 + i))
-          for i, (name, count) in enumerate((("train", config.target_train_samples),
-                                             ("held_out", config.held_out_samples),
-                                             ("self", config.student_samples),
-                                             ("val", config.target_val_samples)))}
+  counts = {"train": config.target_train_samples, "held_out": config.held_out_samples,
+            "self": config.student_samples, "val": config.target_val_samples}
+  # one batch of independent rows (one compiled sampler), split into the sets
+  rows = sample_rows(target, sum(counts.values()), config.seq_len, separator,
+                     jax.random.key(100))
+  ends = np.cumsum(list(counts.values()))
+  sets = dict(zip(counts, np.split(rows, ends[:-1])))
   data_lib.atomic_savez(path, **sets)
   return sets
 
@@ -225,6 +238,7 @@ def run_finetune(config, data, oracle0, samples0: dict, separator: int, out_dir:
   for size in config.finetune_sizes:
     regime = size[0]
     model_config = size_config(config, size, vocab_size)
+    factory = Models(model_config)
     per_seed, curves, continued = [], [], []
     for seed in range(config.first_seed, config.first_seed + config.finetune_seeds):
       stem = os.path.join(out_dir, f"{regime}_s{seed}")
@@ -242,8 +256,8 @@ def run_finetune(config, data, oracle0, samples0: dict, separator: int, out_dir:
         train.save_checkpoint(pretrained_path, {"best": best}, record)
       bar.update()
 
-      def pretrained(model_config=model_config, seed=seed, pretrained_path=pretrained_path):
-        return _load_into(build_model(model_config, seed), pretrained_path)
+      def pretrained(factory=factory, pretrained_path=pretrained_path):
+        return factory.load(pretrained_path)
 
       def base_metrics(sample_key=sample_key, pretrained=pretrained):
         model, meta = pretrained()
@@ -259,7 +273,7 @@ def run_finetune(config, data, oracle0, samples0: dict, separator: int, out_dir:
         bar.set_postfix_str(f"{regime} s{seed} {name}", refresh=True)
 
         def tuned(index=index, name=name, sample_key=sample_key, pretrained=pretrained,
-                  stem=stem, seed=seed, model_config=model_config):
+                  stem=stem, seed=seed, factory=factory):
           model, _ = pretrained()
           start_digest = state_digest(nnx.state(model))
           cost = jnp.array(model.head, copy=True)   # frozen copy of the pretrained head
@@ -270,8 +284,7 @@ def run_finetune(config, data, oracle0, samples0: dict, separator: int, out_dir:
               weight_decay=config.weight_decay)
           if not record["finite"]:
             return dict(record, start_digest=start_digest)
-          tuned_model = build_model(model_config, seed)
-          nnx.update(tuned_model, jax.tree.map(jnp.asarray, best))
+          tuned_model = factory.of(best)
           if name == "ce":
             train.save_checkpoint(f"{stem}_ce.npz", {"best": best}, record)
           own = sample_rows(tuned_model, config.student_samples, config.seq_len, separator,
@@ -283,8 +296,8 @@ def run_finetune(config, data, oracle0, samples0: dict, separator: int, out_dir:
         bar.update()
       per_seed.append(models)
 
-      def ce_model(stem=stem, seed=seed, model_config=model_config):
-        return _load_into(build_model(model_config, seed), f"{stem}_ce.npz")[0]
+      def ce_model(stem=stem, factory=factory):
+        return factory.load(f"{stem}_ce.npz")[0]
 
       def tempered(models=models, sample_key=sample_key, ce_model=ce_model):
         if not models["ce"].get("finite", True) or "forward_kl" not in models["ce"]:
@@ -310,7 +323,7 @@ def run_finetune(config, data, oracle0, samples0: dict, separator: int, out_dir:
       bar.update()
 
       def longer(models=models, sample_key=sample_key, pretrained=pretrained, seed=seed,
-                 model_config=model_config):
+                 factory=factory):
         selected = models["ce"].get("steps", 0)
         if not selected or "forward_kl" not in models["ce"]:
           return {}
@@ -321,8 +334,7 @@ def run_finetune(config, data, oracle0, samples0: dict, separator: int, out_dir:
             steps=2 * selected, schedule=linear_decay(config.finetune_lr, 2 * selected),
             batch_size=config.batch_size, eval_every=config.finetune_eval_every,
             weight_decay=config.weight_decay, keep="last")
-        final = build_model(model_config, seed)
-        nnx.update(final, jax.tree.map(jnp.asarray, last))
+        final = factory.of(last)
         own = sample_rows(final, config.student_samples, config.seq_len, separator, sample_key)
         return dict(exact_metrics(target, final, samples["held_out"], own, unit_head), **record)
 

@@ -162,11 +162,11 @@ QUICK = {
     "batch_size": 16, "warmup_steps": 10, "seeds": 2, "few_seeds": 1,
     "objectives": ("ce", "emo", "emo_oracle", "tailr_open"), "regimes": ("same",),
     "sweep_vocab_sizes": (300,), "sweep_objectives": ("ce", "emo"), "vocab_oracles": 1,
-    "finetune_sizes": (("ft_d8", 8, 1, 2), ("ft_d16", 16, 1, 2)), "finetune_seeds": 2,
-    "shift_steps": 30, "target_train_samples": 64, "target_val_samples": 64,
+    "finetune_sizes": (("ft_d16", 16, 1, 2),), "finetune_seeds": 2,
+    "shift_steps": 30, "target_train_samples": 64, "target_val_samples": 128,
     "pretrain_steps": 60, "pretrain_eval_every": 20, "finetune_epochs": 2,
     "finetune_eval_every": 2, "finetune_objectives": ("ce", "emo", "mixce"),
-    "temperatures": (0.8, 1.0, 1.25),
+    "temperatures": (0.7, 1.0, 1.4),
 }
 # Settings of the added phases: not part of the from-scratch students' cache key, so a cache made
 # before they existed stays valid (the fine-tuning phase keys its own folder on them).
