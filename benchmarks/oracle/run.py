@@ -107,15 +107,15 @@ class Config:
   finetune_sizes: tuple[tuple[str, int, int, int], ...] = (("ft_d16", 16, 1, 2),
                                                            ("ft_d32", 32, 1, 2))
   finetune_seeds: int = 5           # 0 = no fine-tuning regime
-  shift_steps: int = 300            # CE steps from P0 to P on the reference manual
+  shift_steps: int = 150            # CE steps from P0 to P on the reference manual
   shift_lr: float = 1e-3
   target_train_samples: int = 2048  # the limited set of P samples the students fine-tune on
   target_val_samples: int = 512     # P samples for the checkpoint choice
-  pretrain_steps: int = 4000        # students' CE pretraining on P0 samples (cosine decay)
-  pretrain_eval_every: int = 200
-  finetune_epochs: int = 4
-  finetune_lr: float = 1e-3         # peak; linear decay to 0, no warm-up (DRSY/EMO run_lm.py)
-  finetune_eval_every: int = 16
+  pretrain_steps: int = 8000        # students' CE pretraining on P0 samples (cosine decay)
+  pretrain_eval_every: int = 400
+  finetune_epochs: int = 16         # passes over the limited P set (best checkpoint kept)
+  finetune_lr: float = 3e-3         # peak; linear decay to 0, no warm-up (DRSY/EMO run_lm.py)
+  finetune_eval_every: int = 64     # one epoch of the limited set
   finetune_objectives: tuple[str, ...] = ("ce", "emo", "emo_cap3", "tailr_open", "mixce")
   temperatures: tuple[float, ...] = (0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2)
 
