@@ -17,10 +17,21 @@ Phases (each cached under ``--out``, so an interrupted run resumes):
    samples (``student_{regime}_s{seed}_{objective}.json``). CE runs first in each seed: its
    selected head is the **realistic** EMO cost embedding of that seed (``emo``, ``emo_cap3``,
    ``emo_only``); ``emo_oracle`` / ``emo_cap3_oracle`` use the oracle's own head (privileged);
-5. phases 1-4 again for each vocabulary size of the sweep (``v{V}/`` sub-folders), with CE and
-   the two EMO+CE mixes in the ``same`` regime;
-6. paired comparisons to CE and the trend against ``log2 V`` (``benchmarks.lm.stats``), JSON,
-   Markdown and PNG (:mod:`benchmarks.oracle.report`).
+   At the main vocabulary size, the continued-training check: per regime and seed, CE
+   trained for twice its selected steps (``..._ce_continued.json``);
+5. the fine-tuning regime (:mod:`benchmarks.oracle.finetune`, ``v{V}/finetune/``): a target
+   oracle shifted from the oracle, students of several sizes pretrained on the oracle's samples
+   and fine-tuned from that checkpoint on a limited set of the target's samples with each
+   objective, CE's temperature curve (:mod:`benchmarks.oracle.temperature`) and its
+   continued-training check;
+6. phases 1-4 again for each vocabulary size of the sweep (``v{V}/`` sub-folders) and for the
+   further, independently trained oracles of every size (``v{V}/oracle{r}/``), with CE and the
+   two EMO+CE mixes in the ``same`` regime;
+7. paired comparisons to CE, the temperature control, the convergence checks and the trend
+   against ``log2 V`` with the oracle as the unit (``benchmarks.lm.stats``), JSON, Markdown and
+   PNG (:mod:`benchmarks.oracle.report`).
+
+``--sweep-only`` runs phase 6 into the same cache from a second process.
 """
 
 from __future__ import annotations
