@@ -21,7 +21,8 @@ logits' shape timed in the same rounds (the machine's practical matmul limit). S
 ``--max-naive-gib``) over a grid growing N, V and d one at a time.
 
 Writes ``benchmarks/results/fused_<platform>[_<dtype>].json`` and ``.md`` (``fused_scaling_...``
-with ``--scaling``).
+with ``--scaling``, ``fused_options_...`` with ``--options``); ``--quick`` writes into
+``runs/fused_bench_quick/`` instead, never into ``benchmarks/results/``.
 
   python benchmarks/fused_bench.py            # default grid (a few minutes on 2 CPU cores)
   python benchmarks/fused_bench.py --quick    # tiny grid, seconds
@@ -39,7 +40,6 @@ with ``--scaling``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -56,6 +56,7 @@ import emoloss
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
   import sys
   sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import outputs
 from benchmarks.machine import machine_description, machine_summary
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -415,19 +416,24 @@ def select_backend(backend: str | None) -> None:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                   formatter_class=outputs.HelpFormatter)
   parser.add_argument("--sizes", type=parse_size, nargs="*",
                       default=[(1024, 8192, 256, 256), (2048, 32768, 512, 512)],
-                      help="timed sizes NxVxDxK")
+                      help="timed sizes NxVxDxK (default: 1024x8192x256x256 "
+                      "2048x32768x512x512)")
   parser.add_argument("--memory-sizes", type=parse_size, nargs="*",
                       default=[(8192, 131072, 1024, 1024)],
-                      help="sizes compiled for the memory columns only, never run")
+                      help="sizes compiled for the memory columns only, never run (default: "
+                      "8192x131072x1024x1024)")
   parser.add_argument("--chunk-size", type=int, default=1024,
                       help="vocabulary chunk of the fused (recompute) paths and jax-cce")
   parser.add_argument("--token-chunk-size", type=int, default=None,
                       help="token chunk of the one-pass path (default: the library's, from V)")
-  parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  parser.add_argument("--repeats", type=int, default=5,
+                      help="interleaved timing rounds per size (default: 5; --quick: 2)")
+  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                      help="dtype of the hidden states and the head")
   parser.add_argument("--backend", default=None, choices=["cpu", "gpu", "tpu"],
                       help="JAX backend to run on (default: JAX's default)")
   parser.add_argument("--scaling", action="store_true",
@@ -438,16 +444,22 @@ def main(argv=None):
   parser.add_argument("--peak-tflops", type=float, default=None,
                       help="the device's dense peak in TFLOP/s for --dtype (e.g. 989 for an "
                            "H100 SXM in bf16): adds the percent of peak, counting 6 N V d "
-                           "(+ 2 N V k with EMO) FLOPs")
+                           "(+ 2 N V k with EMO) FLOPs (default: none, no percent column)")
   parser.add_argument("--max-naive-gib", type=float, default=3.0,
                       help="naive methods needing more temporary memory are compiled only")
   parser.add_argument("--quick", action="store_true",
-                      help="tiny grid (CI smoke run): 256x2000x64x64, memory 1024x16384x256x256")
+                      help="tiny grid (CI smoke run): 256x2000x64x64, memory 1024x16384x256x256; "
+                      "writes into runs/fused_bench_quick/, never benchmarks/results/")
   parser.add_argument("--output", type=Path, default=None,
-                      help="output stem (default benchmarks/results/fused[_scaling]_<platform>"
-                           "[_bfloat16])")
+                      help="output stem, .json and .md are added (default: benchmarks/results/"
+                           "fused[_scaling|_options]_<platform>[_bfloat16], the committed "
+                           "results; with --quick, the same name in runs/fused_bench_quick/)")
   args = parser.parse_args(argv)
   select_backend(args.backend)
+  try:
+    stem = output_stem(args)
+  except outputs.UsageError as error:
+    parser.error(str(error))
   if args.scaling:
     args.sizes, args.memory_sizes = scaling_grid(), []
   if args.quick:
@@ -459,14 +471,30 @@ def main(argv=None):
   if args.options:
     args.memory_sizes = []  # timed sizes only
   result = run(args)
+  text = markdown(result)
+  outputs.write_json(str(stem.with_suffix(".json")), result, indent=2)
+  outputs.write_text(str(stem.with_suffix(".md")), text)
+  print(text)
+  note = ("the committed results in benchmarks/results/, the default of a full run"
+          if stem.parent.resolve() == RESULTS.resolve() else
+          "a --quick run writes into runs/fused_bench_quick/, never benchmarks/results/"
+          if args.quick and args.output is None else "")
+  outputs.report_outputs([str(stem.with_suffix(".json")), str(stem.with_suffix(".md"))],
+                         print, note)
+
+
+def output_stem(args) -> Path:
+  """The output stem of a command line, checked before any timing: writable, and a ``--quick``
+  run never inside ``benchmarks/results/`` (raises ``outputs.UsageError``)."""
   kind = "fused_scaling" if args.scaling else "fused_options" if args.options else "fused"
   suffix = "" if args.dtype == "float32" else f"_{args.dtype}"
-  stem = args.output or RESULTS / f"{kind}_{result['platform']}{suffix}"
-  stem.parent.mkdir(parents=True, exist_ok=True)
-  stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-  stem.with_suffix(".md").write_text(markdown(result))
-  print(markdown(result))
-  print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.md')}")
+  platform = jax.devices()[0].platform  # as run() records it
+  folder = Path(outputs.quick_output_dir("fused_bench_quick")) if args.quick else RESULTS
+  stem = args.output or folder / f"{kind}_{platform}{suffix}"
+  outputs.check_output_file(str(stem.with_suffix(".json")), "--output", (".md",))
+  if args.quick:
+    outputs.check_quick_destination(str(stem), "--output")
+  return stem
 
 
 if __name__ == "__main__":

@@ -4,12 +4,12 @@ shift).
 
 One command, no download::
 
-  python benchmarks/lm_finetune.py            # default run (timing: README, "Main experiment")
+  python benchmarks/lm_finetune.py            # default run (timing: docs/experiments/lm.md)
   python benchmarks/lm_finetune.py --quick    # CI-sized run (the tests' second lane)
 
 The experiment lives in the package :mod:`benchmarks.lm` (data, model + KV-cached sampler,
 objectives, train, metrics, stats, report, evaluation, run); this file is its entry point (as is
-``python -m benchmarks.lm``). See README.md, "Main experiment".
+``python -m benchmarks.lm``). See docs/experiments/lm.md.
 """
 
 import os

@@ -40,11 +40,29 @@ def _name(text: str) -> str:
   return match.group(1) if match else ""
 
 
+def _xref_target(xref: addnodes.pending_xref, public: set[str]) -> str | None:
+  """The public object an explicit Python cross-reference (``{func}`~emoloss.losses.emo_loss```)
+  points to, if any."""
+  if xref.get("refdomain") != "py":
+    return None
+  target = xref.get("reftarget", "").lstrip("~.")
+  return target if target in public else None
+
+
 def link_api_names(doctree: nodes.document, targets: dict[str, str]) -> list[str]:
   """Wraps each inline literal that names a public object in a Python cross-reference to it;
-  returns the full names linked, each once, in order of first mention."""
+  returns the full names the page links, each once, in order of first mention: those linked
+  here and those the page cross-references itself (``{func}`` roles)."""
   linked: dict[str, None] = {}
-  for literal in list(doctree.findall(nodes.literal)):
+  public = set(targets.values())
+  is_candidate = lambda node: isinstance(node, (nodes.literal, addnodes.pending_xref))
+  for node in list(doctree.findall(is_candidate)):
+    if isinstance(node, addnodes.pending_xref):
+      target = _xref_target(node, public)
+      if target is not None:
+        linked[target] = None
+      continue
+    literal = node
     if isinstance(literal.parent, (nodes.reference, addnodes.pending_xref, nodes.title)):
       continue
     target = targets.get(_name(literal.astext()))

@@ -10,6 +10,9 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import _gen
+import jax
+import sphinx.util.inspect
+import sphinx.util.typing
 
 import emoloss
 
@@ -23,17 +26,38 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    # MathJax bundled into _static/mathjax: the formulas render with no network.
+    "sphinx-mathjax-offline",
     "sphinx.ext.viewcode",
     "myst_parser",
     "_links",  # docs/_links.py: inline `name` of a public function links to its API entry
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "_generated/tables"]  # tables: included by the experiment pages
 myst_enable_extensions = ["dollarmath"]
 myst_heading_anchors = 3
 
 autosummary_generate = False
 autodoc_typehints = "description"
+# Signatures and parameter types in the names users write: `ArrayLike`, `jax.Array`, not the union
+# that `jax.typing.ArrayLike` expands to nor the private module of jax.Array's class.
+autodoc_type_aliases = {
+    "ArrayLike": "jax.typing.ArrayLike",
+    "jax.Array": "jax.Array",
+    "AxisName": "AxisName",
+    "PerToken": "PerToken",
+    "Mesh": "jax.sharding.Mesh",
+    "jax.typing.DTypeLike": "jax.typing.DTypeLike",
+    "optax.ScalarOrSchedule": "optax.ScalarOrSchedule",
+    "optax.GradientTransformation": "optax.GradientTransformation",
+    "optax.GradientTransformationExtraArgs": "optax.GradientTransformationExtraArgs",
+}
+# In a union (`ArrayLike | None`) Sphinx prints an alias by its repr; print its name instead.
+sphinx.util.inspect.TypeAliasForwardRef.__repr__ = lambda self: self.name  # type: ignore[method-assign]
+# A NamedTuple field annotated `jax.Array` is shown by its class, whose module is private
+# (`jaxlib._jax`); Sphinx's table of classes with such a module gets jax.Array's public name.
+sphinx.util.typing._INVALID_BUILTIN_CLASSES[  # type: ignore[index]
+    (jax.Array.__module__, jax.Array.__qualname__)] = "jax.Array"
 autodoc_member_order = "bysource"
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
@@ -59,6 +83,8 @@ html_theme_options = {
     "navbar_persistent": [],  # the sidebar has the search field; no second one in a header bar
 }
 
-# Generated pages (gitignored): the API reference from `__all__`, the results from the JSON.
+# Generated pages (gitignored): the API reference from `__all__`, the results pages and the
+# experiment pages' tables from the JSON.
 _gen.write_api_pages(HERE / "_generated" / "api")
 _gen.write_results_pages(HERE / "_generated" / "results")
+_gen.write_table_fragments(HERE / "_generated" / "tables")

@@ -9,7 +9,7 @@ Everything public in a subpackage is re-exported here.
 """
 
 from emoloss import fused, losses, transforms
-from emoloss._checks import check_label_range
+from emoloss._validation import check_label_range
 from emoloss.fused import *
 from emoloss.losses import *
 from emoloss.transforms import *

@@ -220,7 +220,11 @@ def test_rerun_loads_every_phase_and_reports_the_same(quick, capsys):
   started = time.perf_counter()
   again = lm_run.main(quick.args)
   seconds = time.perf_counter() - started
-  assert "resuming" not in capsys.readouterr().out
+  printed = capsys.readouterr()
+  assert "resuming" not in printed.out
+  for name in ("results.json", "results.md", "results.png"):  # the run says where its files went
+    assert str(quick.out / name) in printed.out
+  assert "WARNING clustering" not in printed.err  # faiss's notes are counted, not printed
   assert seconds < 0.5 * quick.seconds, (seconds, quick.seconds)
   for key in ("A", "B"):
     assert again["per_regime"][key]["flat"] == quick.results["per_regime"][key]["flat"]

@@ -19,3 +19,13 @@ def test_distribution_name_is_emoloss_jax_and_extras_refer_to_it():
       if match and match.group(1).lower().replace("_", "-").startswith("emoloss"):
         assert match.group(1) == name, (extra, requirement)
         assert set(match.group(2).split(",")) <= set(extras), (extra, requirement)
+
+
+def test_the_licence_the_metadata_states_is_in_the_repository_and_the_distributions():
+  """The LICENSE file is the Apache License 2.0 that `license` names, and `license-files` puts it
+  in the sdist and the wheel (.ci/run's packaging step checks both archives)."""
+  licence = (Path(__file__).resolve().parents[1] / "LICENSE").read_text()
+  assert PYPROJECT["project"]["license"] == "Apache-2.0"
+  assert "LICENSE" in PYPROJECT["project"]["license-files"]
+  assert "Apache License" in licence and "Version 2.0, January 2004" in licence
+  assert "END OF TERMS AND CONDITIONS" in licence  # the full text, not a stub

@@ -9,6 +9,8 @@ Each experiment is a module with a ``main(argv) -> dict`` and a command line::
   python -m benchmarks.classification.accuracy_vs_ce
 
 Data ship with scikit-learn (``load_digits``); nothing is downloaded. Results (a JSON file and a
-PNG plot per experiment, named ``cls_<experiment>.*``) go to ``benchmarks/results/`` for full runs
-and to a temporary directory for ``--quick`` runs unless ``--out`` is given.
+PNG plot per experiment, named ``cls_<experiment>.*``) go to ``--out``; without it, a full run
+writes the committed results in ``benchmarks/results/`` and a ``--quick`` run writes into
+``runs/classification_quick/`` (never into ``benchmarks/results/``). Every run ends by listing
+the files it wrote; ``--help`` shows each option's default.
 """

@@ -12,10 +12,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import pathlib
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -26,6 +24,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from benchmarks import outputs
 from benchmarks.machine import machine_description
 
 Array = jax.Array
@@ -38,30 +37,51 @@ RESULTS_DIR = pathlib.Path(__file__).resolve().parents[1] / "results"
 # Command line and output.
 
 
-def base_parser(description: str) -> argparse.ArgumentParser:
-  """Arguments shared by every experiment: ``--quick``, ``--out``, ``--seeds``, ``--no-progress``."""
-  parser = argparse.ArgumentParser(description=description)
+QUICK_DIR = pathlib.Path(outputs.quick_output_dir("classification_quick"))
+
+
+def base_parser(description: str,
+                seeds: tuple[int, int] | None = None) -> argparse.ArgumentParser:
+  """Arguments shared by every experiment: ``--quick``, ``--out``, ``--seeds``, ``--first-seed``,
+  ``--no-progress``; ``seeds`` is the experiment's ``(full, quick)`` number of seeds (``None``:
+  a deterministic experiment that uses no seed). Every option's help shows its default."""
+  parser = argparse.ArgumentParser(description=description,
+                                   formatter_class=outputs.HelpFormatter)
   parser.add_argument(
       "--quick", action="store_true",
-      help="reduced size for CI; writes to a temporary directory unless --out is given")
+      help="reduced size for CI; writes into runs/classification_quick/ unless --out is given "
+      "(never into benchmarks/results/)")
   parser.add_argument(
       "--out", type=pathlib.Path, default=None,
-      help=f"output directory (default: {RESULTS_DIR} for full runs)")
-  parser.add_argument(
-      "--seeds", type=int, default=None, help="number of seeds (default depends on --quick)")
-  parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, +1, ...")
+      help="output folder (default: benchmarks/results/, the committed results, for a full run; "
+      "runs/classification_quick/ with --quick)")
+  seeds_help = ("number of paired seeds (default: "
+                + (f"{seeds[0]}; --quick: {seeds[1]})" if seeds else
+                   "none: this experiment is deterministic and uses no seed)"))
+  parser.add_argument("--seeds", type=int, default=None, help=seeds_help)
+  parser.add_argument("--first-seed", type=int, default=0,
+                      help="seeds are first-seed, first-seed + 1, ...")
   parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
   return parser
 
 
 def output_dir(args: argparse.Namespace) -> pathlib.Path:
-  """``--out`` if given; else ``benchmarks/results`` (full run) or a fresh temporary directory."""
+  """``--out`` if given; else ``benchmarks/results`` (full run) or ``runs/classification_quick``
+  (``--quick``, which never writes into ``benchmarks/results``); checked before any training
+  (an unusable folder exits with a message, status 2)."""
   if args.out is not None:
     path = pathlib.Path(args.out)
   elif args.quick:
-    path = pathlib.Path(tempfile.mkdtemp(prefix="emoloss_cls_quick_"))
+    path = QUICK_DIR
   else:
     path = RESULTS_DIR
+  try:
+    outputs.check_output_dir(str(path), "--out")
+    if args.quick:
+      outputs.check_quick_destination(str(path), "--out")
+  except outputs.UsageError as error:
+    print(f"{pathlib.Path(sys.argv[0]).name}: error: {error}", file=sys.stderr)
+    raise SystemExit(2) from None
   path.mkdir(parents=True, exist_ok=True)
   return path
 
@@ -91,17 +111,28 @@ def _to_jsonable(value: Any) -> Any:
 
 
 def save_results(
-    out: pathlib.Path, name: str, results: dict[str, Any], figure
+    out: pathlib.Path, name: str, results: dict[str, Any], figure, markdown: str | None = None
 ) -> dict[str, pathlib.Path]:
-  """Writes ``cls_<name>.json`` and ``cls_<name>.png`` into ``out``; returns their paths."""
+  """Writes ``cls_<name>.json``, ``cls_<name>.png`` and (if given) ``cls_<name>.md`` into
+  ``out``, each atomically (:mod:`benchmarks.outputs`); prints and returns their paths."""
   import matplotlib.pyplot as plt
 
-  json_path = out / f"cls_{name}.json"
-  png_path = out / f"cls_{name}.png"
-  json_path.write_text(json.dumps(_to_jsonable(results), indent=1) + "\n")
-  figure.savefig(png_path, dpi=110, bbox_inches="tight")
+  files = {"json": out / f"cls_{name}.json", "png": out / f"cls_{name}.png"}
+  if markdown is not None:
+    files["md"] = out / f"cls_{name}.md"
+  outputs.save_figure(figure, str(files["png"]), dpi=110, bbox_inches="tight")
   plt.close(figure)
-  return {"json": json_path, "png": png_path}
+  outputs.write_json(str(files["json"]), _to_jsonable(results))
+  if markdown is not None:
+    outputs.write_text(str(files["md"]), markdown)
+  if out.resolve() == RESULTS_DIR.resolve():
+    note = "the committed results in benchmarks/results/, the default of a full run"
+  elif out.resolve() == QUICK_DIR.resolve():
+    note = "a --quick run writes into runs/classification_quick/, never benchmarks/results/"
+  else:
+    note = ""
+  outputs.report_outputs([str(p) for p in files.values()], print, note)
+  return files
 
 
 def results_record(

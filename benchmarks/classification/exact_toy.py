@@ -119,7 +119,8 @@ def gradient_descent(loss_fn, starts: Sequence[float], num_steps: int, lr: float
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser = common.base_parser(__doc__.split("\n\n")[0])
-  parser.add_argument("--steps", type=int, default=None, help="gradient-descent steps")
+  parser.add_argument("--steps", type=int, default=None,
+                      help="gradient-descent steps (default: 20000; --quick: 2000)")
   parser.add_argument("--lr", type=float, default=0.01, help="Adam learning rate")
   args = parser.parse_args(argv)
   num_steps = args.steps or (2000 if args.quick else 20000)

@@ -113,13 +113,16 @@ def norm_aware_objective(logits, batch, params) -> jax.Array:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  parser = common.base_parser(__doc__.split("\n\n")[0])
-  parser.add_argument("--imbalance", type=float, default=100.0)
-  parser.add_argument("--n-max", type=int, default=100)
-  parser.add_argument("--hidden", type=int, default=128)
-  parser.add_argument("--lr", type=float, default=3e-3)
-  parser.add_argument("--weight-decay", type=float, default=1e-4)
-  parser.add_argument("--steps", type=int, default=None)
+  parser = common.base_parser(__doc__.split("\n\n")[0], seeds=(20, 6))
+  parser.add_argument("--imbalance", type=float, default=100.0,
+                      help="training examples of the most frequent class over the rarest's")
+  parser.add_argument("--n-max", type=int, default=100,
+                      help="training examples of the most frequent class")
+  parser.add_argument("--hidden", type=int, default=128, help="hidden width")
+  parser.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate")
+  parser.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
+  parser.add_argument("--steps", type=int, default=None,
+                      help="full-batch training steps (default: 600; --quick: 200)")
   parser.add_argument("--radius", type=float, default=1.5,
                       help="norm-aware margin: radius r_max of the rarest class")
   args = parser.parse_args(argv)

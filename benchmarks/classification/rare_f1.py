@@ -75,12 +75,14 @@ def losses() -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  parser = common.base_parser(__doc__.split("\n\n")[0])
-  parser.add_argument("--positive-fraction", type=float, default=0.05)
+  parser = common.base_parser(__doc__.split("\n\n")[0], seeds=(30, 8))
+  parser.add_argument("--positive-fraction", type=float, default=0.05,
+                      help="fraction of positive ('9') examples in each split")
   parser.add_argument("--hidden", type=int, default=0, help="hidden width (0: a linear model)")
-  parser.add_argument("--lr", type=float, default=0.05)
-  parser.add_argument("--weight-decay", type=float, default=0.0)
-  parser.add_argument("--steps", type=int, default=None)
+  parser.add_argument("--lr", type=float, default=0.05, help="learning rate")
+  parser.add_argument("--weight-decay", type=float, default=0.0, help="weight decay")
+  parser.add_argument("--steps", type=int, default=None,
+                      help="full-batch training steps (default: 4000; --quick: 200)")
   args = parser.parse_args(argv)
   num_seeds = args.seeds or (8 if args.quick else 30)
   num_steps = args.steps or (200 if args.quick else 4000)

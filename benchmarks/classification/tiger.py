@@ -244,11 +244,16 @@ def tune(run: dict[str, Any], lrs: Sequence[float]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  parser = common.base_parser(__doc__.split("\n\n")[0])
-  parser.add_argument("--accumulation-steps", type=int, default=4, help="k micro-batches")
-  parser.add_argument("--micro-batch", type=int, default=32)
-  parser.add_argument("--updates", type=int, default=None, help="parameter updates per run")
-  parser.add_argument("--lrs", type=float, nargs="+", default=None, help="learning-rate grid")
+  parser = common.base_parser(__doc__.split("\n\n")[0], seeds=(5, 2))
+  parser.add_argument("--accumulation-steps", type=int, default=4,
+                      help="k micro-batches per parameter update")
+  parser.add_argument("--micro-batch", type=int, default=32, help="examples per micro-batch")
+  parser.add_argument("--updates", type=int, default=None,
+                      help="parameter updates per run (default: 400; --quick: 100)")
+  parser.add_argument("--lrs", type=float, nargs="+", default=None,
+                      help="learning-rate grid (default: "
+                      + " ".join(f"{v:g}" for v in LR_GRID) + "; --quick: "
+                      + " ".join(f"{v:g}" for v in QUICK_LR_GRID) + ")")
   args = parser.parse_args(argv)
   k = args.accumulation_steps
   num_seeds = args.seeds or (2 if args.quick else 5)
@@ -361,9 +366,7 @@ def report(args, argv, memory, runs, seconds, lrs, k, num_seeds, steps, num_trai
   results["memory_table"] = mem
   results["sweep_table"] = sweep
   results["equivalence"] = equivalence
-  results["files"] = common.save_results(out_dir, NAME, results, figure)
-  markdown = out_dir / f"cls_{NAME}.md"
-  markdown.write_text(
+  markdown = (
       f"# Tiger with buffer-free gradient accumulation\n\nCommand: `{results['command']}`; "
       f"machine: {machine_summary(results['machine'])}, shared with other jobs while it ran.\n\n"
       f"## Optimiser-state bytes\n\nSummed over the leaves of each optimiser's state (the MLP: "
@@ -380,7 +383,7 @@ def report(args, argv, memory, runs, seconds, lrs, k, num_seeds, steps, num_trai
       f"{', '.join(f'{d:.3f}' for d in equivalence['final_test_acc_difference_by_lr'])} (sign "
       f"updates amplify rounding: a momentum entry within rounding of 0 can take either sign, "
       f"so the runs drift apart, most at the rates that diverge).\n")
-  results["files"]["md"] = markdown
+  results["files"] = common.save_results(out_dir, NAME, results, figure, markdown)
   return results
 
 

@@ -6,10 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from benchmarks.lm.model import ModelConfig
-
-
-class UsageError(Exception):
-  """A problem with the command line or the inputs, reported without a traceback."""
+from benchmarks.outputs import UsageError  # noqa: F401  (one error type for every experiment)
 
 
 @dataclasses.dataclass(frozen=True)

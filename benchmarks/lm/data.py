@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from benchmarks import outputs
 from benchmarks.lm.config import Config, UsageError
 
 SPECIAL_TOKEN = "<|endoftext|>"
@@ -196,7 +197,18 @@ class Data(NamedTuple):
 
 def load_tokenizer(path: str):
   import tokenizers  # pylint: disable=import-outside-toplevel
-  return tokenizers.Tokenizer.from_file(path)
+  try:
+    return tokenizers.Tokenizer.from_file(path)
+  except Exception as error:  # the Rust library raises a bare Exception for a damaged file
+    raise ValueError(str(error)) from error
+
+
+def _load_streams(path: str):
+  """``(streams, description)`` of a ``data.npz`` cache, or ``None`` if it lacks a stream."""
+  with np.load(path) as stored:
+    if not set(STREAMS) <= set(stored.files):
+      return None
+    return {k: stored[k] for k in STREAMS}, json.loads(str(stored["description"]))
 
 
 def prepare_data(config: Config, out_dir: str, log=print) -> Data:
@@ -204,12 +216,11 @@ def prepare_data(config: Config, out_dir: str, log=print) -> Data:
   cache = os.path.join(out_dir, "data.npz")
   tokenizer_path = os.path.join(out_dir, "tokenizer.json")
   if os.path.exists(cache) and os.path.exists(tokenizer_path):
-    with np.load(cache) as stored:
-      if set(STREAMS) <= set(stored.files):
-        streams = {k: stored[k] for k in STREAMS}
-        description = json.loads(str(stored["description"]))
-        return Data(streams, description["vocab_size"], description,
-                    load_tokenizer(tokenizer_path))
+    stored = outputs.load_cached(cache, _load_streams)
+    if stored is not None:
+      streams, description = stored
+      return Data(streams, description["vocab_size"], description,
+                  outputs.load_cached(tokenizer_path, load_tokenizer))
 
   pre_docs, pre_source = load_documents(config.pretrain_corpus, "pretrain")
   fine_docs, fine_source = load_documents(config.finetune_corpus, "finetune")
@@ -246,29 +257,21 @@ def prepare_data(config: Config, out_dir: str, log=print) -> Data:
       "tokens": {k: int(v.size) for k, v in streams.items()},
   }
   os.makedirs(out_dir, exist_ok=True)
-  tokenizer.save(tokenizer_path)
+  with outputs.atomic_path(tokenizer_path) as tmp:
+    tokenizer.save(tmp)
   atomic_savez(cache, description=np.asarray(json.dumps(description)), **streams)
   return Data(streams, learned, description, tokenizer)
 
 
 def atomic_savez(path: str, **arrays) -> None:
   """``np.savez`` to a temporary name, then an atomic rename (no half-written file)."""
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  outputs.savez(path, **arrays)
 
 
 def cached_json(path: str, compute):
-  """The JSON at ``path`` if it exists, else ``compute()`` written there atomically (resume)."""
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)
-  value = compute()
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(value, f)
-  os.replace(tmp, path)
-  return value
+  """The JSON at ``path`` if it exists (a damaged file is a UsageError naming it), else
+  ``compute()`` written there atomically (resume)."""
+  return outputs.cached_json(path, compute)
 
 
 def covering_windows(stream: np.ndarray, seq_len: int, batch_size: int

@@ -164,7 +164,15 @@ def mauve_score(p_features: np.ndarray, q_features: np.ndarray, seeds: Sequence[
   (``mauve.compute_mauve`` on the CPU, default settings: about ``n / 10`` clusters, scaling
   factor 5)."""
   import mauve  # pylint: disable=import-outside-toplevel
-  values = [mauve.compute_mauve(p_features=np.asarray(p_features, np.float64),
-                                q_features=np.asarray(q_features, np.float64), device_id=-1,
-                                verbose=False, seed=int(s)).mauve for s in seeds]
+
+  from benchmarks import outputs  # pylint: disable=import-outside-toplevel
+  with outputs.counting_native_lines(FAISS_WARNING):  # counted; the run reports the total
+    values = [mauve.compute_mauve(p_features=np.asarray(p_features, np.float64),
+                                  q_features=np.asarray(q_features, np.float64), device_id=-1,
+                                  verbose=False, seed=int(s)).mauve for s in seeds]
   return float(np.mean(values))
+
+
+# faiss's k-means prints this for fewer than 39 training points per centroid (MAUVE's default of
+# about n / 10 clusters gives 10 to 20 points each): counted, reported once per run.
+FAISS_WARNING = "WARNING clustering"

@@ -3,7 +3,6 @@ MAUVE's measured noise, Markdown (with sample continuations) and the figure."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable
@@ -11,6 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from benchmarks import outputs
 from benchmarks.lm import stats
 from benchmarks.machine import machine_summary
 
@@ -45,7 +45,7 @@ class Claim(NamedTuple):
 
 
 _EMO = "EMO paper (Ren et al., ICLR 2024) Table 1: higher MAUVE of unbiased samples than MLE"
-_EMO_PPL = ("a blog post on the EMO paper (project seed 004): EMO-trained models even have lower "
+_EMO_PPL = ("Su Jianlin's article on the EMO paper (kexue.fm/archives/9797): EMO-trained models even have lower "
             "test perplexity than MLE")
 _MIXCE = ("MixCE paper (Zhang et al., ACL 2023) and EMO Table 1: higher MAUVE of unbiased "
           "samples than MLE")
@@ -304,7 +304,7 @@ def _regime_markdown(key: str, regime: dict, summary: dict, config: dict) -> lis
   lines += ["### Paired differences to CE (all metrics)", "",
             "| metric | " + " | ".join(labels[o] for o in comparisons) + " |",
             "|---|" + "---|" * len(comparisons)]
-  keys = list(next(iter(comparisons.values())))
+  keys = list(next(iter(comparisons.values()), {}))
   for k in keys:
     cells = [f"{stats.format_difference(comparisons[o][k])} {_short(comparisons[o][k])}"
              if k in comparisons[o] else "" for o in comparisons]
@@ -360,40 +360,50 @@ def _short(summary: dict) -> str:
 
 
 def plot(path: str, results: dict) -> None:
-  """Per regime: validation curves (mean over seeds) and paired MAUVE differences to CE."""
+  """Sized for a documentation column: per regime, one panel above the other, the validation
+  curves (mean over seeds) and the paired MAUVE differences to CE (both featurisers, one row per
+  objective)."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
   regimes = list(results["per_regime"].items())
-  fig, axes = plt.subplots(len(regimes), 3, figsize=(15, 4.5 * len(regimes)), squeeze=False)
-  for row, (key, regime) in zip(axes, regimes):
+  heights = [h for _, regime in regimes for h in (2.6, 0.8 + 0.32 * len(regime["comparisons"]))]
+  fig, axes = plt.subplots(len(heights), 1, figsize=(8, sum(heights) + 0.6),
+                           gridspec_kw={"height_ratios": heights})
+  for (key, regime), ax, diff_ax in zip(regimes, axes[::2], axes[1::2]):
     labels = regime["labels"]
-    ax = row[0]
     for name, curves in regime["mean_curves"].items():
       ax.plot(curves["step"], curves["nll"], marker=".", label=labels[name])
-    ax.set(xlabel="fine-tuning step", ylabel="nats")
-    ax.set_title(f"regime {key}: validation NLL (mean over seeds)", fontsize=9)
-    ax.legend(fontsize=6)
+    ax.set_xlabel("fine-tuning step", fontsize=9)
+    ax.set_ylabel("nats", fontsize=9)
+    ax.set_title(f"regime {key}: validation NLL (mean over seeds)", fontsize=10)
+    ax.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     comparisons = regime["comparisons"]
     names = list(comparisons)
-    for ax, metric in zip(row[1:], ("mauve_hidden/unbiased", "mauve_tfidf/unbiased")):
+    y = np.arange(len(names))
+    for offset, marker, metric in ((-0.15, "o", "mauve_hidden/unbiased"),
+                                   (0.15, "s", "mauve_tfidf/unbiased")):
       means = np.array([comparisons[o][metric]["mean"] for o in names])
       lows = np.array([comparisons[o][metric]["low"] for o in names])
       highs = np.array([comparisons[o][metric]["high"] for o in names])
-      y = np.arange(len(names))
-      ax.errorbar(means, y, xerr=[means - lows, highs - means], fmt="o", capsize=3)
-      margin = MARGINS[metric.split("/")[0]].margin
-      ax.axvspan(-margin, margin, color="gray", alpha=0.2)
-      ax.axvline(0, color="black", lw=0.8)
-      ax.set_title(f"regime {key}: {metric} − CE (higher is better)", fontsize=9)
-      ax.set_yticks(y)
-      ax.set_yticklabels([labels[o] for o in names], fontsize=7)
-  fig.suptitle("bars: 95% t-intervals of the paired difference to CE; grey: margin",
-               fontsize=10)
+      featuriser = "hidden states" if "hidden" in metric else "TF-IDF"
+      diff_ax.errorbar(means, y + offset, xerr=np.nan_to_num([means - lows, highs - means]),
+                       fmt=marker,
+                       capsize=3, markersize=4, label=f"MAUVE, {featuriser}")
+    margin = MARGINS["mauve_hidden"].margin
+    diff_ax.axvspan(-margin, margin, color="gray", alpha=0.2, label="margin")
+    diff_ax.axvline(0, color="black", lw=0.8)
+    diff_ax.set_title(f"regime {key}: MAUVE − CE, paired over seeds (95% t-intervals)",
+                      fontsize=10)
+    diff_ax.set_xlabel("difference to CE (higher is better)", fontsize=9)
+    diff_ax.set_yticks(y)
+    diff_ax.set_yticklabels([labels[o] for o in names], fontsize=8.5)
+    diff_ax.set_ylim(len(names) - 0.5, -0.5)
+    diff_ax.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=90)
+  fig.savefig(path, dpi=100)
   plt.close(fig)
 
 
@@ -401,12 +411,15 @@ def write_results(json_path: str, results: dict, plot_fn: Callable[[str, dict], 
                   markdown_fn: Callable[[dict, str], str]) -> str:
   """Writes ``results`` as JSON at ``json_path`` and, beside it, the PNG (``plot_fn(path,
   results)``) and the Markdown (``markdown_fn(results, png_name)``); returns the common stem.
-  Shared by the experiments (LM fine-tuning, known oracle)."""
-  os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-  with open(json_path, "w") as f:
-    json.dump(results, f, indent=1)
+  Shared by the experiments (LM fine-tuning, known oracle).
+
+  The report and the figure are made before anything is written, and every file is written to a
+  temporary name and renamed (:mod:`benchmarks.outputs`): a report that fails leaves the
+  previous files whole, never a truncated or empty one beside a new JSON."""
   stem = os.path.splitext(json_path)[0]
-  plot_fn(stem + ".png", results)
-  with open(stem + ".md", "w") as f:
-    f.write(markdown_fn(results, os.path.basename(stem) + ".png"))
+  text = markdown_fn(results, os.path.basename(stem) + ".png")
+  with outputs.atomic_path(stem + ".png") as png:
+    plot_fn(png, results)
+    outputs.write_json(json_path, results)
+    outputs.write_text(stem + ".md", text)
   return stem

@@ -25,16 +25,17 @@ import sys
 import time
 from collections.abc import Sequence
 
+from benchmarks import outputs
 from benchmarks.lm.config import QUICK, Config, UsageError
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-RESULTS = os.path.join(REPO_ROOT, "benchmarks", "results")
+REPO_ROOT = outputs.REPO_ROOT
+RESULTS = outputs.RESULTS
 
 _FIELD_FLAGS = (
     ("--pretrain-corpus", "pretrain_corpus", str,
-     "file or folder of text for pretraining (default: the Python stdlib source)"),
+     "file or folder of text for pretraining"),
     ("--finetune-corpus", "finetune_corpus", str,
-     "file or folder of text for fine-tuning (default: Python's reference manual, pydoc_data)"),
+     "file or folder of text for fine-tuning"),
     ("--pretrain-chars", "pretrain_chars", int, "characters of pretraining text used"),
     ("--adapt-train-chars", "adapt_train_chars", int,
      "regime A: characters of held-out stdlib files to fine-tune on"),
@@ -54,7 +55,8 @@ _FIELD_FLAGS = (
     ("--shift-steps", "shift_steps", int, "regime B: fine-tuning steps per objective"),
     ("--shift-lr", "shift_lr", float, "regime B: fine-tuning peak learning rate"),
     ("--eval-every", "eval_every", int, "steps between validation evaluations"),
-    ("--seeds", "seeds", int, "regime A: paired fine-tuning seeds"),
+    ("--seeds", "seeds", int, ("regime A: paired fine-tuning seeds (fewer than two give no "
+                               "interval and the verdict 'inconclusive at this size')")),
     ("--shift-seeds", "shift_seeds", int, "regime B: paired fine-tuning seeds (the first ones)"),
     ("--first-seed", "first_seed", int, "seed of the first pair"),
     ("--prefix-len", "prefix_len", int, "prompt tokens of a held-out window"),
@@ -66,6 +68,10 @@ _FIELD_FLAGS = (
 )
 
 
+_CORPUS_DEFAULTS = {"pretrain_corpus": "the Python standard library's source",
+                    "finetune_corpus": "Python's reference manual, pydoc_data"}
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="lm_finetune.py", allow_abbrev=False,
@@ -73,25 +79,43 @@ def build_parser() -> argparse.ArgumentParser:
       "EMO+CE, TaiLr and MixCE in two regimes (A: light adaptation on held-out stdlib files; "
       "B: a shift to Python's reference manual), and compare sampled-text quality (MAUVE), "
       "repetition, diversity, calibration and perplexity over paired seeds. Offline.")
-  parser.add_argument("--quick", action="store_true", help="CI-sized run")
+  from benchmarks.lm.objectives import OBJECTIVES  # pylint: disable=import-outside-toplevel
+
+  parser.add_argument("--quick", action="store_true",
+                      help="CI-sized run with the smaller settings shown as '--quick' below; "
+                      "writes into runs/lm_finetune_quick/ (never benchmarks/results/) "
+                      "(default: off)")
   parser.add_argument("--out", default=None,
-                      help="checkpoint folder (default runs/lm_finetune[_quick])")
-  parser.add_argument("--json", default=None, help="results file (default benchmarks/results/"
-                      "lm_finetune.json; with --quick, inside --out)")
+                      help="folder of checkpoints and caches, reused by a rerun (default: "
+                      "runs/lm_finetune, or runs/lm_finetune_quick with --quick)")
+  parser.add_argument("--json", default=None,
+                      help="results file; the report (.md) and figure (.png) go beside it "
+                      "(default: benchmarks/results/lm_finetune.json, the committed results; "
+                      "with --quick, lm_finetune_quick.json inside --out)")
   parser.add_argument("--objectives", default=None,
-                      help="comma-separated subset of the objectives (ce is always included)")
+                      help="comma-separated subset of " + ",".join(o.name for o in OBJECTIVES)
+                      + "; ce, the baseline, is always included (default: all)")
   parser.add_argument("--seed-list", default=None,
-                      help="comma-separated seeds of the paired runs (instead of --seeds, "
-                      "--first-seed)")
+                      help="comma-separated seeds of the paired runs, at least two, instead of "
+                      "--seeds and --first-seed (default: none)")
   parser.add_argument("--regimes", default=None,
-                      help="comma-separated regimes to run: A, B (default both)")
+                      help="comma-separated regimes to run: A, B (default: A,B)")
   parser.add_argument("--loss-path", choices=("plain", "fused"), default="fused",
-                      help="plain: logits then losses; fused: emoloss.fused_ce_emo")
+                      help="plain: logits then losses; fused: emoloss.fused_ce_emo; part of the "
+                      "checkpoints' key (default: %(default)s)")
   parser.add_argument("--overwrite", action="store_true",
-                      help="discard checkpoints in --out made with other settings")
-  parser.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+                      help="discard checkpoints in --out made with other settings (default: "
+                      "refuse to run on them)")
+  parser.add_argument("--no-progress", action="store_true",
+                      help="no tqdm progress bars (default: bars shown)")
+  defaults = Config()
   for flag, field, kind, text in _FIELD_FLAGS:
-    parser.add_argument(flag, dest=field, type=kind, default=None, help=text)
+    default = getattr(defaults, field)
+    shown = _CORPUS_DEFAULTS.get(field, f"{default}")
+    if field in QUICK:
+      shown += f"; --quick: {QUICK[field]}"
+    parser.add_argument(flag, dest=field, type=kind, default=None,
+                        help=f"{text} (default: {shown})")
   return parser
 
 
@@ -155,12 +179,36 @@ def config_from_args(args: argparse.Namespace) -> Config:
                      ("--finetune-corpus", config.finetune_corpus)):
     if path is not None:
       data.check_readable_corpus(path, flag)
+  check_every_regime_compares(config)
   return config
 
 
-_PER_RUN_FIELDS = ("objectives", "loss_path", "chunk_size", "seeds", "first_seed", "seed_list",
-                   "shift_seeds", "shift_objectives", "ablation", "select_eta", "regimes",
-                   "mauve_seeds", "max_prompts", "top_p", "decodings")
+def check_every_regime_compares(config: Config) -> None:
+  """Refuses (before any training) a choice of ``--objectives`` / ``--regimes`` that leaves a
+  regime with CE alone: every claim is a paired comparison with CE, so such a regime would
+  train and then have nothing to report."""
+  from benchmarks.lm import evaluation  # pylint: disable=import-outside-toplevel
+
+  everything = dataclasses.replace(config, objectives=())
+  offered = {r.key: r.objectives for r in evaluation.regimes(everything)}
+  for regime in evaluation.regimes(config):
+    if len(regime.objectives) > 1 or regime.ablation:
+      continue
+    others = [r for r in config.regimes if r != regime.key]
+    can_add = [o for o in offered[regime.key] if o != "ce"]
+    raise UsageError(
+        f"--objectives {','.join(config.objectives)} leaves regime {regime.key} with CE alone: "
+        f"its claims compare an objective with the CE baseline, so it would train and then "
+        f"have nothing to compare. Add one of {','.join(can_add)} to --objectives"
+        + (f", or run only --regimes {','.join(others)}." if others else "."))
+
+
+# Settings that only add or drop runs, or change only the evaluation: every other setting (the
+# loss path and its chunk size included: they change the trained weights' rounding) is part of
+# the key of the checkpoints in --out.
+_PER_RUN_FIELDS = ("objectives", "seeds", "first_seed", "seed_list", "shift_seeds",
+                   "shift_objectives", "ablation", "select_eta", "regimes", "mauve_seeds",
+                   "max_prompts", "top_p", "decodings")
 _EVALUATION_FIELDS = ("mauve_seeds", "max_prompts", "top_p", "decodings")
 
 
@@ -175,8 +223,7 @@ def prepare_out_dir(out_dir: str, config: Config, overwrite: bool) -> None:
   wanted = json.loads(json.dumps(dataclasses.asdict(config)))
   keyed = {k: v for k, v in wanted.items() if k not in _PER_RUN_FIELDS}
   if os.path.exists(config_path):
-    with open(config_path) as f:
-      stored = json.load(f)
+    stored = outputs.read_json(config_path)
     stored_keyed = {k: v for k, v in stored.items() if k in keyed}
     holds_data = any(n.endswith((".npz", ".json")) and n != "config.json"
                      for n in os.listdir(out_dir))
@@ -193,8 +240,7 @@ def prepare_out_dir(out_dir: str, config: Config, overwrite: bool) -> None:
       for name in os.listdir(out_dir):
         if name.startswith(("eval_", "human_", "mixce_select_")) and name.endswith(".json"):
           os.remove(os.path.join(out_dir, name))
-  with open(config_path, "w") as f:
-    json.dump(wanted, f, indent=1)
+  outputs.write_json(config_path, wanted)
 
 
 def run_experiment(config: Config, out_dir: str, json_path: str, *, overwrite: bool = False,
@@ -207,6 +253,7 @@ def run_experiment(config: Config, out_dir: str, json_path: str, *, overwrite: b
   from benchmarks.lm import (
     evaluation,  # pylint: disable=import-outside-toplevel
     report,  # pylint: disable=import-outside-toplevel
+    stats,  # pylint: disable=import-outside-toplevel
   )
   from benchmarks.machine import machine_description  # pylint: disable=import-outside-toplevel
 
@@ -237,11 +284,24 @@ def run_experiment(config: Config, out_dir: str, json_path: str, *, overwrite: b
     log(f"regime {regime.key} reported ({results['wall_seconds']:.0f} s)")
   for claim in results["claims"]:
     log(f"{claim['regime']} {claim['objective']:>10} {claim['metric']:<24} {claim['claim']:<9} "
-        f"{claim['mean']:+.4f} [{claim['low']:+.4f}, {claim['high']:+.4f}] "
-        f"({claim['improved']}/{claim['n']}): {claim['verdict']}")
-  log(f"wall time {results['wall_seconds']:.0f} s; results {os.path.basename(json_path)}, "
-      ".md, .png")
+        f"{stats.format_difference(claim, 4)}: {claim['verdict']}")
+  log(f"wall time {results['wall_seconds']:.0f} s")
+  from benchmarks.lm.metrics import FAISS_WARNING  # pylint: disable=import-outside-toplevel
+  if outputs.SILENCED[FAISS_WARNING]:
+    log(f"faiss printed '{FAISS_WARNING} ...' {outputs.SILENCED[FAISS_WARNING]} times (hidden): "
+        "MAUVE's k-means has fewer than faiss's recommended 39 points per cluster (its default "
+        "of about n/10 clusters)")
+  stem = os.path.splitext(json_path)[0]
+  outputs.report_outputs([json_path, stem + ".md", stem + ".png"], log, output_note(json_path))
+  log(f"checkpoints and caches (reused by a rerun): {os.path.abspath(out_dir)}")
   return results
+
+
+def output_note(json_path: str) -> str:
+  """Says whether ``json_path`` is the committed results of ``benchmarks/results/``."""
+  if os.path.realpath(os.path.dirname(os.path.abspath(json_path))) == os.path.realpath(RESULTS):
+    return "the committed results in benchmarks/results/, the default of a full run"
+  return ""
 
 
 def _load_average() -> float | None:
@@ -252,6 +312,22 @@ def _load_average() -> float | None:
     return None
 
 
+def output_paths(args: argparse.Namespace) -> tuple[str, str]:
+  """``(out_dir, json_path)`` of a command line, checked before any work: both writable, and a
+  ``--quick`` run never inside ``benchmarks/results/`` (raises UsageError)."""
+  out_dir = args.out or outputs.quick_output_dir(
+      "lm_finetune_quick" if args.quick else "lm_finetune")
+  default_json = (os.path.join(out_dir, "lm_finetune_quick.json") if args.quick
+                  else os.path.join(RESULTS, "lm_finetune.json"))
+  json_path = args.json or default_json
+  outputs.check_output_dir(out_dir, "--out")
+  outputs.check_output_file(json_path, "--json", (".md", ".png"))
+  if args.quick:
+    outputs.check_quick_destination(json_path, "--json")
+    outputs.check_quick_destination(out_dir, "--out")
+  return out_dir, json_path
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
   """Command-line entry point (argument and input errors exit with a message, status 2)."""
   parser = build_parser()
@@ -259,16 +335,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
   args = parser.parse_args(argv)
   try:
     config = config_from_args(args)
-    out_dir = args.out or os.path.join(
-        REPO_ROOT, "runs", "lm_finetune_quick" if args.quick else "lm_finetune")
-    default_json = (os.path.join(out_dir, "lm_finetune_quick.json") if args.quick
-                    else os.path.join(RESULTS, "lm_finetune.json"))
-    json_path = args.json or default_json
-    folder = os.path.dirname(os.path.abspath(json_path))
-    try:
-      os.makedirs(folder, exist_ok=True)
-    except OSError as error:
-      raise UsageError(f"cannot create the folder of --json {json_path!r} ({error}).") from None
+    out_dir, json_path = output_paths(args)
     return run_experiment(config, out_dir, json_path, overwrite=args.overwrite,
                           progress=not args.no_progress,
                           command=" ".join(["python", "benchmarks/lm_finetune.py", *argv]))

@@ -15,6 +15,10 @@ verdict against a margin declared before the run:
   beyond the margin is possible whatever the method does -- e.g. a repetition gap to human text
   that is already smaller than the margin.
 
+Fewer than two paired seeds give no interval (``low`` and ``high`` are NaN: one difference has
+no spread to estimate) and the verdict **inconclusive at this size**, whatever the margin or the
+room: a claim is never concluded from one seed.
+
 "Above" is in the claimed direction: differences are multiplied by ``+1`` when higher is better
 and ``-1`` when lower is better before the comparison. Nothing here knows about language
 models; any experiment with paired seeds can use :func:`paired_comparison`.
@@ -57,11 +61,12 @@ def t_quantile(n: int, level: float = 0.95) -> float:
 
 def t_interval(differences: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
   """``(mean, low, high)`` of the ``level`` t-interval of the mean of ``differences``
-  (``low = high = mean`` for a single value: no interval without a spread)."""
+  (``low`` and ``high`` are NaN for fewer than two values: no interval without a spread; the
+  mean is NaN for none)."""
   values = np.asarray(differences, np.float64)
-  mean = float(values.mean())
+  mean = float(values.mean()) if values.size else float("nan")
   if values.size < 2:
-    return mean, mean, mean
+    return mean, float("nan"), float("nan")
   half = t_quantile(values.size, level) * float(values.std(ddof=1)) / math.sqrt(values.size)
   return mean, mean - half, mean + half
 
@@ -71,11 +76,16 @@ def verdict(low: float, high: float, margin: float, claim: str = "better",
   """The verdict of an interval ``[low, high]`` of improvements (positive = the claimed
   direction) against ``margin`` for a ``"better"`` or ``"not worse"`` claim; ``room`` (the
   baseline's distance from the ideal, if known) below ``margin`` makes a ``"better"`` claim
-  :data:`NOT_TESTABLE`.
+  :data:`NOT_TESTABLE`. No interval (a NaN bound: fewer than two seeds) is
+  :data:`INCONCLUSIVE`, before any other rule.
 
   >>> verdict(0.05, 0.09, 0.03), verdict(-0.01, 0.02, 0.03), verdict(0.0, 0.2, 0.03, room=0.01)
   ('holds', 'does not hold', 'not testable here')
   """
+  if claim not in ("better", "not worse"):
+    raise ValueError(f"`claim` must be 'better' or 'not worse' (got {claim!r}).")
+  if not (math.isfinite(low) and math.isfinite(high)):
+    return INCONCLUSIVE
   if claim == "better" and room is not None and room < margin:
     return NOT_TESTABLE
   if claim == "better":
@@ -84,13 +94,11 @@ def verdict(low: float, high: float, margin: float, claim: str = "better",
     if high < -margin or (low >= -margin and high <= margin):
       return DOES_NOT_HOLD
     return INCONCLUSIVE
-  if claim == "not worse":
-    if low > -margin:
-      return HOLDS
-    if high < -margin:
-      return DOES_NOT_HOLD
-    return INCONCLUSIVE
-  raise ValueError(f"`claim` must be 'better' or 'not worse' (got {claim!r}).")
+  if low > -margin:  # "not worse"
+    return HOLDS
+  if high < -margin:
+    return DOES_NOT_HOLD
+  return INCONCLUSIVE
 
 
 def paired_comparison(method: Sequence[float], baseline: Sequence[float], margin: Margin,
@@ -109,7 +117,8 @@ def paired_comparison(method: Sequence[float], baseline: Sequence[float], margin
 
   Returns:
     A dict with ``n``, ``mean`` / ``low`` / ``high`` (the difference and its interval, in the
-    metric's units and sign), ``improved`` (seeds whose difference is in the better direction),
+    metric's units and sign; ``low`` and ``high`` NaN and the verdict :data:`INCONCLUSIVE` for
+    fewer than two seeds), ``improved`` (seeds whose difference is in the better direction),
     ``margin``, ``claim``, ``room`` and ``verdict``.
   """
   method = np.asarray(method, np.float64)
@@ -137,7 +146,10 @@ def paired_comparison(method: Sequence[float], baseline: Sequence[float], margin
 
 
 def format_difference(summary: dict, digits: int = 3) -> str:
-  """``"+0.012 [-0.004, +0.028] (4/5)"``: the mean difference, its interval and sign count."""
+  """``"+0.012 [-0.004, +0.028] (4/5)"``: the mean difference, its interval and sign count
+  (``"+0.012 [no interval] (1/1)"`` for fewer than two seeds)."""
   f = f"{{:+.{digits}f}}"
+  if not (math.isfinite(summary["low"]) and math.isfinite(summary["high"])):
+    return f"{f.format(summary['mean'])} [no interval] ({summary['improved']}/{summary['n']})"
   return (f"{f.format(summary['mean'])} [{f.format(summary['low'])}, "
           f"{f.format(summary['high'])}] ({summary['improved']}/{summary['n']})")

@@ -28,6 +28,7 @@ import optax
 from flax import nnx
 
 import emoloss
+from benchmarks import outputs
 from benchmarks.lm import data as data_lib
 from benchmarks.lm import metrics
 from benchmarks.lm.config import UsageError
@@ -139,11 +140,15 @@ def save_checkpoint(path: str, trees: dict[str, Any], meta: dict) -> None:
 
 
 def load_checkpoint(path: str, templates: dict[str, Any]) -> tuple[dict[str, Any], dict]:
-  """The pytrees saved by :func:`save_checkpoint` in the structure of ``templates``, and meta."""
-  with np.load(path) as stored:
-    trees = {name: unflatten_state(stored, t, f"{name}:", path) for name, t in templates.items()}
-    meta = json.loads(str(stored["__meta__"]))
-  return trees, meta
+  """The pytrees saved by :func:`save_checkpoint` in the structure of ``templates``, and meta
+  (a damaged file is a UsageError naming it and the remedy)."""
+  def load(path):
+    with np.load(path) as stored:
+      trees = {name: unflatten_state(stored, t, f"{name}:", path)
+               for name, t in templates.items()}
+      meta = json.loads(str(stored["__meta__"]))
+    return trees, meta
+  return outputs.load_cached(path, load)
 
 
 def load_model(path: str, model_config: ModelConfig, which: str = "best"):

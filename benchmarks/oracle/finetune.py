@@ -32,6 +32,7 @@ import time
 
 import numpy as np
 
+from benchmarks import outputs
 from benchmarks.lm.data import cached_json
 
 PRETRAIN_PHASE, FINETUNE_PHASE = 10, 11    # batch-order streams (the from-scratch students use 7)
@@ -161,11 +162,13 @@ def target_samples(config, target, separator: int, out_dir: str) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
 
   from benchmarks.lm import data as data_lib  # pylint: disable=import-outside-toplevel
-  from benchmarks.oracle.run import sample_rows  # pylint: disable=import-outside-toplevel
+  from benchmarks.oracle.run import (
+    _load_arrays,  # pylint: disable=import-outside-toplevel
+    sample_rows,  # pylint: disable=import-outside-toplevel
+  )
   path = os.path.join(out_dir, "target_samples.npz")
   if os.path.exists(path):
-    with np.load(path) as stored:
-      return {k: stored[k] for k in stored.files}
+    return outputs.load_cached(path, _load_arrays)
   counts = {"train": config.target_train_samples, "held_out": config.held_out_samples,
             "self": config.student_samples, "val": config.target_val_samples}
   # one batch of independent rows (one compiled sampler), split into the sets
@@ -319,7 +322,16 @@ def run_finetune(config, data, oracle0, samples0: dict, separator: int, out_dir:
                                target_entropy=models[name]["entropy_q_student_prefixes"])
         return {"curve": points, "matched": matched}
 
-      curves.append(cached_json(f"{stem}_ce_temperature.json", tempered))
+      curve_path = f"{stem}_ce_temperature.json"
+      stored = outputs.read_json(curve_path) if os.path.exists(curve_path) else None
+      grid = sorted(float(t) for t in config.temperatures)
+      if stored is None or stored and (
+          [p["temperature"] for p in stored["curve"]] != grid
+          or not {n for n in names[1:] if "entropy_q_student_prefixes" in models[n]}
+          <= set(stored["matched"])):  # another grid, or objectives added since: redo
+        stored = tempered()
+        outputs.write_json(curve_path, stored, indent=None)
+      curves.append(stored)
       bar.update()
 
       def longer(models=models, sample_key=sample_key, pretrained=pretrained, seed=seed,

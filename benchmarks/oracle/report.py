@@ -291,6 +291,12 @@ def trend_reading(trend: dict, sizes: list[int]) -> str:
           f"decide ({interval})")
 
 
+def swept_sizes(vocab_sweep: dict) -> list[str]:
+  """The vocabulary sizes of the sweep that ran the ``same`` regime (the sweep's regime; a run
+  of ``--regimes small`` has none), ascending."""
+  return sorted((v for v, r in vocab_sweep.items() if "same" in r["per_regime"]), key=int)
+
+
 def vocab_trend(vocab_sweep: dict, objectives: list[str]) -> dict:
   """The paired trend of ``objective - CE`` against ``log2 V`` over the sweep (``same`` regime).
 
@@ -300,11 +306,12 @@ def vocab_trend(vocab_sweep: dict, objectives: list[str]) -> dict:
   for these lower-is-better metrics) against the metric's margin per doubling. Returns
   ``{objective: {metric: {...}}}`` and, at the top level, the primary test (:data:`TREND_PRIMARY`).
   """
-  sizes = sorted(vocab_sweep, key=int)
+  sizes = swept_sizes(vocab_sweep)
   if len(sizes) < 2:
     return {"objective": TREND_PRIMARY[0], "metric": TREND_PRIMARY[1], "slope": float("nan"),
             "low": float("nan"), "high": float("nan"), "n": 0,
-            "verdict": "not testable here (fewer than two vocabulary sizes)"}
+            "verdict": "not testable here (fewer than two vocabulary sizes in the `same` "
+                       "regime)"}
   x = np.log2([vocab_sweep[v]["data_vocab_size"] for v in sizes])
   out: dict = {"vocab_sizes": [int(v) for v in sizes], "per_objective": {},
                "oracles_per_vocab": {v: 1 + len(vocab_sweep[v].get("replicates", []))
@@ -376,8 +383,9 @@ def _verdict(summary: dict, claim: str) -> str:
 
 
 def _mean_interval(values: list[float]) -> tuple[float, float]:
+  """Mean and 95% half-width (0 for one value: a point drawn without error bars)."""
   mean, low, high = t_interval(values)
-  return mean, (high - low) / 2
+  return mean, ((high - low) / 2 if len(values) > 1 else 0.0)
 
 
 def _cell(values: list[float], digits: int) -> str:
@@ -646,7 +654,16 @@ def plot(path: str, results: dict) -> None:
   for ax in axes[0][len(regimes):]:
     ax.axis("off")
   sweep = results["vocab_sweep"]
-  sizes = sorted(sweep, key=int)
+  sizes = swept_sizes(sweep)
+  if not sizes:  # no `same` regime: no sweep to draw
+    for ax in axes[1]:
+      ax.axis("off")
+    axes[1][0].text(0.5, 0.5, "no vocabulary sweep (it runs the `same` regime)",
+                    ha="center", va="center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return
   markers = "osD^v<>p"
   ax = axes[1][0]
   names = [n for n in results["objectives"] if n in results["config"]["sweep_objectives"]]
@@ -667,12 +684,13 @@ def plot(path: str, results: dict) -> None:
   styles = {"reverse_kl": "-", "forward_kl": "--"}
   for name in (n for n in names if n != "ce"):
     for metric, style in styles.items():
-      rows = [results["vocab_comparisons"][v].get(name, {}).get(metric) for v in sizes]
+      rows = [results["vocab_comparisons"].get(v, {}).get(name, {}).get(metric) for v in sizes]
       if any(r is None for r in rows):
         continue
       x = [sweep[v]["data_vocab_size"] for v in sizes]
       mean = np.asarray([r["mean"] for r in rows])
-      err = np.asarray([[r["mean"] - r["low"] for r in rows], [r["high"] - r["mean"] for r in rows]])
+      err = np.nan_to_num(np.asarray([[r["mean"] - r["low"] for r in rows],
+                                      [r["high"] - r["mean"] for r in rows]]))  # 1 seed: none
       ax.errorbar(x, mean, yerr=err, fmt="o" + style, color=colors(order[name]), capsize=3,
                   label=f"{labels.get(name, name)}: {metric}")
   ax.axhline(0.0, color="black", lw=0.8)
@@ -685,7 +703,7 @@ def plot(path: str, results: dict) -> None:
   for ax in axes[1][2:]:
     ax.axis("off")
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  fig.savefig(path, dpi=100)  # a temporary name, renamed by the caller (write_results)
   plt.close(fig)
 
 

@@ -47,6 +47,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from benchmarks import outputs
 from benchmarks.lm.config import Config as LMConfig
 from benchmarks.lm.config import UsageError
 from benchmarks.lm.data import MIN_VOCAB_SIZE, cached_json
@@ -54,8 +55,8 @@ from benchmarks.lm.model import ModelConfig
 from benchmarks.lm.objectives import OBJECTIVES, Objective
 from benchmarks.lm.report import write_results
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-RESULTS = os.path.join(REPO_ROOT, "benchmarks", "results")
+REPO_ROOT = outputs.REPO_ROOT
+RESULTS = outputs.RESULTS
 
 # The objectives of the package that apply to LMs: the main experiment's six (the EMO mixes with
 # the realistic cost: the head of the seed's CE-trained student), the two mixes with the oracle's
@@ -234,8 +235,7 @@ def oracle_samples(config: Config, oracle, separator: int, out_dir: str) -> dict
   from benchmarks.lm import data as data_lib  # pylint: disable=import-outside-toplevel
   path = os.path.join(out_dir, "samples.npz")
   if os.path.exists(path):
-    with np.load(path) as stored:
-      return {k: stored[k] for k in stored.files}
+    return outputs.load_cached(path, _load_arrays)
   sets = {name: sample_rows(oracle, count, config.seq_len, separator, jax.random.key(i))
           for i, (name, count) in enumerate((("train", config.train_samples),
                                              ("held_out", config.held_out_samples),
@@ -243,6 +243,11 @@ def oracle_samples(config: Config, oracle, separator: int, out_dir: str) -> dict
                                              ("val", config.val_samples)))}
   data_lib.atomic_savez(path, **sets)
   return sets
+
+
+def _load_arrays(path: str) -> dict:
+  with np.load(path) as stored:
+    return {k: stored[k] for k in stored.files}
 
 
 def stopped(history: Sequence[float], patience: int, min_delta: float) -> bool:
@@ -400,14 +405,15 @@ def run_students(config: Config, oracle, samples: dict, vocab_size: int, separat
                     head_path=head_path, name=name):
           started = time.perf_counter()
           if objectives[index].family == "emo" and objectives[index].cost == "given":
-            cost = jnp.asarray(np.load(head_path))  # realistic: the seed's CE student's head
+            # realistic: the seed's CE student's head
+            cost = jnp.asarray(outputs.load_cached(head_path, np.load))
           else:
             cost = oracle_head
           model, record = train_student(config, model_config, objectives, index, seed,
                                         samples["train"], samples["val"], cost)
           if name == "ce":
-            np.save(head_path + ".tmp.npy", np.asarray(model.head))
-            os.replace(head_path + ".tmp.npy", head_path)
+            with outputs.atomic_path(head_path) as tmp:
+              np.save(tmp, np.asarray(model.head))
           if not record["finite"]:
             return dict(record, seconds=time.perf_counter() - started)
           own = sample_rows(model, config.student_samples, config.seq_len, separator,
@@ -509,11 +515,11 @@ def finetune_dir(out_dir: str, config: Config, overwrite: bool) -> str:
   os.makedirs(folder, exist_ok=True)
   wanted = json.loads(json.dumps(dataclasses.asdict(config)))
   keyed = {k: v for k, v in wanted.items()
-           if k not in UNKEYED_FIELDS or k in FINETUNE_FIELDS and k not in ("finetune_seeds",)}
+           if k not in UNKEYED_FIELDS or k in FINETUNE_FIELDS and k not in (
+               "finetune_seeds", "finetune_objectives", "temperatures")}
   path = os.path.join(folder, "config.json")
   if os.path.exists(path):
-    with open(path) as f:
-      stored = {k: v for k, v in json.load(f).items() if k in keyed}
+    stored = {k: v for k, v in outputs.read_json(path).items() if k in keyed}
     if stored != keyed:
       if not overwrite:
         changed = sorted(k for k in keyed if stored.get(k) != keyed[k])
@@ -521,8 +527,7 @@ def finetune_dir(out_dir: str, config: Config, overwrite: bool) -> str:
                          f"({', '.join(changed)}); use another --out or --overwrite.")
       shutil.rmtree(folder)
       os.makedirs(folder)
-  with open(path, "w") as f:
-    json.dump(keyed, f, indent=1)
+  outputs.write_json(path, keyed)
   return folder
 
 
@@ -537,8 +542,7 @@ def prepare_out_dir(out_dir: str, config: Config, overwrite: bool) -> None:
   wanted = json.loads(json.dumps(dataclasses.asdict(config)))
   keyed = {k: v for k, v in wanted.items() if k not in UNKEYED_FIELDS}
   if os.path.exists(path):
-    with open(path) as f:
-      stored = {k: v for k, v in json.load(f).items() if k in keyed}
+    stored = {k: v for k, v in outputs.read_json(path).items() if k in keyed}
     if stored != keyed:
       if not overwrite:
         changed = sorted(k for k in keyed if stored.get(k) != keyed[k])
@@ -549,8 +553,7 @@ def prepare_out_dir(out_dir: str, config: Config, overwrite: bool) -> None:
           os.remove(os.path.join(out_dir, name))
         elif name.startswith("v") and os.path.isdir(os.path.join(out_dir, name)):
           shutil.rmtree(os.path.join(out_dir, name))
-  with open(path, "w") as f:
-    json.dump(wanted, f, indent=1)
+  outputs.write_json(path, wanted)
 
 
 def run_experiment(config: Config, out_dir: str, json_path: str, *, overwrite: bool = False,
@@ -569,10 +572,7 @@ def run_experiment(config: Config, out_dir: str, json_path: str, *, overwrite: b
                      log, started, replicate)
     return {}
   from benchmarks.machine import machine_description  # pylint: disable=import-outside-toplevel
-  from benchmarks.oracle import (
-    finetune,  # pylint: disable=import-outside-toplevel
-    report,  # pylint: disable=import-outside-toplevel
-  )
+  from benchmarks.oracle import finetune, report  # pylint: disable=import-outside-toplevel
 
   by_vocab = {config.vocab_size: run_vocabulary(
       config, config.vocab_size, os.path.join(out_dir, f"v{config.vocab_size}"), progress, log,
@@ -624,20 +624,25 @@ def run_experiment(config: Config, out_dir: str, json_path: str, *, overwrite: b
     results["temperature_control"] = report.temperature_control(results)
   swept = [n for n in config.objectives if n in config.sweep_objectives]
   results["vocab_comparisons"] = {
-      v: report.compare({"same": r["per_regime"]["same"]}, swept)["same"]
-      for v, r in results["vocab_sweep"].items()}
+      v: report.compare({"same": results["vocab_sweep"][v]["per_regime"]["same"]}, swept)["same"]
+      for v in report.swept_sizes(results["vocab_sweep"])}
   results["vocab_trend"] = report.vocab_trend(results["vocab_sweep"], swept[1:])
   results["wall_seconds"] = time.perf_counter() - started
   write_results(json_path, results, report.plot, report.markdown)
   for claim in results["claims"]:
+    value = report.format_difference(claim, 4) if claim["n"] else "no comparison"
     log(f"{claim['regime']:>5} {claim['objective']:>10} {claim['metric']:<16} "
-        f"{claim['claim']:<9} {claim['mean']:+.4f} [{claim['low']:+.4f}, {claim['high']:+.4f}] "
-        f"({claim['improved']}/{claim['n']}): {claim['verdict']}")
+        f"{claim['claim']:<9} {value}: {claim['verdict']}")
   trend = results["vocab_trend"]
   log(f"vocab trend ({trend['objective']}, {trend['metric']}): slope {trend['slope']:+.4f} "
       f"[{trend['low']:+.4f}, {trend['high']:+.4f}] per doubling of V: {trend['verdict']}")
-  log(f"wall time {results['wall_seconds']:.0f} s; results {os.path.basename(json_path)}, .md, "
-      ".png")
+  log(f"wall time {results['wall_seconds']:.0f} s")
+  stem = os.path.splitext(json_path)[0]
+  note = ("the committed results in benchmarks/results/, the default of a full run"
+          if os.path.realpath(os.path.dirname(os.path.abspath(json_path)))
+          == os.path.realpath(RESULTS) else "")
+  outputs.report_outputs([json_path, stem + ".md", stem + ".png"], log, note)
+  log(f"caches (reused by a rerun): {os.path.abspath(out_dir)}")
   return results
 
 
@@ -647,29 +652,58 @@ def build_parser() -> argparse.ArgumentParser:
       description="Known-oracle experiment: students trained on a small transformer's samples "
       "with CE, EMO+CE, EMO, TaiLr, MixCE and focal; exact precision and recall (PPL_oracle, "
       "PPL_test, forward/reverse KL, TV, EMO cost) over paired seeds. Offline.")
-  parser.add_argument("--quick", action="store_true", help="CI-sized run (about a minute)")
-  parser.add_argument("--out", default=None, help="cache folder (default runs/oracle[_quick])")
-  parser.add_argument("--json", default=None, help="results file (default benchmarks/results/"
-                      "oracle.json; with --quick, inside --out)")
-  parser.add_argument("--seeds", type=int, default=None, help="paired seeds per regime")
-  parser.add_argument("--first-seed", type=int, default=None, help="first seed (default 0)")
+  d, q = Config(), QUICK
+
+  def shown(field: str) -> str:
+    value = getattr(d, field)
+    text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+    if field in q:
+      quick = q[field]
+      text += "; --quick: " + (",".join(map(str, quick)) if isinstance(quick, tuple) else
+                               str(quick))
+    return f"(default: {text})"
+
+  parser.add_argument("--quick", action="store_true",
+                      help="CI-sized run (about a minute) with the settings shown as '--quick' "
+                      "below; writes into runs/oracle_quick/ (never benchmarks/results/) "
+                      "(default: off)")
+  parser.add_argument("--out", default=None,
+                      help="cache folder, reused by a rerun (default: runs/oracle, or "
+                      "runs/oracle_quick with --quick)")
+  parser.add_argument("--json", default=None,
+                      help="results file; the report (.md) and figure (.png) go beside it "
+                      "(default: benchmarks/results/oracle.json, the committed results; with "
+                      "--quick, oracle_quick.json inside --out)")
+  parser.add_argument("--seeds", type=int, default=None,
+                      help="paired seeds of the main objectives; fewer than two give no "
+                      "interval and the verdict 'inconclusive at this size' " + shown("seeds"))
+  parser.add_argument("--first-seed", type=int, default=None,
+                      help="first seed " + shown("first_seed"))
   parser.add_argument("--student-steps", type=int, default=None,
-                      help="cap on training steps (early stopping usually ends runs sooner)")
+                      help="cap on training steps (early stopping usually ends runs sooner) "
+                      + shown("student_steps"))
   parser.add_argument("--few-seeds", type=int, default=None,
-                      help="seeds of the small regime, EMO alone and focal (default 2)")
+                      help="seeds of the small regime, EMO alone and focal (at most --seeds) "
+                      + shown("few_seeds"))
   parser.add_argument("--sweep-vocab-sizes", default=None,
-                      help="comma-separated vocabulary sizes besides the main one ('' = none)")
+                      help="comma-separated vocabulary sizes besides the main one ('' = none; "
+                      "the sweep runs the same regime) " + shown("sweep_vocab_sizes"))
   parser.add_argument("--objectives", default=None,
-                      help="comma-separated subset of " + ",".join(BY_NAME) + " (ce always in)")
+                      help="comma-separated subset of " + ",".join(BY_NAME) + "; ce, the "
+                      "baseline, is always included " + shown("objectives"))
   parser.add_argument("--regimes", default=None,
-                      help="comma-separated subset of same,small (default both; runs of another "
-                      "process on the same --out are reused)")
+                      help="comma-separated subset of same,small; runs of another process on "
+                      "the same --out are reused; without same there is no vocabulary sweep "
+                      + shown("regimes"))
   parser.add_argument("--sweep-only", action="store_true",
                       help="run only the sweep's other vocabulary sizes into --out's cache (a "
-                      "second process beside the main one); writes no results file")
+                      "second process beside the main one); writes no results file "
+                      "(default: off)")
   parser.add_argument("--overwrite", action="store_true",
-                      help="discard caches in --out made with other settings")
-  parser.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+                      help="discard caches in --out made with other settings (default: refuse "
+                      "to run on them)")
+  parser.add_argument("--no-progress", action="store_true",
+                      help="no tqdm progress bars (default: bars shown)")
   return parser
 
 
@@ -708,12 +742,48 @@ def config_from_args(args: argparse.Namespace) -> Config:
       raise UsageError(f"--regimes must be a comma-separated subset of same,small (got "
                        f"{args.regimes!r}).")
     overrides["regimes"] = regimes
+  if "same" not in overrides.get("regimes", Config.regimes):
+    overrides["sweep_vocab_sizes"] = ()  # the sweep is of the `same` regime
   config = Config(**overrides)
   if config.few_seeds > config.seeds:
     config = dataclasses.replace(config, few_seeds=config.seeds)
   if config.objectives[0] != "ce":
     raise UsageError("the objectives must start with ce (the baseline and the oracle's loss).")
+  check_every_regime_compares(config)
   return config
+
+
+def check_every_regime_compares(config: Config) -> None:
+  """Refuses (before any training) objectives and regimes that leave a regime with CE alone:
+  every claim is a paired comparison with the CE baseline, so such a regime would train and then
+  have nothing to compare."""
+  offered = {"same": [n for n in BY_NAME if n != "ce"],
+             "small": [n for n in config.small_objectives if n != "ce"]}
+  for regime, runs in config.plan(config.vocab_size).items():
+    if len(runs) > 1:
+      continue
+    others = [r for r in config.regimes if r != regime]
+    raise UsageError(
+        f"--objectives {','.join(config.objectives)} leaves regime {regime} with CE alone: its "
+        "claims compare an objective with the CE baseline, so it would train and then have "
+        f"nothing to compare. Add one of {','.join(offered[regime])} to --objectives"
+        + (f", or run only --regimes {','.join(others)}." if others else "."))
+
+
+def output_paths(args: argparse.Namespace) -> tuple[str, str]:
+  """``(out_dir, json_path)`` of a command line, checked before any work: both writable, and a
+  ``--quick`` run never inside ``benchmarks/results/`` (raises UsageError)."""
+  out_dir = args.out or outputs.quick_output_dir("oracle_quick" if args.quick else "oracle")
+  default_json = (os.path.join(out_dir, "oracle_quick.json") if args.quick
+                  else os.path.join(RESULTS, "oracle.json"))
+  json_path = args.json or default_json
+  outputs.check_output_dir(out_dir, "--out")
+  if not args.sweep_only:
+    outputs.check_output_file(json_path, "--json", (".md", ".png"))
+  if args.quick:
+    outputs.check_quick_destination(json_path, "--json")
+    outputs.check_quick_destination(out_dir, "--out")
+  return out_dir, json_path
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -723,11 +793,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
   args = parser.parse_args(argv)
   try:
     config = config_from_args(args)
-    out_dir = args.out or os.path.join(REPO_ROOT, "runs",
-                                       "oracle_quick" if args.quick else "oracle")
-    default_json = (os.path.join(out_dir, "oracle_quick.json") if args.quick
-                    else os.path.join(RESULTS, "oracle.json"))
-    return run_experiment(config, out_dir, args.json or default_json, overwrite=args.overwrite,
+    out_dir, json_path = output_paths(args)
+    return run_experiment(config, out_dir, json_path, overwrite=args.overwrite,
                           progress=not args.no_progress, sweep_only=args.sweep_only,
                           command=" ".join(["python -m benchmarks.oracle", *argv]))
   except UsageError as error:

@@ -25,7 +25,7 @@ import numpy as np
 from jax.custom_derivatives import SymbolicZero, custom_vjp_primal_tree_values
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from emoloss import _checks
+from emoloss import _masking, _validation
 from emoloss.fused import core
 from emoloss.losses.emo import MODE1_MAX_RATIO, emo_ce_combination, normalize_embeddings
 
@@ -403,13 +403,13 @@ def _check_inputs(hidden, head, labels, cost_embeddings, where, chunk_size):
     raise ValueError(f"`labels` must have shape hidden.shape[:-1] = {hidden.shape[:-1]} "
                      f"(got {np.shape(labels)}).")
   labels = jnp.asarray(labels, jnp.int32)
-  where = _checks.check_where(where, hidden.shape[:-1])
+  where = _validation.check_where(where, hidden.shape[:-1])
   if cost_embeddings is not None:
     if np.ndim(cost_embeddings) != 2 or np.shape(cost_embeddings)[0] != head.shape[0]:
       raise ValueError(
           f"`cost_embeddings` must have shape [V, k] with V = head.shape[0] = {head.shape[0]} "
           f"(got {np.shape(cost_embeddings)}).")
-    _checks.check_logits(cost_embeddings, name="cost_embeddings", min_rank=2)
+    _validation.check_logits(cost_embeddings, name="cost_embeddings", min_rank=2)
   if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) \
       or chunk_size < 1:
     raise ValueError(f"`chunk_size` must be a positive Python int (got {chunk_size!r}).")
@@ -422,19 +422,19 @@ def _prepare(hidden, head, labels, cost_embeddings, where, freeze_head=False):
   of :func:`emoloss.check_label_range`). The cost embeddings are held constant (they are
   normalised chunk by chunk inside the kernel), and so is a frozen head (its ``∂W`` matmul is
   then skipped). Returns ``(hidden, head, labels, cost, rows)``."""
-  hidden = _checks.mask_inputs(hidden, where)
-  labels, invalid = _checks.sanitise_labels(labels, where, head.shape[0])
+  hidden = _masking.mask_inputs(hidden, where)
+  labels, invalid = _masking.sanitise_labels(labels, where, head.shape[0])
   if cost_embeddings is not None:
     cost_embeddings = jax.lax.stop_gradient(jnp.asarray(cost_embeddings))
   if freeze_head:
     head = jax.lax.stop_gradient(head)
-  return hidden, head, labels, cost_embeddings, _checks.Rows(keep=where, invalid=invalid)
+  return hidden, head, labels, cost_embeddings, _masking.Rows(keep=where, invalid=invalid)
 
 
-def _finish(nll, emo, lse, entropy, rows: _checks.Rows, batch_shape) -> FusedOutput:
+def _finish(nll, emo, lse, entropy, rows: _masking.Rows, batch_shape) -> FusedOutput:
   """Masks and reshapes the outputs; ``nll``, ``emo`` and ``entropy`` are clamped at 0, which
   they are mathematically (in float32 ``lse - z_y`` can round to -2e-6 for a confident token)."""
-  mask = lambda x: _checks.mask_loss(x, rows).reshape(batch_shape)
+  mask = lambda x: _masking.mask_loss(x, rows).reshape(batch_shape)
   clamp = core.nonnegative
   return FusedOutput(nll=mask(clamp(nll)), emo=None if emo is None else mask(clamp(emo)),
                      lse=mask(lse), entropy=mask(clamp(entropy)))
@@ -733,6 +733,6 @@ def fused_emo_ce_loss(
   assert out.emo is not None  # computed whenever cost_embeddings are given
   loss = emo_ce_combination(out.nll, out.emo, mode=mode, max_ratio=max_ratio)
   # The label rule, applied again on the output (the mix's clamps may drop a NaN).
-  keep = _checks.check_where(where, np.shape(labels))
-  _, invalid = _checks.sanitise_labels(jnp.asarray(labels), keep, np.shape(head)[0])
-  return _checks.mask_loss(loss, _checks.Rows(keep=keep, invalid=invalid))
+  keep = _validation.check_where(where, np.shape(labels))
+  _, invalid = _masking.sanitise_labels(jnp.asarray(labels), keep, np.shape(head)[0])
+  return _masking.mask_loss(loss, _masking.Rows(keep=keep, invalid=invalid))

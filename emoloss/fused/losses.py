@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from emoloss import _checks
+from emoloss import _validation
 from emoloss.fused.chunked import DEFAULT_CHUNK_SIZE, fused_ce_emo
 from emoloss.losses.mixce import mixce_weight
 
@@ -67,7 +67,7 @@ def fused_mixce_loss(
     Zhang et al., "MixCE: Training Autoregressive Language Models by Mixing Forward and Reverse
     Cross-Entropies", ACL 2023 (arXiv 2305.16958).
   """
-  _checks.check_scalar_range(eta, "eta", 0.0, 1.0)
+  _validation.check_scalar_range(eta, "eta", 0.0, 1.0)
   nll = fused_ce_emo(hidden, head, labels, where=where, chunk_size=chunk_size, softcap=softcap,
                      temperature=temperature, label_smoothing=label_smoothing,
                      freeze_head=freeze_head).nll

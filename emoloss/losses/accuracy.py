@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from emoloss import _checks
+from emoloss import _masking, _validation
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -46,13 +46,13 @@ def smoothed_accuracy_loss(
     loss-design principle); Karpukhin et al., "EXACT: How to Train Your Accuracy", 2022
     (arXiv 2205.09615), on accuracy surrogates.
   """
-  logits, labels, integer, where = _checks.prepare_classification(logits, labels, where)
+  logits, labels, integer, where = _validation.prepare_classification(logits, labels, where)
   probs = jax.nn.softmax(logits, axis=-1)
   if integer:
     target_prob = jnp.take_along_axis(probs, labels[..., None], axis=-1)[..., 0]
   else:
     target_prob = jnp.sum(labels * probs, axis=-1)
-  return _checks.mask_loss(1.0 - target_prob, where)
+  return _masking.mask_loss(1.0 - target_prob, where)
 
 
 def binary_smoothed_accuracy_loss(
@@ -81,6 +81,6 @@ def binary_smoothed_accuracy_loss(
     Su Jianlin, "如何训练你的准确率?", kexue.fm/archives/9098, 2022-06-01; Karpukhin et al.,
     "EXACT: How to Train Your Accuracy", 2022 (arXiv 2205.09615).
   """
-  logits, labels, rows = _checks.prepare_binary(logits, labels, where, soft=True)
+  logits, labels, rows = _validation.prepare_binary(logits, labels, where, soft=True)
   prob = jax.nn.sigmoid(logits)
-  return _checks.mask_loss(1.0 - (labels * prob + (1.0 - labels) * (1.0 - prob)), rows)
+  return _masking.mask_loss(1.0 - (labels * prob + (1.0 - labels) * (1.0 - prob)), rows)

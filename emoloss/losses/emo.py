@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emoloss import _checks
+from emoloss import _masking, _validation
+from emoloss.losses import _kernels
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -43,7 +44,7 @@ def _check_embeddings(embeddings: ArrayLike, num_classes: int) -> None:
         f"`embeddings` must have shape [num_classes, k] = [{num_classes}, k] to match the "
         f"logits' last axis (got {shape})."
     )
-  _checks.check_logits(embeddings, name="embeddings", min_rank=2)
+  _validation.check_logits(embeddings, name="embeddings", min_rank=2)
 
 
 def emo_loss(
@@ -93,14 +94,14 @@ def emo_loss(
     (EMO: a classification loss designed from optimal transport), kexue.fm/archives/9797,
     2023-10-13 (also on PaperWeekly).
   """
-  logits, labels, integer, where = _checks.prepare_classification(logits, labels, where)
+  logits, labels, integer, where = _validation.prepare_classification(logits, labels, where)
   _check_embeddings(embeddings, logits.shape[-1])
   unit = normalize_embeddings(embeddings)
   expected_embedding = jax.nn.softmax(logits, axis=-1) @ unit  # [..., k]
   target_embedding = jnp.take(unit, labels, axis=0) if integer else labels @ unit
   # 1 - cos can round below 0 (-1.2e-7 with duplicate cost rows); the maths says it is >= 0.
   loss = jnp.maximum(1.0 - jnp.sum(expected_embedding * target_embedding, axis=-1), 0.0)
-  return _checks.mask_loss(loss, where)
+  return _masking.mask_loss(loss, where)
 
 
 def _check_mode(mode) -> None:
@@ -110,7 +111,7 @@ def _check_mode(mode) -> None:
 
 def _check_max_ratio(max_ratio) -> None:
   if max_ratio is not None:
-    _checks.check_scalar_range(max_ratio, "max_ratio", low=0.0, low_inclusive=False)
+    _validation.check_scalar_range(max_ratio, "max_ratio", low=0.0, low_inclusive=False)
 
 
 def _stopped_ratio(numerator: jax.Array, denominator: jax.Array, limit) -> jax.Array:
@@ -242,7 +243,7 @@ def emo_ce_loss(
   """
   _check_mode(mode)
   _check_max_ratio(max_ratio)
-  logits, labels, integer, where = _checks.prepare_classification(logits, labels, where)
-  ce = _checks.softmax_cross_entropy(logits, labels, integer)
+  logits, labels, integer, where = _validation.prepare_classification(logits, labels, where)
+  ce = _kernels.softmax_cross_entropy(logits, labels, integer)
   emo = emo_loss(logits, labels, embeddings)
-  return _checks.mask_loss(emo_ce_combination(ce, emo, mode=mode, max_ratio=max_ratio), where)
+  return _masking.mask_loss(emo_ce_combination(ce, emo, mode=mode, max_ratio=max_ratio), where)

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emoloss import _checks
+from emoloss import _masking, _numerics, _validation
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -163,7 +163,7 @@ def _batch_normalize(logits: jax.Array, where: jax.Array | None) -> jax.Array:
   # The result is invariant to the scale of the logits: they are first divided by the power of two
   # 2^e >= max |z| (exact, so nothing changes where nothing overflowed), so that neither the sum
   # nor the squares below overflow (the variance did from |z| ~ 1.8e19 in float32).
-  down = _checks.power_of_two_scale(jnp.max(jnp.where(kept, jnp.abs(logits), 0.0), initial=0.0))
+  down = _numerics.power_of_two_scale(jnp.max(jnp.where(kept, jnp.abs(logits), 0.0), initial=0.0))
   rescaled = logits * down[0] * down[1]
   logits = jnp.where(kept, rescaled, logits)
   count = jnp.sum(kept)
@@ -273,14 +273,14 @@ def exact_loss(
     raise ValueError(
         f"`num_nodes` must be an int in [1, {_MAX_NODES}] (got {num_nodes}); more "
         "nodes add no accuracy in float32 and NumPy's Gauss–Hermite rule overflows from ~380.")
-  logits = _checks.check_logits(logits)
-  labels, _ = _checks.check_labels(labels, logits, allow_soft=False)
+  logits = _validation.check_logits(logits)
+  labels, _ = _validation.check_labels(labels, logits, allow_soft=False)
   batch_shape = logits.shape[:-1]
-  where = _checks.check_where(where, batch_shape)
-  _checks.check_scalar_range(sigma, "sigma", low=0.0, low_inclusive=False)
+  where = _validation.check_where(where, batch_shape)
+  _validation.check_scalar_range(sigma, "sigma", low=0.0, low_inclusive=False)
   sigma = _per_example(sigma, "sigma", batch_shape)
   if margin is not None:
-    _checks.check_scalar_range(margin, "margin", low=-np.inf, low_inclusive=False)
+    _validation.check_scalar_range(margin, "margin", low=-np.inf, low_inclusive=False)
     margin = _per_example(margin, "margin", batch_shape)
   if batch_norm:
     logits = _batch_normalize(logits, where)
@@ -302,13 +302,13 @@ def _exact_loss(
 
   Jitted so that an eager call compiles one program rather than dispatching op by op.
   """
-  sigma = _checks.mask_inputs(sigma, where, fill=1)
-  logits = _checks.mask_inputs(logits, where)
-  labels, invalid = _checks.sanitise_labels(labels, where, logits.shape[-1])
+  sigma = _masking.mask_inputs(sigma, where, fill=1)
+  logits = _masking.mask_inputs(logits, where)
+  labels, invalid = _masking.sanitise_labels(labels, where, logits.shape[-1])
   # A NaN logit (target or competitor) makes its row NaN (value and gradient), restored on the
   # output: inside, the row is computed on zeros, so that the NaN is neither taken for a masked
   # class (NaN > -inf is False) nor fed to the Newton iteration.
-  nan_row = _checks.nan_rows(logits)
+  nan_row = _masking.nan_rows(logits)
   raw_logits = logits
   logits = jnp.where(nan_row[..., None], 0.0, logits)
   target_logit = jnp.take_along_axis(logits, labels[..., None], axis=-1)
@@ -323,7 +323,7 @@ def _exact_loss(
   target_logit = jnp.where(lost[..., None], 0.0, target_logit)
   differences = target_logit - logits  # [..., V]: z_y - z_i, +inf for a -inf (masked) class
   if margin is not None:
-    differences = jnp.minimum(differences, _checks.mask_inputs(margin, where)[..., None])
+    differences = jnp.minimum(differences, _masking.mask_inputs(margin, where)[..., None])
   # A -inf competitor never wins: Φ(t + Δ) = 1. Δ is made finite (inf would give 0 · inf in the
   # Newton step); beyond _DELTA_LIMIT nothing changes in float32 or float64.
   deltas = jnp.minimum(differences / sigma[..., None], _DELTA_LIMIT)
@@ -334,5 +334,5 @@ def _exact_loss(
     log_target_prob = jnp.minimum(_log_target_prob(deltas, others, num_nodes), 0.0)
   log_target_prob = jnp.where(lost, -jnp.inf, log_target_prob)
   loss = -log_target_prob if log_prob else -jnp.expm1(log_target_prob)
-  loss = _checks.propagate_nan(loss, raw_logits, nan_row)
-  return _checks.mask_loss(loss, _checks.Rows(keep=where, invalid=invalid))
+  loss = _masking.propagate_nan(loss, raw_logits, nan_row)
+  return _masking.mask_loss(loss, _masking.Rows(keep=where, invalid=invalid))

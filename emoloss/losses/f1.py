@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emoloss import _checks
+from emoloss import _masking, _validation
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -16,12 +16,12 @@ def _batch_probs(logits, labels, where):
   if jnp.ndim(logits) < 1:
     raise ValueError(
         f"`logits` must have rank >= 1, a batch axis first (got shape {jnp.shape(logits)}).")
-  logits, labels, rows = _checks.prepare_binary(logits, labels, where)
-  probs = _checks.mask_loss(jax.nn.sigmoid(logits), rows.keep)
+  logits, labels, rows = _validation.prepare_binary(logits, labels, where)
+  probs = _masking.mask_loss(jax.nn.sigmoid(logits), rows.keep)
   return logits, labels, rows, probs
 
 
-def _f1_from_probs(labels, probs, rows: _checks.Rows) -> jax.Array:
+def _f1_from_probs(labels, probs, rows: _masking.Rows) -> jax.Array:
   """``2 Σ y p / Σ (y + p)`` per column; NaN for a column with an out-of-range unmasked label."""
   overlap = jnp.sum(labels * probs, axis=0)
   total = jnp.sum(labels + probs, axis=0)
@@ -155,4 +155,4 @@ def f1_weighted_binary_cross_entropy(
   nll = -jax.nn.log_sigmoid(jnp.where(positive, logits, -logits))
   weight = jnp.where(positive, 1.0 - half_f1, half_f1)
   loss = jnp.where(weight == 0, 0.0, weight * nll)
-  return _checks.mask_loss(loss, rows)
+  return _masking.mask_loss(loss, rows)

@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emoloss import _checks
+from emoloss import _masking, _validation
+from emoloss.losses import _kernels
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -26,7 +27,7 @@ def _class_weights(alpha: ArrayLike, num_classes: int) -> jax.Array:
         f"`alpha` must be a scalar or have shape (num_classes,) = ({num_classes},) to match the "
         f"logits' last axis (got shape {np.shape(alpha)})."
     )
-  _checks.check_scalar_range(alpha, "alpha", low=0.0)
+  _validation.check_scalar_range(alpha, "alpha", low=0.0)
   return jnp.broadcast_to(jnp.asarray(alpha, jnp.float32), (num_classes,))
 
 
@@ -75,21 +76,21 @@ def softmax_focal_loss(
     Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017 (arXiv 1708.02002).
   """
   _check_gamma(gamma)
-  logits, labels, integer, where = _checks.prepare_classification(logits, labels, where)
+  logits, labels, integer, where = _validation.prepare_classification(logits, labels, where)
   log_probs = jax.nn.log_softmax(logits, axis=-1)
   if alpha is not None:
     alpha = _class_weights(alpha, logits.shape[-1])
   if integer:
-    loss = _focal_term(_checks.target_log_prob(log_probs, labels, integer=True), gamma)
+    loss = _focal_term(_kernels.target_log_prob(log_probs, labels, integer=True), gamma)
     if alpha is not None:
       loss = loss * alpha[labels]
   else:
     # Only classes with target mass enter: a -inf logit elsewhere (vocabulary mask) must not
     # meet a 0 weight in the product (0 · inf), nor in its gradient.
     weights = labels if alpha is None else labels * alpha  # α_i q_i
-    loss = jnp.sum(weights * _focal_term(_checks.zero_where_unlabelled(log_probs, labels), gamma),
+    loss = jnp.sum(weights * _focal_term(_masking.zero_where_unlabelled(log_probs, labels), gamma),
                    axis=-1)
-  return _checks.mask_loss(loss, where)
+  return _masking.mask_loss(loss, where)
 
 
 def _check_gamma(gamma) -> None:
@@ -97,7 +98,7 @@ def _check_gamma(gamma) -> None:
     raise ValueError(
         f"`gamma` must be a scalar focusing parameter (got shape {np.shape(gamma)}); a "
         "per-example or per-class gamma is not supported.")
-  _checks.check_scalar_range(gamma, "gamma", low=0.0)
+  _validation.check_scalar_range(gamma, "gamma", low=0.0)
 
 
 def _focal_term(log_prob: jax.Array, gamma) -> jax.Array:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from emoloss import _checks
+from emoloss import _validation
 from emoloss.losses.exact import exact_loss
 
 ArrayLike = jax.typing.ArrayLike
@@ -64,8 +64,8 @@ def negative_log_mean_likelihood(
     Su Jianlin, "如何训练你的准确率?" (How to train your accuracy?), kexue.fm/archives/9098,
     2022-06-01; Karpukhin et al., "EXACT: How to Train Your Accuracy", 2022 (arXiv 2205.09615).
   """
-  nll = _checks.check_logits(neg_log_likelihood, name="neg_log_likelihood", min_rank=0)
-  where = _checks.check_where(where, nll.shape)
+  nll = _validation.check_logits(neg_log_likelihood, name="neg_log_likelihood", min_rank=0)
+  where = _validation.check_where(where, nll.shape)
   keep = jnp.ones(nll.shape, bool) if where is None else where
   count = jnp.sum(keep)
   any_kept = count > 0

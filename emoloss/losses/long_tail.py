@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emoloss import _checks
+from emoloss import _masking, _validation
+from emoloss.losses import _kernels
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -61,7 +62,7 @@ def log_prior_adjustment(class_prior: ArrayLike, tau: float = 1.0) -> jax.Array:
     Menon et al., "Long-tail learning via logit adjustment", ICLR 2021 (arXiv 2007.07314).
   """
   _check_prior(class_prior)
-  _checks.check_scalar_range(tau, "tau", low=0.0)
+  _validation.check_scalar_range(tau, "tau", low=0.0)
   prior = jnp.asarray(class_prior, jnp.float32)
   prior = prior / jnp.sum(prior)
   return jnp.log(prior**tau + PRIOR_EPSILON)
@@ -108,11 +109,11 @@ def logit_adjusted_cross_entropy(
   References:
     Menon et al., "Long-tail learning via logit adjustment", ICLR 2021 (arXiv 2007.07314).
   """
-  _checks.check_scalar_range(tau, "tau", low=0.0)
-  logits, labels, integer, where = _checks.prepare_classification(logits, labels, where)
+  _validation.check_scalar_range(tau, "tau", low=0.0)
+  logits, labels, integer, where = _validation.prepare_classification(logits, labels, where)
   prior = _check_class_vector(class_prior, logits.shape[-1], "class_prior")
   adjusted = logits + log_prior_adjustment(prior, tau)
-  return _checks.mask_loss(_checks.softmax_cross_entropy(adjusted, labels, integer), where)
+  return _masking.mask_loss(_kernels.softmax_cross_entropy(adjusted, labels, integer), where)
 
 
 def posthoc_logit_adjustment(
@@ -143,8 +144,8 @@ def posthoc_logit_adjustment(
   References:
     Menon et al., "Long-tail learning via logit adjustment", ICLR 2021 (arXiv 2007.07314).
   """
-  _checks.check_scalar_range(tau, "tau", low=0.0)
-  logits = _checks.check_logits(logits)
+  _validation.check_scalar_range(tau, "tau", low=0.0)
+  logits = _validation.check_logits(logits)
   prior = _check_class_vector(class_prior, logits.shape[-1], "class_prior")
   return logits - log_prior_adjustment(prior, tau)
 
@@ -191,12 +192,12 @@ def margin_cross_entropy(
     Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss",
     NeurIPS 2019 (arXiv 1906.07413).
   """
-  logits, labels, _, where = _checks.prepare_classification(
+  logits, labels, _, where = _validation.prepare_classification(
       logits, labels, where, allow_soft=False)
   margins = _check_class_vector(margins, logits.shape[-1], "margins")
   is_target = labels[..., None] == jnp.arange(logits.shape[-1])
   adjusted = logits - jnp.where(is_target, margins, 0.0)
-  return _checks.mask_loss(_checks.softmax_cross_entropy(adjusted, labels, True), where)
+  return _masking.mask_loss(_kernels.softmax_cross_entropy(adjusted, labels, True), where)
 
 
 def norm_aware_margin_cross_entropy(
@@ -261,7 +262,7 @@ def norm_aware_margin_cross_entropy(
     Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss",
     NeurIPS 2019 (arXiv 1906.07413), per-class margins ``∝ n_y^{-1/4}``.
   """
-  logits, labels, _, where = _checks.prepare_classification(
+  logits, labels, _, where = _validation.prepare_classification(
       logits, labels, where, allow_soft=False)
   num_classes = logits.shape[-1]
   norms = _check_class_vector(class_weight_norms, num_classes, "class_weight_norms")
@@ -270,4 +271,4 @@ def norm_aware_margin_cross_entropy(
   is_target = labels[..., None] == jnp.arange(num_classes)
   shift = radius[..., None] * norms  # [..., V]: r_y ‖u_i‖
   adjusted = logits + jnp.where(is_target, -shift, shift)
-  return _checks.mask_loss(_checks.softmax_cross_entropy(adjusted, labels, True), where)
+  return _masking.mask_loss(_kernels.softmax_cross_entropy(adjusted, labels, True), where)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from emoloss import _checks
+from emoloss import _masking, _validation
+from emoloss.losses import _kernels
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -72,10 +73,10 @@ def mixce_loss(
     Zhang et al., "MixCE: Training Autoregressive Language Models by Mixing Forward and Reverse
     Cross-Entropies", ACL 2023 (arXiv 2305.16958).
   """
-  _checks.check_scalar_range(eta, "eta", 0.0, 1.0)
-  logits, labels, _, where = _checks.prepare_classification(
+  _validation.check_scalar_range(eta, "eta", 0.0, 1.0)
+  logits, labels, _, where = _validation.prepare_classification(
       logits, labels, where, allow_soft=False)
   log_probs = jax.nn.log_softmax(logits, axis=-1)
-  target_log_prob = _checks.target_log_prob(log_probs, labels, integer=True)
+  target_log_prob = _kernels.target_log_prob(log_probs, labels, integer=True)
   loss = -mixce_weight(target_log_prob, eta) * target_log_prob
-  return _checks.mask_loss(loss, where)
+  return _masking.mask_loss(loss, where)

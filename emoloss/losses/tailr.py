@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emoloss import _checks
+from emoloss import _masking, _validation
+from emoloss.losses import _kernels
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -50,10 +51,10 @@ def tailr_weight(log_prob: ArrayLike, gamma: float, min_weight: float = 0.0) -> 
 def _check_hyperparameters(gamma, min_weight) -> None:
   if np.ndim(gamma) != 0:
     raise ValueError(f"`gamma` must be a scalar in [0, 1] (got shape {np.shape(gamma)}).")
-  _checks.check_scalar_range(gamma, "gamma", 0.0, 1.0)
+  _validation.check_scalar_range(gamma, "gamma", 0.0, 1.0)
   if np.ndim(min_weight) != 0:
     raise ValueError(f"`min_weight` must be a scalar in [0, 1] (got shape {np.shape(min_weight)}).")
-  _checks.check_scalar_range(min_weight, "min_weight", 0.0, 1.0)
+  _validation.check_scalar_range(min_weight, "min_weight", 0.0, 1.0)
 
 
 def tailr_loss(
@@ -119,17 +120,17 @@ def tailr_loss(
     2023-03-14.
   """
   _check_hyperparameters(gamma, min_weight)
-  _checks.check_scalar_range(label_smoothing, "label_smoothing", 0.0, 1.0, high_inclusive=False)
-  logits, labels, _, where = _checks.prepare_classification(
+  _validation.check_scalar_range(label_smoothing, "label_smoothing", 0.0, 1.0, high_inclusive=False)
+  logits, labels, _, where = _validation.prepare_classification(
       logits, labels, where, allow_soft=False)
   log_probs = jax.nn.log_softmax(logits, axis=-1)
-  target_log_prob = _checks.target_log_prob(log_probs, labels, integer=True)
+  target_log_prob = _kernels.target_log_prob(log_probs, labels, integer=True)
   weight = tailr_weight(target_log_prob, gamma, min_weight)
   weighted_nll = jnp.where(weight == 0, 0.0, -weight * target_log_prob)  # a NaN stays NaN
   loss = (1.0 - label_smoothing) * weighted_nll
   if not (isinstance(label_smoothing, (int, float)) and label_smoothing == 0):
     loss = loss + label_smoothing * _uniform_smoothing_loss(logits, log_probs)
-  return _checks.mask_loss(loss, where)
+  return _masking.mask_loss(loss, where)
 
 
 def _uniform_smoothing_loss(logits: jax.Array, log_probs: jax.Array) -> jax.Array:

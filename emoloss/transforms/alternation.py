@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from emoloss import _checks
+from emoloss import _validation
 from emoloss.transforms.flooding import _at_least_float32, _check_flood_level, check_loss_value
 
 
@@ -56,7 +56,7 @@ class AscentDescentState(NamedTuple):
 
 
 def _check_ascent_ratio(ascent_ratio) -> None:
-  _checks.check_scalar_range(ascent_ratio, "ascent_ratio", low=0.0, high=1.0, low_inclusive=False)
+  _validation.check_scalar_range(ascent_ratio, "ascent_ratio", low=0.0, high=1.0, low_inclusive=False)
   if np.ndim(ascent_ratio) != 0:
     raise ValueError(f"`ascent_ratio` must be a scalar (got shape {np.shape(ascent_ratio)}).")
 
@@ -268,7 +268,7 @@ def backstitch(learning_rate: optax.ScalarOrSchedule, alpha: float = 0.3) -> opt
     Wang et al., "Backstitch: Counteracting Finite-sample Bias via Negative Steps",
     Interspeech 2017.
   """
-  _checks.check_scalar_range(alpha, "alpha", low=0.0, low_inclusive=False)
+  _validation.check_scalar_range(alpha, "alpha", low=0.0, low_inclusive=False)
   if callable(learning_rate):
     schedule = learning_rate
     descent_lr = lambda count: (1.0 + alpha) * schedule(count)
@@ -306,8 +306,8 @@ def alternation_penalty(descent_lr: float, ascent_lr: float) -> tuple[float, flo
     Wang et al., Interspeech 2017 (backstitch); Su Jianlin, "我们真的需要把训练集的损失降低到零吗?",
     kexue.fm/archives/7643, 2020 (the alternation's gradient-norm form, ``ε1 != ε2``).
   """
-  _checks.check_scalar_range(descent_lr, "descent_lr", low=0.0, low_inclusive=False)
-  _checks.check_scalar_range(ascent_lr, "ascent_lr", low=0.0, high=descent_lr, high_inclusive=False)
+  _validation.check_scalar_range(descent_lr, "descent_lr", low=0.0, low_inclusive=False)
+  _validation.check_scalar_range(ascent_lr, "ascent_lr", low=0.0, high=descent_lr, high_inclusive=False)
   learning_rate = descent_lr - ascent_lr
   return learning_rate, descent_lr * ascent_lr / (2.0 * learning_rate)
 
@@ -350,7 +350,7 @@ def gradient_norm_penalty(
     Wang et al., Interspeech 2017 (backstitch); Barrett & Dherin, "Implicit Gradient
     Regularization", ICLR 2021.
   """
-  _checks.check_scalar_range(coeff, "coeff", low=0.0)
+  _validation.check_scalar_range(coeff, "coeff", low=0.0)
   value_and_grad = jax.value_and_grad(loss_fn, has_aux=has_aux)
 
   def penalised_loss_fn(params, *args, **kwargs):
@@ -412,8 +412,8 @@ def alternation_equivalent_loss(
     Ishida et al., "Do We Need Zero Training Loss After Achieving Zero Training Error?",
     ICML 2020 (flooding).
   """
-  _checks.check_scalar_range(descent_lr, "descent_lr", low=0.0, low_inclusive=False)
-  _checks.check_scalar_range(ascent_lr, "ascent_lr", low=0.0, high=descent_lr)
+  _validation.check_scalar_range(descent_lr, "descent_lr", low=0.0, low_inclusive=False)
+  _validation.check_scalar_range(ascent_lr, "ascent_lr", low=0.0, high=descent_lr)
   loss_weight = descent_lr - ascent_lr
   penalty_weight = 0.5 * descent_lr * ascent_lr
   value_and_grad = jax.value_and_grad(loss_fn, has_aux=has_aux)

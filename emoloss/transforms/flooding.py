@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from emoloss import _checks
+from emoloss import _validation
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -38,7 +38,7 @@ class FloodState(NamedTuple):
 
 
 def _check_flood_level(flood_level) -> None:
-  _checks.check_scalar_range(flood_level, "flood_level", low=0.0)
+  _validation.check_scalar_range(flood_level, "flood_level", low=0.0)
   if np.ndim(flood_level) != 0:
     raise ValueError(f"`flood_level` must be a scalar (got shape {np.shape(flood_level)}).")
 
@@ -68,7 +68,7 @@ def check_loss_value(value: ArrayLike | None, transform: str) -> jax.Array:
         f"`value` passed to `{transform}` must be the scalar batch-mean loss (got shape "
         f"{np.shape(value)}); reduce per-example losses first."
     )
-  dtype = _checks._dtype(value)
+  dtype = _validation.dtype_of(value)
   if not jnp.issubdtype(dtype, jnp.floating):
     raise TypeError(f"`value` passed to `{transform}` must be a float loss (got dtype {dtype}).")
   return jnp.asarray(value, jnp.float32)
@@ -144,10 +144,10 @@ def flood(flood_level: float) -> optax.GradientTransformationExtraArgs:
     >>> print(updates["w"])
     [0.2]
 
-  Choosing ``b``: the paper searches ``b`` in ``{0, 0.01, ..., 0.50}`` on validation data; the
-  flooding discussion this library follows (Su Jianlin, kexue.fm/archives/7643) suggests a
-  level below half of the training loss at which the validation error starts to rise (train
-  once without flooding, note that loss, take ``b`` under half of it). Below ``b`` the updates
+  Choosing ``b``: the paper searches ``b`` in ``{0, 0.01, ..., 0.50}`` on validation data; a
+  rule of thumb quoted in wmathor's post on flooding (from a reader's comment under a Zhihu
+  article) is a level below half of the training loss at which the validation error starts to
+  rise (train once without flooding, note that loss, take ``b`` under half of it). Below ``b`` the updates
   alternate descent and ascent, which is descent on the gradient norm (the docs' "Derivations"
   page; :func:`alternation_equivalent_loss`).
 
@@ -155,8 +155,9 @@ def flood(flood_level: float) -> optax.GradientTransformationExtraArgs:
     Ishida et al., "Do We Need Zero Training Loss After Achieving Zero Training Error?",
     ICML 2020 (arXiv 2002.08709); ``b`` searched in {0, 0.01, ..., 0.50}. Su Jianlin,
     "我们真的需要把训练集的损失降低到零吗?" (Do we really need to reduce the training loss to
-    zero?), kexue.fm/archives/7643, 2020 (the flood-level rule; the alternation below ``b`` as a
-    gradient-norm penalty).
+    zero?), kexue.fm/archives/7643, 2020 (the alternation below ``b`` as a gradient-norm
+    penalty). wmathor, "loss损失讨论", wmathor.com/index.php/archives/1551 (the flood-level
+    rule of thumb).
   """
   _check_flood_level(flood_level)
 
@@ -258,8 +259,8 @@ def iflood_loss(
     Xie et al., "iFlood: A Stable and Effective Regularizer", ICLR 2022.
   """
   _check_flood_level(flood_level)
-  losses = _checks.check_logits(losses, name="losses", min_rank=0)
-  where = _checks.check_where(where, losses.shape)
+  losses = _validation.check_logits(losses, name="losses", min_rank=0)
+  where = _validation.check_where(where, losses.shape)
   per_example = jnp.abs(losses - flood_level) + flood_level
   if per_example.size == 0:  # an empty batch, like a fully masked one, gives 0
     return jnp.zeros([], jnp.float32)

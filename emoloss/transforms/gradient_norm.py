@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from emoloss import _checks
+from emoloss import _numerics, _validation
 
 
 class RunningGradientNormState(NamedTuple):
@@ -39,7 +39,7 @@ def global_norm(tree) -> jax.Array:
   dtype = jnp.result_type(jnp.float32, *(x.dtype for x in leaves))
   leaves = [x.astype(dtype) for x in leaves]
   largest = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(x), initial=0.0) for x in leaves])
-  down = _checks.power_of_two_scale(largest)
+  down = _numerics.power_of_two_scale(largest)
   squares = sum(jnp.sum(jnp.square(x * down[0] * down[1])) for x in leaves)
   norm = jnp.sqrt(squares) / down[0] / down[1]  # exact: powers of two
   finite_max = jnp.finfo(jnp.float32).max
@@ -102,8 +102,8 @@ def normalize_by_running_gradient_norm(
     Karpukhin et al., "EXACT: How to Train Your Accuracy", 2022 (arXiv 2205.09615), gradient
     normalisation; https://github.com/tinkoff-ai/exact.
   """
-  _checks.check_scalar_range(momentum, "momentum", low=0.0, high=1.0, high_inclusive=False)
-  _checks.check_scalar_range(floor, "floor", low=0.0, low_inclusive=False)
+  _validation.check_scalar_range(momentum, "momentum", low=0.0, high=1.0, high_inclusive=False)
+  _validation.check_scalar_range(floor, "floor", low=0.0, low_inclusive=False)
   for value, name in ((momentum, "momentum"), (floor, "floor")):
     if np.ndim(value) != 0:
       raise ValueError(f"`{name}` must be a scalar (got shape {np.shape(value)}).")

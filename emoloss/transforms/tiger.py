@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from emoloss import _checks
+from emoloss import _validation
 
 
 class TigerState(NamedTuple):
@@ -145,12 +145,12 @@ def tiger(
     https://github.com/bojone/tiger (``tiger.py``, ``grad_accum_steps``);
     Chen et al., "Symbolic Discovery of Optimization Algorithms" (Lion), NeurIPS 2023.
   """
-  _checks.check_scalar_range(beta, "beta", low=0.0, high=1.0, high_inclusive=False)
-  _checks.check_scalar_range(weight_decay, "weight_decay", low=0.0)
-  _checks.check_scalar_range(min_rms, "min_rms", low=0.0)
+  _validation.check_scalar_range(beta, "beta", low=0.0, high=1.0, high_inclusive=False)
+  _validation.check_scalar_range(weight_decay, "weight_decay", low=0.0)
+  _validation.check_scalar_range(min_rms, "min_rms", low=0.0)
   _check_accumulation_steps(accumulation_steps)
   if shrink_ratio is not None:
-    _checks.check_scalar_range(shrink_ratio, "shrink_ratio", low=0.0, high=1.0)
+    _validation.check_scalar_range(shrink_ratio, "shrink_ratio", low=0.0, high=1.0)
   if isinstance(weight_decay, (int, float)) and weight_decay == 0:
     decay = None
   else:

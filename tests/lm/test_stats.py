@@ -60,3 +60,52 @@ def test_a_baseline_already_within_the_margin_of_the_ideal_is_not_testable():
       "verdict"] == stats.HOLDS
   assert set(stats.VERDICTS) == {stats.HOLDS, stats.DOES_NOT_HOLD, stats.INCONCLUSIVE,
                                  stats.NOT_TESTABLE}
+
+
+@pytest.mark.parametrize("claim,room", [("better", None), ("not worse", None),
+                                        ("better", 0.001)])
+def test_one_seed_gives_no_interval_and_an_inconclusive_verdict(claim, room):
+  """One paired seed has no spread: no interval, and never a verdict other than inconclusive
+  (a zero-width interval used to read 'does not hold' or 'holds')."""
+  margin = stats.Margin("nll", 0.01, False)
+  for method in ([1.0 - 0.3729], [1.0 + 0.3729], [1.0]):
+    summary = stats.paired_comparison(method, [1.0], margin, claim, room=room)
+    assert summary["n"] == 1 and np.isnan(summary["low"]) and np.isnan(summary["high"])
+    assert summary["verdict"] == stats.INCONCLUSIVE
+    assert summary["mean"] == pytest.approx(method[0] - 1.0)
+    assert "[no interval]" in stats.format_difference(summary)
+  mean, low, high = stats.t_interval([0.5])
+  assert mean == 0.5 and np.isnan(low) and np.isnan(high)
+  assert stats.verdict(float("nan"), float("nan"), 0.01, claim, room) == stats.INCONCLUSIVE
+
+
+def test_two_seeds_still_give_an_interval_and_a_verdict():
+  margin = stats.Margin("nll", 0.01, False)
+  summary = stats.paired_comparison([0.5, 0.52], [1.0, 1.0], margin)
+  assert summary["low"] < summary["mean"] < summary["high"]
+  assert summary["verdict"] == stats.HOLDS
+
+
+def test_every_comparison_in_the_benchmarks_gives_one_seed_an_inconclusive_verdict():
+  """The other users of the comparison: the oracle's claims (verdict redone per claim kind) and
+  its vocabulary trend, and the classification comparison."""
+  from benchmarks.oracle import report as oracle_report
+
+  per_seed = [{"ce": {m: 1.0 for m in (*oracle_report.MARGINS, "entropy_gap")},
+               "emo": {m: 0.5 for m in (*oracle_report.MARGINS, "entropy_gap")}}]
+  per_seed[0]["ce"]["forward_kl"] = per_seed[0]["emo"]["forward_kl"] = 1.0
+  comparisons = oracle_report.compare({"same": per_seed}, ["ce", "emo"])
+  claims = oracle_report.claims(comparisons)
+  assert claims and {c["verdict"] for c in claims} == {stats.INCONCLUSIVE}
+  sweep = {str(v): {"data_vocab_size": v, "per_regime": {"same": [
+      {"ce": {m: 1.0 for m in oracle_report.TREND_METRICS},
+       "emo": {m: 1.0 - 0.1 * i for m in oracle_report.TREND_METRICS}}]}}
+      for i, v in enumerate((300, 600, 1200))}
+  trend = oracle_report.vocab_trend(sweep, ["emo"])
+  assert trend["n"] == 1 and trend["verdict"] == stats.INCONCLUSIVE
+  from benchmarks.lm import report as lm_report
+
+  lm = lm_report.compare([{"ce": {"test_nll": 1.0, "rep2_gap/greedy": 0.3},
+                           "emo": {"test_nll": 0.6, "rep2_gap/greedy": 0.001}}],
+                         ["ce", "emo"], {}, "A")
+  assert {c["verdict"] for c in lm["emo"].values()} == {stats.INCONCLUSIVE}

@@ -218,3 +218,23 @@ def test_rejects_bad_arguments(capsys):
   assert "--objectives" in capsys.readouterr().err
   with pytest.raises(SystemExit):
     run.main(["--quick", "--seeds", "0"])
+
+
+def test_quick_run_of_the_small_regime_alone(tmp_path, capsys):
+  """`--regimes small` (one seed per objective in --quick): it reports instead of failing with
+  KeyError: 'same' after training; one seed gives no interval and 'inconclusive at this size';
+  no vocabulary sweep (it runs the `same` regime); the run lists the files it wrote."""
+  json_path = tmp_path / "small.json"
+  results = run.main(["--quick", "--regimes", "small", "--out", str(tmp_path / "cache"),
+                      "--json", str(json_path), "--no-progress"])
+  assert list(results["per_regime"]) == ["small"] and results["claims"]
+  for claim in results["claims"]:
+    assert claim["n"] == 1 and claim["verdict"] == "inconclusive at this size"
+    assert math.isnan(claim["low"]) and math.isnan(claim["high"])
+  assert results["vocab_trend"]["verdict"].startswith("not testable here")
+  assert results["vocab_comparisons"] == {}
+  printed = capsys.readouterr().out
+  for suffix in (".json", ".md", ".png"):
+    path = json_path.with_suffix(suffix)
+    assert path.stat().st_size > 0 and str(path) in printed
+  assert "inconclusive at this size" in (tmp_path / "small.md").read_text()

@@ -1,4 +1,4 @@
-"""Argument checks and small shared helpers for every loss.
+"""Argument checks for every loss and transform.
 
 Shapes and dtypes are static under ``jax.jit``, so every check here runs at trace time and raises a
 ``ValueError``/``TypeError`` that names the offending argument. Label *values* are not visible under
@@ -7,43 +7,44 @@ Shapes and dtypes are static under ``jax.jit``, so every check here runs at trac
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+
+from emoloss._masking import Rows, mask_inputs, sanitise_labels
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
 
 
-def _shape(x) -> tuple[int, ...]:
+def shape_of(x) -> tuple[int, ...]:
+  """The static shape of an array or array-like."""
   return tuple(np.shape(x))
 
 
-def _dtype(x):
+def dtype_of(x):
+  """The dtype of an array or array-like (as ``jnp.asarray`` would give it)."""
   return jnp.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype
 
 
 def check_logits(logits: ArrayLike, name: str = "logits", min_rank: int = 1) -> Array:
   """Checks that ``logits`` is a floating array of rank >= ``min_rank``; returns it as float32."""
-  dtype = _dtype(logits)
+  dtype = dtype_of(logits)
   if not jnp.issubdtype(dtype, jnp.floating):
     raise TypeError(
         f"`{name}` must have a floating dtype (got {dtype}); cast it, e.g. "
         f"`{name}.astype(jnp.float32)`."
     )
-  if len(_shape(logits)) < min_rank:
+  if len(shape_of(logits)) < min_rank:
     raise ValueError(
-        f"`{name}` must have rank >= {min_rank} (got shape {_shape(logits)})."
+        f"`{name}` must have rank >= {min_rank} (got shape {shape_of(logits)})."
     )
   return jnp.asarray(logits).astype(jnp.float32)
 
 
 def is_integer_labels(labels: ArrayLike) -> bool:
   """True for integer (class index) labels, False for floating (soft / one-hot) labels."""
-  dtype = _dtype(labels)
+  dtype = dtype_of(labels)
   if jnp.issubdtype(dtype, jnp.integer):
     return True
   if jnp.issubdtype(dtype, jnp.floating):
@@ -62,26 +63,26 @@ def check_labels(
   integer = is_integer_labels(labels)
   batch_shape = logits.shape[:-1]
   if integer:
-    if _shape(labels) != batch_shape:
+    if shape_of(labels) != batch_shape:
       raise ValueError(
           f"integer `labels` must have shape logits.shape[:-1] = {batch_shape} "
-          f"(got labels {_shape(labels)}, logits {logits.shape})."
+          f"(got labels {shape_of(labels)}, logits {logits.shape})."
       )
     return jnp.asarray(labels).astype(jnp.int32), True
-  if _shape(labels) == batch_shape and _shape(labels) != logits.shape:
+  if shape_of(labels) == batch_shape and shape_of(labels) != logits.shape:
     raise TypeError(
         f"`labels` has the shape of class indices {batch_shape} but a floating dtype "
-        f"({_dtype(labels)}): cast labels to an integer dtype, e.g. `labels.astype(jnp.int32)` "
+        f"({dtype_of(labels)}): cast labels to an integer dtype, e.g. `labels.astype(jnp.int32)` "
         f"(soft labels need the shape of logits {logits.shape})."
     )
   if not allow_soft:
     raise TypeError(
-        f"`labels` must be integer class indices for this loss (got dtype {_dtype(labels)}); "
+        f"`labels` must be integer class indices for this loss (got dtype {dtype_of(labels)}); "
         "cast labels to an integer dtype."
     )
-  if _shape(labels) != logits.shape:
+  if shape_of(labels) != logits.shape:
     raise ValueError(
-        f"soft `labels` must have the shape of logits {logits.shape} (got {_shape(labels)}); "
+        f"soft `labels` must have the shape of logits {logits.shape} (got {shape_of(labels)}); "
         f"integer labels must have shape {batch_shape}."
     )
   return jnp.asarray(labels).astype(jnp.float32), False
@@ -91,76 +92,13 @@ def check_where(where: ArrayLike | None, batch_shape: tuple[int, ...]) -> Array 
   """Checks a boolean example mask of shape ``batch_shape`` (``None`` passes through)."""
   if where is None:
     return None
-  if _shape(where) != tuple(batch_shape):
+  if shape_of(where) != tuple(batch_shape):
     raise ValueError(
-        f"`where` must have the batch shape {tuple(batch_shape)} (got {_shape(where)})."
+        f"`where` must have the batch shape {tuple(batch_shape)} (got {shape_of(where)})."
     )
-  if _dtype(where) != jnp.bool_:
-    raise TypeError(f"`where` must be a boolean mask (got dtype {_dtype(where)}).")
+  if dtype_of(where) != jnp.bool_:
+    raise TypeError(f"`where` must be a boolean mask (got dtype {dtype_of(where)}).")
   return jnp.asarray(where)
-
-
-def mask_inputs(x: Array, where: Array | None, fill=0) -> Array:
-  """Replaces masked rows of ``x [*batch, ...]`` by ``fill`` so they cannot produce NaN/inf
-  values or gradients (the "double where" pattern)."""
-  if where is None:
-    return x
-  mask = where.reshape(where.shape + (1,) * (x.ndim - where.ndim))
-  return jnp.where(mask, x, jnp.asarray(fill, x.dtype))
-
-
-class Rows(NamedTuple):
-  """Row status returned by :func:`prepare_classification` in place of ``where``.
-
-  Attributes:
-    keep: the user's boolean mask (``None``: every row counts).
-    invalid: rows whose unmasked integer label is outside ``[0, V)``: their loss is NaN.
-  """
-  keep: Array | None
-  invalid: Array
-
-
-def mask_loss(loss: Array, where: Array | Rows | None) -> Array:
-  """Zeroes the per-example loss of masked examples; with a :class:`Rows`, also sets the loss
-  of rows with an out-of-range label to NaN (the label rule). The NaN is selected here, on the
-  output: XLA may drop a ``select(c, NaN, x)`` fed into later arithmetic (seen on CPU: ``exp`` then
-  ``sum`` of it lost the NaN), so inputs are sanitised instead and the NaN is put last."""
-  if isinstance(where, Rows):
-    loss = jnp.where(where.invalid, jnp.nan, loss)
-    where = where.keep
-  if where is None:
-    return loss
-  return jnp.where(where, loss, 0.0)
-
-
-def nan_rows(logits: Array) -> Array:
-  """``[...]`` True for the rows of ``logits [..., V]`` holding a NaN (masked rows must already be
-  sanitised, e.g. by :func:`prepare_classification`)."""
-  return jnp.any(jnp.isnan(logits), axis=-1)
-
-
-def propagate_nan(loss: Array, logits: Array, rows: Array) -> Array:
-  """``loss [...]`` with the ``rows`` set to NaN, and a NaN gradient with respect to every entry
-  of their ``logits [..., V]`` (the NaN rule: a NaN input is never turned into a finite value).
-
-  For losses that sanitise NaN rows to keep their internals finite (a NaN would otherwise be
-  taken for a masked class, or stall an iteration): the NaN comes back here, on the output, as
-  ``NaN · logits`` of the row; other rows get exactly zero from this term (double where)."""
-  row_logits = jnp.where(rows[..., None], logits, 0.0)
-  poison = jnp.sum(row_logits, axis=-1) * jnp.nan
-  return jnp.where(rows, poison, loss)
-
-
-def power_of_two_scale(largest: Array) -> tuple[Array, Array]:
-  """Two powers of two whose product is ``2^-e``, where ``2^e >= largest >= 0`` (``frexp``'s
-  exponent): multiplying by both divides exactly (no rounding) and brings every ``|x| <= largest``
-  below 1, so that sums and squares of the result cannot overflow. Two factors, each a normal
-  number, since ``2^-128`` alone is subnormal in float32 and may be flushed to zero. Their
-  reciprocals (also exact) undo the scaling."""
-  _, exponent = jnp.frexp(largest)
-  half = exponent // 2
-  one = jnp.ones([], largest.dtype)
-  return jnp.ldexp(one, -half), jnp.ldexp(one, half - exponent)
 
 
 def check_scalar_range(
@@ -277,39 +215,6 @@ def prepare_classification(
   return logits, labels, True, Rows(keep=where, invalid=invalid)
 
 
-def sanitise_labels(
-    labels: Array, where: Array | None, num_classes: int
-) -> tuple[Array, Array]:
-  """Returns ``(labels, invalid)``: labels outside ``[0, num_classes)`` and masked labels
-  replaced by 0 (so gathers stay in range), and the unmasked rows whose label was outside."""
-  valid = (labels >= 0) & (labels < num_classes)
-  invalid = ~valid if where is None else ~valid & where
-  usable = valid if where is None else valid & where
-  return jnp.where(usable, labels, 0), invalid
-
-
-def softmax_cross_entropy(logits: Array, labels: Array, integer: bool) -> Array:
-  """Softmax cross-entropy for integer or soft labels; a ``-inf`` logit (vocabulary mask) with
-  zero target mass contributes 0 (``optax.losses.safe_softmax_cross_entropy``), not NaN."""
-  if integer:
-    return optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
-  return optax.losses.safe_softmax_cross_entropy(logits, labels)
-
-
-def target_log_prob(log_probs: Array, labels: Array, integer: bool) -> Array:
-  """``log p_y`` for integer labels, ``Σ_i q_i log p_i`` for soft labels ``q`` (``0 log 0 = 0``:
-  a ``-inf`` log-probability with zero target mass contributes 0)."""
-  if integer:
-    return jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
-  return jnp.sum(labels * zero_where_unlabelled(log_probs, labels), axis=-1)
-
-
-def zero_where_unlabelled(values: Array, labels: Array) -> Array:
-  """``values`` with entries of zero target mass replaced by 0, so that ``labels * values`` has
-  neither a ``0 · inf`` value nor a NaN gradient (the "double where" pattern)."""
-  return jnp.where(labels != 0, values, 0.0)
-
-
 def prepare_binary(
     logits: ArrayLike, labels: ArrayLike, where: ArrayLike | None, *, soft: bool = False
 ) -> tuple[Array, Array, Rows]:
@@ -321,11 +226,11 @@ def prepare_binary(
   :func:`mask_loss`). Returns float32 logits and labels with masked entries zeroed.
   """
   logits = check_logits(logits, min_rank=0)
-  if _shape(labels) != logits.shape:
+  if shape_of(labels) != logits.shape:
     raise ValueError(
-        f"binary `labels` must have the shape of logits {logits.shape} (got {_shape(labels)})."
+        f"binary `labels` must have the shape of logits {logits.shape} (got {shape_of(labels)})."
     )
-  if _dtype(labels) != jnp.bool_:
+  if dtype_of(labels) != jnp.bool_:
     is_integer_labels(labels)  # raises TypeError for complex/... dtypes
   where = check_where(where, logits.shape)
   labels = jnp.asarray(labels).astype(jnp.float32)
