@@ -108,7 +108,7 @@ class Config:
   seeds: int = 5
   few_seeds: int = 2                # the `small` regime, EMO alone and focal
   first_seed: int = 0               # seeds first_seed .. first_seed + seeds - 1
-  regimes: tuple[str, ...] = ("same", "small")
+  regimes: tuple[str, ...] = ("same", "small", "finetune")  # finetune: the sizes below
   objectives: tuple[str, ...] = tuple(o.name for o in ORACLE_OBJECTIVES)
   small_objectives: tuple[str, ...] = ("ce", "emo", "emo_cap3")
   sweep_vocab_sizes: tuple[int, ...] = (300, 1200)   # besides vocab_size; () = no sweep
@@ -157,6 +157,8 @@ class Config:
       return {"same": [(n, self.seeds) for n in self.objectives if n in self.sweep_objectives]}
     plan = {}
     for regime in self.regimes:
+      if regime == "finetune":  # benchmarks.oracle.finetune
+        continue
       if regime == "same":
         plan[regime] = [(n, self.few_seeds if n in FEW_SEED_OBJECTIVES else self.seeds)
                         for n in self.objectives]
@@ -172,7 +174,7 @@ QUICK = {
     "small_heads": 2, "train_samples": 128, "val_samples": 128, "held_out_samples": 256,
     "student_samples": 256, "student_steps": 600, "eval_every": 10, "patience": 3,
     "batch_size": 16, "warmup_steps": 10, "seeds": 2, "few_seeds": 1,
-    "objectives": ("ce", "emo", "emo_oracle", "tailr_open"), "regimes": ("same",),
+    "objectives": ("ce", "emo", "emo_oracle", "tailr_open"), "regimes": ("same", "finetune"),
     "sweep_vocab_sizes": (300,), "sweep_objectives": ("ce", "emo"), "vocab_oracles": 1,
     "finetune_sizes": (("ft_d16", 16, 1, 2),), "finetune_seeds": 2,
     "shift_steps": 30, "target_train_samples": 64, "target_val_samples": 128,
@@ -580,7 +582,7 @@ def run_experiment(config: Config, out_dir: str, json_path: str, *, overwrite: b
   main = by_vocab[config.vocab_size]
   objects = main.pop("_objects")
   tuned = {"per_regime": {}, "temperature": {}, "continued": {}, "finetune": {}}
-  if config.finetune_seeds:
+  if config.finetune_seeds and "finetune" in config.regimes:
     tuned = finetune.run_finetune(config, objects["data"], objects["oracle"], objects["samples"],
                                   objects["separator"], finetune_dir(out_dir, config, overwrite),
                                   progress, log)
@@ -600,7 +602,7 @@ def run_experiment(config: Config, out_dir: str, json_path: str, *, overwrite: b
       "objectives": {o.name: {"label": o.label, "source": o.source}
                      for o in ORACLE_OBJECTIVES
                      if o.name in config.objectives
-                     or config.finetune_seeds and o.name in config.finetune_objectives},
+                     or tuned["finetune"] and o.name in config.finetune_objectives},
       "data": main["data"],
       "oracle": main["oracle"],
       "machine": machine_description(("tokenizers",)),
@@ -692,7 +694,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="comma-separated subset of " + ",".join(BY_NAME) + "; ce, the "
                       "baseline, is always included " + shown("objectives"))
   parser.add_argument("--regimes", default=None,
-                      help="comma-separated subset of same,small; runs of another process on "
+                      help="comma-separated subset of same,small,finetune (finetune: pretrained "
+                      "students fine-tuned on a shifted oracle); runs of another process on "
                       "the same --out are reused; without same there is no vocabulary sweep "
                       + shown("regimes"))
   parser.add_argument("--sweep-only", action="store_true",
@@ -737,9 +740,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
                        f"(got {args.objectives!r}).")
     overrides["objectives"] = tuple(o for o in BY_NAME if o in chosen or o == "ce")
   if args.regimes is not None:
-    regimes = tuple(r for r in ("same", "small") if r in args.regimes.split(","))
-    if not regimes or set(args.regimes.split(",")) - {"same", "small"}:
-      raise UsageError(f"--regimes must be a comma-separated subset of same,small (got "
+    known = ("same", "small", "finetune")
+    regimes = tuple(r for r in known if r in args.regimes.split(","))
+    if not regimes or set(args.regimes.split(",")) - set(known):
+      raise UsageError(f"--regimes must be a comma-separated subset of {','.join(known)} (got "
                        f"{args.regimes!r}).")
     overrides["regimes"] = regimes
   if "same" not in overrides.get("regimes", Config.regimes):
