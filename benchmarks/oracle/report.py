@@ -472,9 +472,11 @@ def markdown(results: dict, png_name: str) -> str:
              "control. There EMO's per-token loss Σ_i q_i c(i, y), linear in the student's "
              "distribution q, is not a proper scoring rule, so mixed into CE it is expected to "
              "cost both KLs and to sharpen Q; the measurement tests that expectation. The "
-             "paper's claim (fine-tuning a pretrained, misspecified model with a frozen copy of "
-             "its head as the cost) is tested in the `ft_*` regimes. A regime counts as trained "
-             "to convergence only where the continued-training check says so."), "",
+             "paper's claim is about fine-tuning a pretrained, misspecified model with a frozen "
+             "copy of its head as the cost"
+             + (", tested in the `ft_*` regimes. " if "finetune" in results else ". ")
+             + "A regime counts as trained to convergence only where the continued-training "
+             "check says so."), "",
             "| regime | claim | metric | difference to CE | margin | verdict |",
             "|---|---|---|---|---|---|"]
   for c in results["claims"]:
@@ -507,6 +509,9 @@ def _drop(check: dict) -> str:
 
 
 def _continued_lines(results: dict) -> list[str]:
+  if not any("continued_reverse_kl_drop" in row for by_vocab in results["convergence"].values()
+             for row in by_vocab.values()):
+    return []
   lines = ["### Continued-training check", "",
            ("Per seed, the selected CE student's KL minus that of CE trained for twice its "
             "selected steps (the same batches; from scratch: the constant learning rate "
@@ -600,6 +605,10 @@ def _vocab_lines(results: dict, labels: dict) -> list[str]:
     for metric, t in by_metric.items():
       lines.append(f"| {labels.get(name, name)} | {metric} | {format_difference(t, 4)} | "
                    f"{t['verdict']} |")
+  if "oracle_unit" not in trend:
+    return lines + ["", (f"**Primary test** ({trend['objective']}, {trend['metric']}): slope "
+                         f"{trend['slope']:+.4f} [{trend['low']:+.4f}, {trend['high']:+.4f}] → "
+                         f"**{trend['verdict']}**."), ""]
   lines += ["", ("With the oracle as the unit (per oracle the mean over seeds of the difference; "
             "least-squares slope over oracles on log2 V, t-interval with n − 2 degrees of "
             f"freedom); oracles per V: {trend.get('oracles_per_vocab', {})}:"), "",
