@@ -171,9 +171,13 @@ def target_samples(config, target, separator: int, out_dir: str) -> dict:
     return outputs.load_cached(path, _load_arrays)
   counts = {"train": config.target_train_samples, "held_out": config.held_out_samples,
             "self": config.student_samples, "val": config.target_val_samples}
-  # one batch of independent rows (one compiled sampler), split into the sets
-  rows = sample_rows(target, sum(counts.values()), config.seq_len, separator,
-                     jax.random.key(100))
+  # independent rows in chunks of the students' sample count (the sampler compiled for P0's
+  # samples of that shape serves: P has P0's architecture), split into the sets
+  chunk = config.student_samples
+  total = sum(counts.values())
+  rows = np.concatenate([sample_rows(target, chunk, config.seq_len, separator,
+                                     jax.random.key(100 + i))
+                         for i in range(-(-total // chunk))])[:total]
   ends = np.cumsum(list(counts.values()))
   sets = dict(zip(counts, np.split(rows, ends[:-1])))
   data_lib.atomic_savez(path, **sets)
@@ -229,8 +233,11 @@ def run_finetune(config, data, oracle0, samples0: dict, separator: int, out_dir:
   shift_metrics = cached_json(os.path.join(out_dir, "shift.json"), shift)
   log(f"fine-tuning regime: KL(P‖P0) = {shift_metrics['kl_p_p0']:.3f} nats/token")
   names = config.finetune_objectives
-  objectives = tuple(BY_NAME[n]._replace(cost="base") if BY_NAME[n].family == "emo"
-                     else BY_NAME[n] for n in names)
+  # The from-scratch students' objectives (plus any others), indexed by name: the EMO mixes take
+  # the cost passed to the step (here the frozen pretrained head), and a student architecture the
+  # from-scratch runs share (d=16, 1 layer: `small`) reuses their compiled step.
+  all_names = (*config.objectives, *(n for n in names if n not in config.objectives))
+  objectives = tuple(BY_NAME[n] for n in all_names)
   steps = finetune_steps(config)
   total = len(config.finetune_sizes) * config.finetune_seeds * (len(names) + 4)
   bar = tqdm(total=total, desc="fine-tuning", disable=not progress, dynamic_ncols=True)
@@ -272,7 +279,8 @@ def run_finetune(config, data, oracle0, samples0: dict, separator: int, out_dir:
 
       models = {"base": cached_json(f"{stem}_base.json", base_metrics)}
       bar.update()
-      for index, name in enumerate(names):
+      for name in names:
+        index = all_names.index(name)
         bar.set_postfix_str(f"{regime} s{seed} {name}", refresh=True)
 
         def tuned(index=index, name=name, sample_key=sample_key, pretrained=pretrained,

@@ -107,3 +107,14 @@ def test_continued_check_signs_and_verdicts():
   drop = check["continued_reverse_kl_drop"]
   np.testing.assert_allclose(drop["mean"], 0.03 + 1.5e-3)
   assert drop["converged"] == "no" and check["continued_forward_kl_drop"]["converged"] == "no"
+
+
+def test_mixce_claims_are_tested_in_the_finetuning_regimes_only():
+  summary = {"n": 5, "mean": -0.02, "low": -0.03, "high": -0.01, "improved": 5, "margin": 0.005,
+             "higher_is_better": False}
+  by_objective = {"mixce": {m: dict(summary, metric=m) for m in report.MARGINS}}
+  rows = report.claims({"same": by_objective, "ft_d16": by_objective})
+  found = {(r["regime"], r["objective"], r["metric"]): r["verdict"] for r in rows}
+  assert ("same", "mixce", "reverse_kl") not in found
+  assert found[("ft_d16", "mixce", "reverse_kl")] == "holds"
+  assert found[("ft_d16", "mixce", "forward_kl")] == "holds"
