@@ -486,7 +486,8 @@ def continued_students(config: Config, oracle, samples: dict, vocab_size: int, s
   from benchmarks.oracle import exact  # pylint: disable=import-outside-toplevel
 
   objectives = tuple(BY_NAME[n] for n in config.objectives)
-  unit_head = exact.unit_rows(oracle.head)
+  oracle_head = jnp.array(oracle.head, copy=True)
+  unit_head = exact.unit_rows(oracle_head)
   out = {}
   for regime, per_seed in per_regime.items():
     model_config = config.student_config(regime, vocab_size)
@@ -500,9 +501,10 @@ def continued_students(config: Config, oracle, samples: dict, vocab_size: int, s
 
       def continued(seed=seed, selected=selected, model_config=model_config):
         started = time.perf_counter()
+        # the cost CE's own run was given (unused by CE): the same compiled step, so the first
+        # `selected` steps replay that run exactly
         model, record = train_student(config, model_config, objectives, 0, seed, samples["train"],
-                                      samples["val"], jnp.zeros((vocab_size, 1)),
-                                      fixed_steps=2 * selected)
+                                      samples["val"], oracle_head, fixed_steps=2 * selected)
         own = sample_rows(model, config.student_samples, config.seq_len, separator,
                           jax.random.key(1000 + seed))
         return dict(exact_metrics(oracle, model, samples["held_out"], own, unit_head), **record,
