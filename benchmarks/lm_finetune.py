@@ -1,6 +1,6 @@
-"""Offline LM fine-tuning experiment: CE vs EMO+CE vs TaiLr vs MixCE over paired seeds, in two
-regimes (A: light in-domain adaptation of a competent base, the papers' regime; B: a domain
-shift).
+"""Offline LM fine-tuning experiment: CE vs EMO+CE vs TaiLr vs MixCE over paired seeds, in three
+regimes (C, the headline: adaptation to another package's code, gated by a CE pilot; A:
+held-out standard-library files; B: a domain shift to prose).
 
 One command, no download::
 

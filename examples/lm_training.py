@@ -16,12 +16,22 @@ The pieces a real training stack needs, at a size that runs in seconds on a CPU:
 * a mesh with a ``data`` axis (batch) and a ``model`` axis (the head's vocabulary rows and the
   cost embeddings are split over it; the loss combines the shards with ``psum``/``pmax`` of
   per-token vectors);
-* an Orbax checkpoint of ``(params, opt_state, step)``: training resumed from it continues bit for
-  bit (the data of each step are a function of the step).
+* Orbax checkpoints of ``(params, opt_state)`` per step (``--checkpoint-dir``, ``--save-every``):
+  a run started again resumes from the latest complete one and continues bit for bit (the data of
+  each step are a function of the step);
+* several processes (a TPU pod slice, a multi-node GPU job) joined by ``jax.distributed``
+  (``--coordinator-address``, ``--num-processes``, ``--process-id``, or ``--distributed`` for
+  JAX's auto-detection): the mesh spans every process's devices, each process generates only the
+  batch rows its own devices hold (row ``r`` of step ``i`` depends on the seed, ``i`` and ``r``
+  alone), logs from process 0 only, and writes its shards of one Orbax checkpoint.
 
   python examples/lm_training.py                       # one device
   XLA_FLAGS=--xla_force_host_platform_device_count=8 \\
     python examples/lm_training.py --mesh 2 4          # 8 simulated CPU devices: data 2 x model 4
+  python examples/launch_local.py --processes 2 --devices-per-process 2 -- \\
+    examples/lm_training.py --mesh 2 2                 # 2 local processes x 2 CPU devices
+
+The docs' "Scaling out" page has the launch lines for a TPU pod, SLURM and Kubernetes.
 
 bfloat16 parameters are updated in place here (the optimizer state is float32); a long run would
 keep a float32 master copy of the parameters to avoid losing small updates to rounding.
@@ -32,6 +42,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import hashlib
+import os
 import tempfile
 from pathlib import Path
 
@@ -40,7 +52,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -101,22 +115,54 @@ class Decoder(nnx.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# Data: a fixed random bigram chain, so the loss has something to learn; batch i is a function of
-# (seed, i), which is what makes a resumed run identical.
+# Data: a fixed random bigram chain, so the loss has something to learn. Row r of step i's global
+# batch is a function of (seed, i, r) alone, which is what makes a resumed run identical and lets
+# each process generate (read) only the rows its own devices hold.
+
+
+@functools.cache
+def bigram_table(seed: int, vocab: int) -> np.ndarray:
+  return np.random.default_rng(seed).dirichlet(np.full(vocab, 0.05), vocab)
+
+
+def rows_at(config: Config, step: int, rows: range) -> tuple[np.ndarray, np.ndarray]:
+  """``tokens [len(rows), T]`` and a boolean ``mask`` (padding at the end of some sequences) of
+  the given rows of step ``step``'s global batch."""
+  table = bigram_table(config.seed, config.vocab)
+  tokens = np.zeros((len(rows), config.seq), np.int32)
+  mask = np.zeros((len(rows), config.seq), bool)
+  for i, row in enumerate(rows):
+    rng = np.random.default_rng([config.seed, step, row])
+    tokens[i, 0] = rng.integers(0, config.vocab)
+    for t in range(1, config.seq):
+      cumulative = table[tokens[i, t - 1]].cumsum()
+      tokens[i, t] = min(int((cumulative < rng.random()).sum()), config.vocab - 1)
+    mask[i] = np.arange(config.seq) < rng.integers(config.seq // 2, config.seq + 1)
+  return tokens, mask
 
 
 def batch_at(config: Config, step: int) -> tuple[np.ndarray, np.ndarray]:
-  """``tokens [B, T]`` and a boolean ``mask [B, T]`` (padding at the end of some sequences)."""
-  table = np.random.default_rng(config.seed).dirichlet(np.full(config.vocab, 0.05), config.vocab)
-  rng = np.random.default_rng([config.seed, step])
-  tokens = np.zeros((config.batch, config.seq), np.int32)
-  tokens[:, 0] = rng.integers(0, config.vocab, config.batch)
-  for t in range(1, config.seq):
-    cumulative = table[tokens[:, t - 1]].cumsum(axis=1)
-    tokens[:, t] = np.minimum((cumulative < rng.random((config.batch, 1))).sum(axis=1),
-                              config.vocab - 1)
-  lengths = rng.integers(config.seq // 2, config.seq + 1, config.batch)
-  return tokens, np.arange(config.seq)[None, :] < lengths[:, None]
+  """The whole global batch of step ``step``: ``tokens [B, T]`` and ``mask [B, T]``."""
+  return rows_at(config, step, range(config.batch))
+
+
+def global_batch_at(config: Config, step: int, mesh) -> tuple[jax.Array, jax.Array]:
+  """Step ``step``'s batch as global arrays with rows split over the mesh's data axis. Each
+  process generates only the rows of its own devices' shards (``make_array_from_callback`` asks
+  it for those alone); with one process and no mesh, the whole batch."""
+  if mesh is None:
+    return tuple(jnp.asarray(x) for x in batch_at(config, step))
+  sharding = NamedSharding(mesh, P("data", None))
+  pieces = {}
+
+  def piece(index, which):
+    rows = range(*index[0].indices(config.batch))
+    if rows not in pieces:
+      pieces[rows] = rows_at(config, step, rows)
+    return pieces[rows][which]
+  shape = (config.batch, config.seq)
+  return (jax.make_array_from_callback(shape, sharding, lambda index: piece(index, 0)),
+          jax.make_array_from_callback(shape, sharding, lambda index: piece(index, 1)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,9 +186,12 @@ def token_sum_loss(params, graphdef, cost, tokens, mask, mesh):
 
 def accumulated_gradients(params, graphdef, cost, tokens, mask, micro_batches, mesh=None):
   """``(loss, grads)`` of the full batch's token mean, as the float32 sum over ``micro_batches``
-  pieces of ``∇(token sum of the piece) / (target tokens of the whole batch)``."""
+  pieces (strided: rows ``j::micro_batches``) of ``∇(token sum of the piece) / (target tokens
+  of the whole batch)``."""
   count = jnp.maximum(jnp.sum(mask[:, 1:]), 1).astype(jnp.float32)
-  split = lambda x: x.reshape((micro_batches, -1) + x.shape[1:])
+  # Micro-batch j holds rows j, j + micro_batches, ...: each data shard (a contiguous block of
+  # rows) contributes equally to every micro-batch, so no rows move between devices.
+  split = lambda x: jnp.swapaxes(x.reshape((-1, micro_batches) + x.shape[1:]), 0, 1)
   grad_fn = jax.value_and_grad(lambda p, t, m: token_sum_loss(p, graphdef, cost, t, m, mesh))
 
   def body(carry, piece):
@@ -186,6 +235,9 @@ def make_step(config: Config, graphdef, mesh):
 
 
 def make_mesh(shape: tuple[int, int] | None) -> Mesh | None:
+  """A ``(data, model)`` mesh over the first ``DATA * MODEL`` devices. ``jax.devices()`` lists
+  the devices process by process, so with several processes the ``data`` axis runs across
+  processes (each holds a contiguous block of the batch's rows) and ``model`` within one first."""
   if shape is None:
     return None
   devices = np.array(jax.devices()[: shape[0] * shape[1]]).reshape(shape)
@@ -198,93 +250,225 @@ def param_spec(path, _) -> P:
 
 
 def place(tree, mesh, spec_fn):
+  """Global arrays of the (identical on every process) host values of ``tree``: each process
+  fills only the shards of its own devices."""
   if mesh is None:
     return tree
-  return jax.tree_util.tree_map_with_path(
-      lambda path, x: jax.device_put(x, NamedSharding(mesh, spec_fn(path, x))), tree)
+
+  def put(path, x):
+    value = np.asarray(x)
+    return jax.make_array_from_callback(value.shape, NamedSharding(mesh, spec_fn(path, x)),
+                                        lambda index: value[index])
+  return jax.tree_util.tree_map_with_path(put, tree)
 
 
 def init(config: Config, mesh):
   """``(graphdef, params, opt_state, cost)``: the cost embeddings of EMO are a frozen float32
-  copy of the initial head (in a fine-tuning run: the pretrained model's head)."""
+  copy of the initial head (in a fine-tuning run: the pretrained model's head). Every process
+  computes the same initial values from ``config.seed``."""
   model = Decoder(config, nnx.Rngs(config.seed))
   graphdef, params = nnx.split(model, nnx.Param)
-  params = place(params, mesh, param_spec)
-  cost = place(model.head[...].astype(jnp.float32), mesh, lambda *_: P("model", None))
-  opt_state = place(optimizer(config).init(float32(params)), mesh, param_spec)  # moments as params
-  return graphdef, params, opt_state, cost
+  opt_state = optimizer(config).init(float32(params))
+  cost = model.head[...].astype(jnp.float32)
+  return (graphdef, place(params, mesh, param_spec),
+          place(opt_state, mesh, param_spec),  # the moments sharded as their parameters
+          place(cost, mesh, lambda *_: P("model", None)))
 
 
-def train(config: Config, mesh=None, start=None, stop=None, checkpoint=None, state=None):
-  """Runs steps ``[start, stop)`` from ``state`` (``(params, opt_state)``, default a fresh
-  init); saves ``(params, opt_state, step)`` to ``checkpoint`` at the end when given. Returns
-  ``(params, opt_state, losses)``."""
+def checkpoints(directory) -> ocp.CheckpointManager:
+  """Orbax's manager of the step checkpoints in ``directory`` (one sub-folder per step). Every
+  process writes its own shards of the same checkpoint; a step's folder is written under a
+  temporary name and renamed when every process has finished, so an interrupted save leaves no
+  step folder and ``latest_step()`` is always a complete checkpoint. With several hosts the
+  folder must be one that all of them see (a shared file system, or ``gs://...``)."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
+  directory = str(directory)
+  if "://" not in directory:
+    directory = os.path.abspath(directory)
+  return ocp.CheckpointManager(epath.Path(directory), options=options)
+
+
+def restore(manager: ocp.CheckpointManager, step: int, params, opt_state):
+  """``(params, opt_state)`` of checkpoint ``step``, with the shardings and dtypes of the given
+  (freshly initialised) trees."""
+  target = {"params": params, "opt_state": opt_state}
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+  restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  return restored["params"], restored["opt_state"]
+
+
+def train(config: Config, mesh=None, *, checkpoint_dir: str | Path | None = None,
+          save_every: int = 0, stop: int | None = None, log=print):
+  """Trains up to step ``stop`` (default ``config.steps``). With ``checkpoint_dir``, resumes from
+  its latest complete checkpoint if there is one, and saves ``(params, opt_state)`` every
+  ``save_every`` steps (0: never) and at ``stop``. Returns ``(params, opt_state, losses)``, the
+  losses of the steps run here."""
   graphdef, params, opt_state, cost = init(config, mesh)
-  if state is not None:
-    params, opt_state = state
+  stop = config.steps if stop is None else stop
+  manager, start = None, 0
+  if checkpoint_dir is not None:
+    manager = checkpoints(checkpoint_dir)
+    latest = manager.latest_step()
+    if latest is not None:
+      params, opt_state = restore(manager, latest, params, opt_state)
+      start = latest
+      log(f"resumed from the checkpoint of step {latest} in {checkpoint_dir}")
   step_fn = make_step(config, graphdef, mesh)
-  data = NamedSharding(mesh, P("data", None)) if mesh is not None else None
   losses = []
-  for i in range(start or 0, config.steps if stop is None else stop):
-    tokens, mask = (jnp.asarray(x) if data is None else jax.device_put(x, data)
-                    for x in batch_at(config, i))
+  for i in range(start, stop):
+    tokens, mask = global_batch_at(config, i, mesh)
     params, opt_state, loss = step_fn(params, opt_state, cost, tokens, mask)
     losses.append(float(loss))
-  if checkpoint is not None:
-    save(checkpoint, params, opt_state, (config.steps if stop is None else stop))
+    if manager is not None and (i + 1 == stop or (save_every and (i + 1) % save_every == 0)):
+      manager.save(i + 1, args=ocp.args.StandardSave({"params": params, "opt_state": opt_state}),
+                   force=True)
+  if manager is not None:
+    manager.wait_until_finished()
+    manager.close()
   return params, opt_state, losses
 
 
-def save(path: Path, params, opt_state, step: int) -> None:
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(Path(path).absolute(), {"params": params, "opt_state": opt_state,
-                                            "step": step})
-  checkpointer.wait_until_finished()
+def host_values(tree):
+  """NumPy copies of global arrays (gathered from every process when there are several)."""
+  if jax.process_count() > 1:
+    return multihost_utils.process_allgather(tree, tiled=True)
+  return jax.tree.map(np.asarray, tree)
 
 
-def restore(path: Path, config: Config, mesh):
-  """``(params, opt_state, step)`` restored with the shardings and dtypes of a fresh init."""
-  _, params, opt_state, _ = init(config, mesh)
-  target = {"params": params, "opt_state": opt_state, "step": 0}
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-  restored = ocp.StandardCheckpointer().restore(Path(path).absolute(), abstract)
-  return restored["params"], restored["opt_state"], int(restored["step"])
+def fingerprint(params) -> str:
+  """SHA-256 of the parameters' bytes: equal fingerprints are equal parameters bit for bit."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(host_values(params)):
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  return digest.hexdigest()
 
 
 def resume_is_bit_for_bit(config: Config, mesh, directory: Path) -> bool:
   """Trains ``config.steps`` in one go, and again as two halves through a checkpoint: the
   final parameters must be identical bit for bit."""
   straight, _, _ = train(config, mesh)
-  half = config.steps // 2
-  train(config, mesh, stop=half, checkpoint=directory / "half")
-  params, opt_state, step = restore(directory / "half", config, mesh)
-  assert step == half
-  resumed, _, _ = train(config, mesh, start=half, state=(params, opt_state))
-  same = jax.tree.map(lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b))),
-                      straight, resumed)
+  train(config, mesh, checkpoint_dir=directory, stop=config.steps // 2)
+  resumed, _, _ = train(config, mesh, checkpoint_dir=directory)
+  same = jax.tree.map(np.array_equal, host_values(straight), host_values(resumed))
   return all(jax.tree.leaves(same))
 
 
+# ----------------------------------------------------------------------------------------------
+# Command line: one process, or one of several joined by jax.distributed.
+
+
+def distributed_arguments(parser: argparse.ArgumentParser) -> None:
+  group = parser.add_argument_group(
+      "several processes", "one process per host (or per GPU) joined by jax.distributed; every "
+      "process runs this same command with its own --process-id")
+  group.add_argument("--distributed", action="store_true",
+                     help="join a multi-process run; without the three settings below, "
+                     "jax.distributed.initialize() detects them (TPU pod, SLURM, Open MPI, "
+                     "Kubernetes)")
+  group.add_argument("--coordinator-address", metavar="HOST:PORT",
+                     help="process 0's address and a free port (implies --distributed)")
+  group.add_argument("--num-processes", type=int, metavar="N")
+  group.add_argument("--process-id", type=int, metavar="I", help="0 .. N-1")
+  group.add_argument("--heartbeat-timeout", type=int, default=60, metavar="SECONDS",
+                     help="a process silent this long is declared lost and every other process "
+                     "stops with an error naming it (default %(default)s)")
+  group.add_argument("--initialization-timeout", type=int, default=300, metavar="SECONDS",
+                     help="how long to wait for every process to join (default %(default)s)")
+
+
+def initialize_distributed(args) -> None:
+  """``jax.distributed.initialize`` from the command line (before any other use of JAX). On
+  CPUs the collectives between processes go through gloo (TCP)."""
+  settings = (args.coordinator_address, args.num_processes, args.process_id)
+  if not args.distributed and all(x is None for x in settings):
+    return
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(
+      args.coordinator_address, args.num_processes, args.process_id,
+      initialization_timeout=args.initialization_timeout,
+      heartbeat_timeout_seconds=args.heartbeat_timeout)
+
+
+def check_arguments(parser: argparse.ArgumentParser, args, config: Config) -> None:
+  """Usage errors (exit status 2 and a message naming the option) for settings the run cannot
+  use, before anything is trained."""
+  if args.steps < 1:
+    parser.error(f"--steps must be at least 1, got {args.steps}")
+  if args.micro_batches < 1 or config.batch % args.micro_batches:
+    parser.error(f"--micro-batches must be a divisor of the batch of {config.batch} sequences "
+                 f"(1, 2, 4, 8 or 16), got {args.micro_batches}")
+  if args.save_every < 0:
+    parser.error(f"--save-every must be 0 (never) or positive, got {args.save_every}")
+  if args.stop_at is not None and not 1 <= args.stop_at <= args.steps:
+    parser.error(f"--stop-at must lie in [1, --steps], got {args.stop_at}")
+  if (args.save_every or args.stop_at is not None) and args.checkpoint_dir is None:
+    parser.error("--save-every and --stop-at need --checkpoint-dir")
+  if args.check_resume and jax.process_count() > 1:
+    parser.error("--check-resume runs in one process (with several, train with --stop-at and "
+                 "run again: the second run resumes)")
+  if args.mesh is None:
+    return
+  data, model = args.mesh
+  if data < 1 or model < 1:
+    parser.error(f"--mesh sizes must be positive, got {data} {model}")
+  if data * model > jax.device_count():
+    parser.error(f"--mesh {data} {model} needs {data * model} devices; there are "
+                 f"{jax.device_count()}")
+  if jax.process_count() > 1 and data * model != jax.device_count():
+    parser.error(f"--mesh {data} {model} must use all {jax.device_count()} devices of the "
+                 f"{jax.process_count()} processes")
+  if (config.batch // args.micro_batches) % data:
+    parser.error(f"--mesh: DATA={data} must divide the micro-batch of "
+                 f"{config.batch // args.micro_batches} sequences (batch {config.batch} / "
+                 f"--micro-batches {args.micro_batches})")
+  if config.vocab % model:
+    parser.error(f"--mesh: MODEL={model} must divide the vocabulary of {config.vocab}")
+
+
 def main(argv=None) -> dict:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__.split("\n\n")[0],
+      epilog="several processes on one machine: python examples/launch_local.py --processes 2 "
+      "--devices-per-process 2 -- examples/lm_training.py --mesh 2 2")
   parser.add_argument("--steps", type=int, default=Config.steps)
   parser.add_argument("--micro-batches", type=int, default=Config.micro_batches)
   parser.add_argument("--dtype", default=Config.dtype, choices=["bfloat16", "float32"])
   parser.add_argument("--mesh", type=int, nargs=2, default=None, metavar=("DATA", "MODEL"),
-                      help="data x model mesh (needs DATA * MODEL devices)")
+                      help="data x model mesh (needs DATA * MODEL devices; with several "
+                      "processes, all of them; default with several processes: DATA = all)")
+  parser.add_argument("--checkpoint-dir", default=None,
+                      help="Orbax checkpoints (a local folder, or gs://... with several hosts); "
+                      "a run resumes from the latest complete one there")
+  parser.add_argument("--save-every", type=int, default=0, metavar="STEPS",
+                      help="also save every STEPS steps (default: only at the end)")
+  parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+                      help="stop (and save) after step STEP; a later run resumes there")
   parser.add_argument("--check-resume", action="store_true",
                       help="also train through an Orbax checkpoint and compare bit for bit")
+  distributed_arguments(parser)
   args = parser.parse_args(argv)
-  config = Config(steps=args.steps, micro_batches=args.micro_batches, dtype=args.dtype)
+  config = Config(steps=args.steps, micro_batches=max(args.micro_batches, 1), dtype=args.dtype)
+  initialize_distributed(args)
+  if args.mesh is None and jax.process_count() > 1:
+    args.mesh = [jax.device_count(), 1]
+  check_arguments(parser, args, config)
+  log = print if jax.process_index() == 0 else (lambda *_, **__: None)
   mesh = make_mesh(tuple(args.mesh) if args.mesh else None)
-  _, _, losses = train(config, mesh)
-  print(f"loss (token-mean EMO + CE) over {config.steps} steps: {losses[0]:.4f} -> "
-        f"{losses[-1]:.4f}")
-  result = {"losses": losses}
+  if jax.process_count() > 1:
+    log(f"{jax.process_count()} processes, {jax.device_count()} devices, mesh "
+        f"{dict(mesh.shape)}; each process reads the batch rows of its own devices")
+  params, _, losses = train(config, mesh, checkpoint_dir=args.checkpoint_dir,
+                            save_every=args.save_every, stop=args.stop_at, log=log)
+  stop = args.stop_at or args.steps
+  if losses:
+    log(f"loss (token-mean EMO + CE) over steps {stop - len(losses) + 1}..{stop}: "
+        f"{losses[0]:.4f} -> {losses[-1]:.4f}")
+  result = {"losses": losses, "fingerprint": fingerprint(params)}
+  log(f"parameters after step {stop}: sha256 {result['fingerprint']}")
   if args.check_resume:
     with tempfile.TemporaryDirectory() as directory:
       result["resume_bit_for_bit"] = resume_is_bit_for_bit(config, mesh, Path(directory))
-    print("resumed from the checkpoint bit for bit:", result["resume_bit_for_bit"])
+    log("resumed from the checkpoint bit for bit:", result["resume_bit_for_bit"])
   return result
 
 

@@ -22,7 +22,10 @@ hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "derandomi
 # and the unit tests of the experiments' code (benchmarks/), every test under EXPERIMENT_DIRS
 # (marked here, so a new file there is in the lane without a marker of its own). A `-m` expression
 # that does not name `slow` leaves the `slow` tests (full-size experiments) out, so the second lane
-# does not start them; `-m slow` runs them.
+# does not start them; `-m slow` runs them. The `tunix` tests (tests/integration/test_tunix.py) are
+# a third lane, `-m tunix`, run by .ci/run in a venv of its own with google-tunix pinned, and the
+# `levanter` tests a manual one (docs/trainer.md gives the command); both lanes above leave them
+# out (pyproject's addopts).
 EXPERIMENT_DIRS = ("tests/lm/", "tests/oracle/")
 
 # Each lane runs in two pytest-xdist workers, one test file at a time each (--dist loadfile),
@@ -42,6 +45,8 @@ LIBRARY_LONGEST_FIRST = (
     "tests/losses/test_long_tail.py",
 )
 EXPERIMENTS_LONGEST_FIRST = (
+    "tests/multiproc/test_lm_training.py",
+    "tests/multiproc/test_losses.py",
     "tests/test_lm_finetune.py",
     "tests/test_classification_experiments.py",
     "tests/test_lm_training_example.py",

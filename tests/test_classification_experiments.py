@@ -3,8 +3,8 @@
 Each test runs one script end to end (in-process, output to ``tmp_path``), checks that it wrote
 its JSON and PNG and printed its table, and asserts the direction that the method's paper (or
 the blog post it follows) predicts where that direction held in every seed we tried at this size (quick settings;
-the comments say how many seeds; see benchmarks/README.md). Where a paper's
-claim does not hold here the test asserts what does, and the README says so.
+the comments say how many seeds; see docs/experiments/classification.md). Where a paper's
+claim does not hold here the test asserts what does, and that page says so.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def test_exact_toy_minimisers(tmp_path, capsys):
   assert exact["without_k"]["grid_b_min"][0] > 3.0
   # With a learned scale k every loss, not only EXACT, ends in (0, 0.25) from every start: the
   # scale grows and the minimiser moves to the max-margin b = 0.125 (the paper only credits
-  # EXACT, whose sigma plays the part of 1/k; see benchmarks/README.md).
+  # EXACT, whose sigma plays the part of 1/k; see docs/experiments/classification.md).
   for m in methods.values():
     gd = m["with_k"]["gd"]
     assert all(gd["zero_error"]) and all(acc == 1.0 for acc in gd["accuracy"])

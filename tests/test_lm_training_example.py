@@ -25,14 +25,16 @@ def example():
 
 
 def test_accumulated_gradient_is_the_full_batch_token_mean_gradient(example):
-  """Four micro-batches with different amounts of padding: the float32 sum of their gradients
+  """Four micro-batches (rows j::4) with different amounts of padding: the float32 sum of their
+  gradients
   (token sums over the global token count) equals the gradient of the full batch's token mean,
   computed in one piece, to float32 summation order; the mean of per-micro-batch means (the
   common mistake) does not."""
   config = example["Config"](dtype="float32", batch=8, micro_batches=4)
   graphdef, params, _, cost = example["init"](config, None)
   tokens, mask = (jnp.asarray(x) for x in example["batch_at"](config, 3))
-  assert len({int(m[:, 1:].sum()) for m in np.split(np.asarray(mask), 4)}) > 1  # uneven padding
+  pieces = [(tokens[j::4], mask[j::4]) for j in range(4)]  # the example's micro-batches
+  assert len({int(m[:, 1:].sum()) for _, m in pieces}) > 1  # uneven padding
   loss_sum = example["token_sum_loss"]
   count = jnp.sum(mask[:, 1:]).astype(jnp.float32)
   full_loss, full = jax.value_and_grad(
@@ -45,7 +47,6 @@ def test_accumulated_gradient_is_the_full_batch_token_mean_gradient(example):
   assert max(jax.tree.leaves(errors)) <= 1e-5 * scale, errors
 
   def mean_of_means(p):
-    pieces = zip(np.split(np.asarray(tokens), 4), np.split(np.asarray(mask), 4))
     return sum(loss_sum(p, graphdef, cost, t, m, None) / m[:, 1:].sum() for t, m in pieces) / 4
   wrong = jax.grad(mean_of_means)(params)
   gaps = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), wrong, full)
@@ -72,3 +73,33 @@ def test_bf16_run_on_a_data_model_mesh_of_8_devices_resumes_bit_for_bit(example)
   assert losses[-1] < losses[0]
   single = example["train"](example["Config"](steps=1), None)[2]
   np.testing.assert_allclose(losses[0], single[0], rtol=2e-2)
+
+
+def test_data_rows_depend_on_step_and_row_only(example):
+  """Row r of step i is the same whether generated with the whole batch or alone (what lets each
+  process generate only its own rows), and steps differ."""
+  config = example["Config"]()
+  tokens, mask = example["batch_at"](config, 5)
+  for rows in (range(3, 4), range(8, 16)):
+    part_tokens, part_mask = example["rows_at"](config, 5, rows)
+    np.testing.assert_array_equal(part_tokens, tokens[rows.start:rows.stop])
+    np.testing.assert_array_equal(part_mask, mask[rows.start:rows.stop])
+  assert not np.array_equal(example["batch_at"](config, 6)[0], tokens)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--micro-batches", "3"], "--micro-batches must be a divisor of the batch"),
+    (["--micro-batches", "0"], "--micro-batches must be a divisor of the batch"),
+    (["--mesh", "3", "3"], "--mesh 3 3 needs 9 devices"),
+    (["--mesh", "0", "1"], "--mesh sizes must be positive"),
+    (["--stop-at", "3"], "--save-every and --stop-at need --checkpoint-dir"),
+    (["--steps", "4", "--stop-at", "5", "--checkpoint-dir", "x"], "--stop-at must lie in"),
+])
+def test_unusable_settings_are_usage_errors(example, argv, message, capsys):
+  """Settings the run cannot use stop before training with status 2 and a message naming the
+  option (instead of an IndexError, a reshape error or a ZeroDivisionError later)."""
+  with pytest.raises(SystemExit) as exit_info:
+    example["main"](argv)
+  assert exit_info.value.code == 2
+  assert message in capsys.readouterr().err

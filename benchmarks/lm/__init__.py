@@ -7,7 +7,8 @@
 * :mod:`~benchmarks.lm.train` -- compiled train step, resumable runs, best-by-validation;
 * :mod:`~benchmarks.lm.metrics` -- perplexity, calibration, rep-n, distinct-n, Zipf, MAUVE;
 * :mod:`~benchmarks.lm.stats` -- paired t-intervals, sign counts, verdicts incl. "not testable
-  here" (generic);
+  here", the difference detectable at 80% power (generic);
+* :mod:`~benchmarks.lm.gate` -- the CE pilot gate of the headline regime and its rule;
 * :mod:`~benchmarks.lm.evaluation`, :mod:`~benchmarks.lm.report`, :mod:`~benchmarks.lm.run` --
   this experiment's orchestration, report and command line.
 """

@@ -13,27 +13,43 @@ from benchmarks.outputs import UsageError  # noqa: F401  (one error type for eve
 class Config:
   """Every setting that changes the result (saved next to the checkpoints).
 
-  Two regimes share one tokenizer and the pretrained base(s):
+  Three regimes share one tokenizer and the pretrained base(s):
 
-  * regime A, the papers' regime (``adapt_*``): light in-domain adaptation of a competent base
-    on held-out standard-library files (about one epoch at a small learning rate), ``seeds``
-    paired fine-tuning seeds, the cost ablation, MixCE's ``η`` chosen on validation MAUVE;
+  * regime C, the headline (``package_*``): the base adapted to another package's code (the
+    non-test source of ``package``, split by file), gated by a one-seed CE pilot (base/CE test
+    perplexity ratio within ``gate_ratio`` and CE's best validation checkpoint in the second
+    half of the run; see :mod:`benchmarks.lm.gate`), ``seeds`` paired seeds, the cost ablation,
+    MixCE's ``η`` chosen on validation MAUVE, and a CE arm at the temperature matching each
+    EMO arm's sample entropy;
+  * regime A (``adapt_*``): the base fine-tuned on held-out standard-library files (the
+    pretraining domain), ``seeds`` paired seeds;
   * regime B, a domain shift (``shift_*``): the same base fine-tuned on Python's reference manual
     at a larger learning rate, ``shift_seeds`` seeds.
   """
   pretrain_corpus: str | None = None   # None: the Python standard library source.
   finetune_corpus: str | None = None   # None: pydoc_data.topics (Python reference manual).
-  pretrain_chars: int = 3_000_000      # training text taken from the pretraining corpus
+  pretrain_chars: int = 6_000_000      # training text taken from the pretraining corpus
   pretrain_val_chars: int = 60_000     # held-out pretraining text (forgetting)
   adapt_val_chars: int = 300_000       # regime A: held-out stdlib files (by file), validation
   adapt_test_chars: int = 800_000    # ... test (prompts, human continuations, perplexity)
   adapt_train_chars: int = 130_000     # ... fine-tuning text
+  package: str = "sklearn"            # regime C: import name of an installed package
+  package_val_chars: int = 250_000     # regime C: validation files (checkpoint choice, η, T)
+  package_test_chars: int = 900_000    # ... test files (prompts, human sets, perplexity)
+  package_train_chars: int = 1_500_000  # ... fine-tuning files
+  package_steps: int = 160             # regime C: fine-tuning steps (the pilot may change them)
+  package_lr: float = 1e-3             # ... peak learning rate (the pilot may change it)
+  gate_ratio: tuple[float, float] = (1.15, 1.6)  # pilot: base/CE test perplexity ratio
+  gate_attempts: int = 3               # pilots before the run stops (the adjustment rule)
+  enforce_gate: bool = True            # False: record a failed gate and go on (--quick)
+  match_prompts: int = 250             # validation prompts for the temperature match
+  match_iterations: int = 6            # bisection steps of the matched temperature
   held_out_every: int = 4              # every k-th manual topic is held out (regime B) ...
   # ... and the held-out documents alternate between validation and test.
   vocab_size: int = 2048
   seq_len: int = 128
   d_model: int = 128
-  num_layers: int = 2
+  num_layers: int = 3
   num_heads: int = 4
   batch_size: int = 16                 # pretraining batch (sequences)
   finetune_batch_size: int = 8         # fine-tuning batch (both regimes)
@@ -41,7 +57,7 @@ class Config:
   val_tokens: int = 16_384             # validation NLL (checkpoint choice) on this many tokens
   test_tokens: int = 65_536            # token metrics on this many test tokens
   bases: int = 1                       # pretrained bases; seed s fine-tunes base s % bases
-  pretrain_steps: int = 1600
+  pretrain_steps: int = 4800
   pretrain_lr: float = 3e-3
   finetune_steps: int = 40             # regime A: about one epoch of adapt_train
   finetune_lr: float = 3e-4
@@ -65,11 +81,12 @@ class Config:
   tfidf_dim: int = 64                  # TruncatedSVD dimension of the TF-IDF featuriser
   objectives: tuple[str, ...] = ()     # () = every objective of objectives.OBJECTIVES
   shift_objectives: tuple[str, ...] = ("ce", "emo", "emo_cap3")
-  ablation: bool = True                # regime A: the cost ablation of the uncapped mix
-  select_eta: bool = True              # regime A: MixCE's η on validation MAUVE (first seed)
+  ablation: bool = True                # regime C: the cost ablation of the uncapped mix
+  select_eta: bool = True              # regime C: MixCE's η on validation MAUVE (first seed)
   mixce_etas: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)  # ... from these
   greedy_prompts: int = 250            # greedy continuations (repetition) per model
-  regimes: tuple[str, ...] = ("A", "B")
+  regimes: tuple[str, ...] = ("C", "A", "B")
+  primary_featuriser: str = "tfidf"    # MAUVE's primary features (code-token n-gram TF-IDF)
   loss_path: str = "fused"             # fused (emoloss.fused_ce_emo) | plain
   chunk_size: int = 1024               # vocabulary chunk of the fused path
 
@@ -91,4 +108,7 @@ QUICK = {
     "eval_every": 5, "seeds": 2, "shift_seeds": 2, "prefix_len": 8, "new_tokens": 24,
     "max_prompts": 100, "greedy_prompts": 50, "mauve_seeds": 3, "tfidf_dim": 16,
     "chunk_size": 256, "shift_objectives": ("ce", "emo"), "mixce_etas": (0.3, 0.7),
+    "package_val_chars": 30_000, "package_test_chars": 40_000, "package_train_chars": 60_000,
+    "package_steps": 20, "package_lr": 3e-3, "enforce_gate": False, "match_prompts": 50,
+    "match_iterations": 3, "regimes": ("C", "B"),
 }

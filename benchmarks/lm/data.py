@@ -10,7 +10,11 @@ Default corpora (both ship with CPython, PSF licence; see ``/work/shared/DATA.md
 * regime B (domain shift), prose: Python's reference manual as ``pydoc_data.topics.topics``, one
   document per topic, sorted by name; every ``held_out_every``-th topic is held out, and the
   held-out topics alternate between a validation split (checkpoint choice) and a test split
-  (every reported number).
+  (every reported number);
+* regime C (adaptation to another package's code, the headline): the non-test ``.py`` source of
+  an installed third-party package (scikit-learn by default; its ``tests`` folders, ``test_*``
+  files and vendored ``externals`` left out), in a fixed shuffled order, split by file into
+  validation, test and fine-tuning text (every file in exactly one split).
 
 A byte-level BPE (``tokenizers``) is learned on the pretraining training text only, as a
 pretrained LM's tokenizer is fixed before any fine-tuning. Token streams are cached as ``.npz``.
@@ -38,8 +42,11 @@ STDLIB_EXCLUDED_DIRS = frozenset({
     "site-packages", "dist-packages", "test", "tests", "idle_test", "pydoc_data", "__pycache__",
     "lib-dynload", "lib2to3", "turtledemo", "ensurepip",
 })
+PACKAGE_EXCLUDED_DIRS = frozenset({
+    "tests", "test", "testing", "__pycache__", "externals", "_vendor", "vendored", "conftest"})
 STREAMS = ("pretrain_train", "pretrain_val", "finetune_train", "finetune_val", "finetune_test",
-           "adapt_train", "adapt_val", "adapt_test")
+           "adapt_train", "adapt_val", "adapt_test", "package_train", "package_val",
+           "package_test")
 
 
 def check_readable_corpus(path: str, flag: str) -> None:
@@ -133,6 +140,49 @@ def load_documents(path: str | None, domain: str) -> tuple[list[str], str]:
   return [_read_text(f) for f in files], f"user corpus ({len(files)} file(s))"
 
 
+def package_documents(package: str) -> tuple[list[str], str]:
+  """The non-test ``.py`` files of the installed package ``package`` (an import name) in a fixed
+  shuffled order, and a one-line description of the source (no filesystem path)."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  import importlib.metadata  # pylint: disable=import-outside-toplevel
+  try:
+    module = importlib.import_module(package)
+  except ImportError:
+    raise UsageError(f"--package {package!r} is not installed (regime C fine-tunes on an "
+                     "installed package's source; install the experiments extra or name "
+                     "another package).") from None
+  folder = os.path.dirname(module.__file__ or "")
+  files = [f for f in _text_files(folder, PACKAGE_EXCLUDED_DIRS) if f.endswith(".py")
+           and not os.path.basename(f).startswith(("test_", "conftest"))]
+  if len(files) < 6:
+    raise UsageError(f"--package {package!r} holds {len(files)} non-test .py file(s); regime C "
+                     "needs enough files to split them into train, validation and test.")
+  order = np.random.default_rng(0).permutation(len(files))  # fixed: the data, not the seed
+  try:
+    version = importlib.metadata.version({"sklearn": "scikit-learn"}.get(package, package))
+  except importlib.metadata.PackageNotFoundError:
+    version = getattr(module, "__version__", "unknown version")
+  return ([_read_text(files[i]) for i in order],
+          (f"{package} {version} source ({len(files)} non-test .py files; tests, test_* files "
+           "and vendored code excluded; split by file)"))
+
+
+def split_files(documents: Sequence[str], val_chars: int, test_chars: int, train_chars: int
+                ) -> tuple[list[str], list[str], list[str]]:
+  """``(train, val, test)`` of whole documents, in order: about ``val_chars``, then
+  ``test_chars``, then ``train_chars`` characters (no document is in two splits)."""
+  rest = list(documents)
+  parts: list[list[str]] = []
+  for budget in (val_chars, test_chars, train_chars):
+    part, taken = [], 0
+    while rest and taken < budget:
+      part.append(rest.pop(0))
+      taken += len(part[-1])
+    parts.append(part)
+  val, test, train = parts
+  return train, val, test
+
+
 def split_by_budget(documents: Sequence[str], val_chars: int, train_chars: int
                     ) -> tuple[list[str], list[str]]:
   """``(train, val)``: the first documents (about ``val_chars``) held out, the next ones (about
@@ -159,15 +209,8 @@ def split_held_out_files(documents: Sequence[str], pretraining_used: int, val_ch
   """``(train, val, test)`` of whole documents after the first ``pretraining_used`` ones
   (which pretraining took): about ``val_chars``, then ``test_chars``, then ``train_chars``
   characters, in order (no file is in two splits)."""
-  rest = list(documents[pretraining_used:])
-  parts: list[list[str]] = []
-  for budget in (val_chars, test_chars, train_chars):
-    part, taken = [], 0
-    while rest and taken < budget:
-      part.append(rest.pop(0))
-      taken += len(part[-1])
-    parts.append(part)
-  val, test, train = parts
+  train, val, test = split_files(documents[pretraining_used:], val_chars, test_chars,
+                                 train_chars)
   if not train or not val or not test:
     raise UsageError("the pretraining corpus is too small to hold out files for in-domain "
                      "adaptation; give more text or lower --pretrain-chars.")
@@ -211,6 +254,53 @@ def _load_streams(path: str):
     return {k: stored[k] for k in STREAMS}, json.loads(str(stored["description"]))
 
 
+def corpus_texts(config: Config, package: bool = True) -> tuple[dict[str, list[str]], dict]:
+  """The documents of every split (:data:`STREAMS`) and each corpus's description;
+  ``package=False`` leaves regime C's splits empty (results made before it existed)."""
+  pre_docs, pre_source = load_documents(config.pretrain_corpus, "pretrain")
+  fine_docs, fine_source = load_documents(config.finetune_corpus, "finetune")
+  pre_train, pre_val = split_by_budget(pre_docs, config.pretrain_val_chars, config.pretrain_chars)
+  fine_train, fine_val, fine_test = split_held_out(fine_docs, config.held_out_every)
+  adapt_train, adapt_val, adapt_test = split_held_out_files(
+      pre_docs, len(pre_train) + len(pre_val), config.adapt_val_chars, config.adapt_test_chars,
+      config.adapt_train_chars)
+  package_train: list[str] = []
+  package_val: list[str] = []
+  package_test: list[str] = []
+  package_source = ""
+  if package:
+    package_docs, package_source = package_documents(config.package)
+    package_train, package_val, package_test = split_files(
+        package_docs, config.package_val_chars, config.package_test_chars,
+        config.package_train_chars)
+    if not package_train:
+      raise UsageError(f"--package {config.package!r}: its source holds too little text for "
+                       "validation, test and fine-tuning files; lower --package-test-chars.")
+  texts = {"pretrain_train": pre_train, "pretrain_val": pre_val, "finetune_train": fine_train,
+           "finetune_val": fine_val, "finetune_test": fine_test, "adapt_train": adapt_train,
+           "adapt_val": adapt_val, "adapt_test": adapt_test, "package_train": package_train,
+           "package_val": package_val, "package_test": package_test}
+  return texts, {"pretrain": pre_source, "finetune": fine_source, "package": package_source}
+
+
+def target_text(tokenizer, stream: np.ndarray, count: int, start: int = 1) -> str:
+  """The text of ``count`` tokens of ``stream`` from ``start`` (by default the first ``count``
+  predicted tokens), each ``<|endoftext|>`` as one separator character: the characters that a
+  model's NLL over those targets codes (:func:`bits_per_char`). With ``start=0`` and
+  ``count=stream.size`` it is :func:`joined_text` of the documents (the BPE is lossless)."""
+  eos = tokenizer.token_to_id(SPECIAL_TOKEN)
+  parts: list[str] = []
+  run: list[int] = []
+  for token in stream[start:start + count].tolist():
+    if token == eos:
+      parts += [tokenizer.decode(run, skip_special_tokens=True), "\x00"]
+      run = []
+    else:
+      run.append(token)
+  parts.append(tokenizer.decode(run, skip_special_tokens=True))
+  return "".join(parts)
+
+
 def prepare_data(config: Config, out_dir: str, log=print) -> Data:
   """Corpus, tokenizer and token streams (cached as ``tokenizer.json`` and ``data.npz``)."""
   cache = os.path.join(out_dir, "data.npz")
@@ -222,16 +312,9 @@ def prepare_data(config: Config, out_dir: str, log=print) -> Data:
       return Data(streams, description["vocab_size"], description,
                   outputs.load_cached(tokenizer_path, load_tokenizer))
 
-  pre_docs, pre_source = load_documents(config.pretrain_corpus, "pretrain")
-  fine_docs, fine_source = load_documents(config.finetune_corpus, "finetune")
-  pre_train, pre_val = split_by_budget(pre_docs, config.pretrain_val_chars, config.pretrain_chars)
-  fine_train, fine_val, fine_test = split_held_out(fine_docs, config.held_out_every)
-  adapt_train, adapt_val, adapt_test = split_held_out_files(
-      pre_docs, len(pre_train) + len(pre_val), config.adapt_val_chars, config.adapt_test_chars,
-      config.adapt_train_chars)
-  texts = {"pretrain_train": pre_train, "pretrain_val": pre_val, "finetune_train": fine_train,
-           "finetune_val": fine_val, "finetune_test": fine_test, "adapt_train": adapt_train,
-           "adapt_val": adapt_val, "adapt_test": adapt_test}
+  texts, sources = corpus_texts(config)
+  pre_train = texts["pretrain_train"]
+  adapt_files = sum(len(texts[k]) for k in ("adapt_train", "adapt_val", "adapt_test"))
   log("text (chars): " + ", ".join(f"{k} {sum(map(len, v)):,}" for k, v in texts.items()))
   tokenizer = train_tokenizer(pre_train, config.vocab_size)
   learned = tokenizer.get_vocab_size()
@@ -246,10 +329,11 @@ def prepare_data(config: Config, out_dir: str, log=print) -> Data:
       raise UsageError(f"the {name.replace('_', ' ')} text gives {stream.size} tokens, fewer "
                        f"than two sequences of --seq-len {config.seq_len} + 1; give more text.")
   description = {
-      "pretrain_source": pre_source,
-      "finetune_source": fine_source,
-      "adapt_source": (f"{len(adapt_train) + len(adapt_val) + len(adapt_test)} files of the "
-                       "pretraining corpus held out from pretraining (split by file)"),
+      "pretrain_source": sources["pretrain"],
+      "finetune_source": sources["finetune"],
+      "adapt_source": (f"{adapt_files} files of the pretraining corpus held out from "
+                       "pretraining (split by file)"),
+      "package_source": sources["package"],
       "tokenizer": "byte-level BPE (tokenizers), trained on the pretraining train split",
       "vocab_size": learned,
       "chars": {k: sum(map(len, v)) for k, v in texts.items()},
@@ -261,6 +345,36 @@ def prepare_data(config: Config, out_dir: str, log=print) -> Data:
     tokenizer.save(tmp)
   atomic_savez(cache, description=np.asarray(json.dumps(description)), **streams)
   return Data(streams, learned, description, tokenizer)
+
+
+def joined_text(documents: Sequence[str]) -> str:
+  """The documents as one text, each followed by one separator character (``\\x00``): the
+  text a token stream of them encodes, with ``<|endoftext|>`` counted as one character."""
+  return "".join(d + "\x00" for d in documents)
+
+
+def compressor_bits_per_char(documents: Sequence[str]) -> dict:
+  """Bits per character of general-purpose compressors on the documents joined
+  (:func:`joined_text`): ``xz -9`` (Python's ``lzma``, preset 9, the same compressor) and
+  ``bzip2 -9`` (``bz2``), with the character count."""
+  return text_compressed_bits(joined_text(documents))
+
+
+def text_compressed_bits(text: str) -> dict:
+  """:func:`compressor_bits_per_char` of one text."""
+  import bz2  # pylint: disable=import-outside-toplevel
+  import lzma  # pylint: disable=import-outside-toplevel
+  raw = text.encode("utf-8")
+  chars = len(text)
+  return {"chars": chars, "utf8_bytes": len(raw),
+          "xz_9": 8.0 * len(lzma.compress(raw, preset=9)) / chars,
+          "bz2_9": 8.0 * len(bz2.compress(raw, 9)) / chars}
+
+
+def bits_per_char(total_nll_nats: float, chars: int) -> float:
+  """A model's code length of a text in bits per character: its summed NLL over the text's
+  tokens (nats) over ``ln 2`` and the number of characters."""
+  return total_nll_nats / np.log(2.0) / chars
 
 
 def atomic_savez(path: str, **arrays) -> None:

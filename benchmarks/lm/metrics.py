@@ -11,7 +11,8 @@
 * Distribution level (:func:`mauve_score`): MAUVE (Pillutla et al., NeurIPS 2021) with the
   ``mauve-text`` package on precomputed features (nothing downloaded), averaged over k-means
   seeds; featurisers: :func:`benchmarks.lm.model.pooled_hidden_states` of a frozen model, and
-  :func:`tfidf_featurizer` (word 1-3-gram TF-IDF reduced by TruncatedSVD; model-free).
+  :func:`tfidf_featurizer` (code-token 1-3-gram TF-IDF reduced by TruncatedSVD; model-free,
+  the primary one).
 """
 
 from __future__ import annotations
@@ -137,16 +138,32 @@ def text_statistics(texts: Sequence[str]) -> dict:
 # MAUVE
 
 
-def tfidf_featurizer(reference_texts: Sequence[str], dim: int, seed: int = 0
-                     ) -> Callable[[Sequence[str]], np.ndarray]:
-  """A model-free featuriser: word 1-3-gram TF-IDF (sublinear tf) fitted on
-  ``reference_texts``, reduced to ``dim`` dimensions by TruncatedSVD, rows L2-normalised."""
+CODE_TOKEN_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*|[0-9]+|[^\sA-Za-z0-9_]"
+"""Code tokens: identifiers and keywords, digit runs, and single punctuation characters."""
+
+
+def code_tokens(text: str) -> list[str]:
+  """The code tokens of ``text`` (:data:`CODE_TOKEN_PATTERN`), e.g. ``"self.fit(X, y=2)"`` ->
+  ``self . fit ( X , y = 2 )``."""
+  import re  # pylint: disable=import-outside-toplevel
+  return re.findall(CODE_TOKEN_PATTERN, text)
+
+
+def tfidf_featurizer(reference_texts: Sequence[str], dim: int, seed: int = 0,
+                     tokens: str = "code") -> Callable[[Sequence[str]], np.ndarray]:
+  """A model-free featuriser: 1-3-gram TF-IDF (sublinear tf) of code tokens
+  (``tokens="code"``, :data:`CODE_TOKEN_PATTERN`) or of whitespace-separated words
+  (``"words"``), fitted on ``reference_texts``, reduced to ``dim`` dimensions by TruncatedSVD,
+  rows L2-normalised. Independent of every model under test."""
   from sklearn.decomposition import TruncatedSVD  # pylint: disable=import-outside-toplevel
   from sklearn.feature_extraction.text import (  # pylint: disable=import-outside-toplevel
       TfidfVectorizer,
   )
-  vectorizer = TfidfVectorizer(ngram_range=(1, 3), token_pattern=r"\S+", sublinear_tf=True,
-                               min_df=2, max_features=50_000)
+  if tokens not in ("code", "words"):
+    raise ValueError(f"`tokens` must be 'code' or 'words' (got {tokens!r}).")
+  pattern = CODE_TOKEN_PATTERN if tokens == "code" else r"\S+"
+  vectorizer = TfidfVectorizer(ngram_range=(1, 3), token_pattern=pattern, lowercase=False,
+                               sublinear_tf=True, min_df=2, max_features=50_000)
   matrix = vectorizer.fit_transform(reference_texts)
   svd = TruncatedSVD(n_components=min(dim, matrix.shape[1] - 1), random_state=seed)
   svd.fit(matrix)
@@ -176,3 +193,19 @@ def mauve_score(p_features: np.ndarray, q_features: np.ndarray, seeds: Sequence[
 # faiss's k-means prints this for fewer than 39 training points per centroid (MAUVE's default of
 # about n / 10 clusters gives 10 to 20 points each): counted, reported once per run.
 FAISS_WARNING = "WARNING clustering"
+
+
+def within_group_correlation(x: Sequence[float], y: Sequence[float], groups: Sequence) -> float:
+  """Pearson correlation of ``x`` and ``y`` after subtracting each group's mean from both
+  (e.g. the selected checkpoint step and MAUVE of the models of each seed: the seed's own level
+  removed); ``nan`` without spread."""
+  x = np.asarray(x, np.float64)
+  y = np.asarray(y, np.float64)
+  groups = np.asarray(groups)
+  dx, dy = x.copy(), y.copy()
+  for g in np.unique(groups):
+    at = groups == g
+    dx[at] -= x[at].mean()
+    dy[at] -= y[at].mean()
+  denominator = math.sqrt(float(np.sum(dx * dx)) * float(np.sum(dy * dy)))
+  return float(np.sum(dx * dy) / denominator) if denominator > 0 else float("nan")

@@ -10,7 +10,8 @@ as is:
 
 * :func:`build_model` -- a model of a :class:`ModelConfig`, initialised from a seed;
 * :func:`sample` -- jitted ancestral sampling with a key-value cache (temperature, top-p), one
-  compiled program per (batch, prefix, new tokens, top-p) shape;
+  compiled program per (batch, prefix, new tokens, top-p) shape, optionally with the entropy
+  of each drawn token's distribution;
 * :func:`cached_logits` -- the logits the sampler computes, teacher-forced on given tokens
   (its test: equal to the full forward pass);
 * :func:`sequence_log_probs` -- ``log p(x_t | x_<t)`` of given sequences (exact likelihoods).
@@ -173,16 +174,19 @@ def _sample(graphdef, state, prefix: Array, key: Array, temperature: Array, *, n
   def step(carry, i):
     logits, cache, key = carry
     key, draw = jax.random.split(key)
-    token = draw_from(nucleus_probs(logits / temperature, top_p), draw).astype(prefix.dtype)
+    probs = nucleus_probs(logits / temperature, top_p)
+    token = draw_from(probs, draw).astype(prefix.dtype)
+    entropy = -jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.where(probs > 0, probs, 1.0)),
+                                 0.0), axis=-1)
     logits, cache = model.decode(token[:, None], cache, prefix_len + i)
-    return (logits[:, 0], cache, key), token
+    return (logits[:, 0], cache, key), (token, entropy)
 
-  _, tokens = jax.lax.scan(step, (logits[:, -1], cache, key), jnp.arange(num_new))
-  return jnp.concatenate([prefix, tokens.T], axis=1)
+  _, (tokens, entropy) = jax.lax.scan(step, (logits[:, -1], cache, key), jnp.arange(num_new))
+  return jnp.concatenate([prefix, tokens.T], axis=1), entropy.T
 
 
 def sample(model: TransformerLM, prefix: Any, key: Array, num_new: int, *,
-           temperature: float = 1.0, top_p: float = 1.0) -> Array:
+           temperature: float = 1.0, top_p: float = 1.0, return_entropy: bool = False):
   """Ancestral sampling of ``num_new`` tokens after each row of ``prefix [B, P]``.
 
   Temperature 1 and ``top_p = 1`` is unbiased sampling from the model; ``top_p < 1`` is nucleus
@@ -191,15 +195,18 @@ def sample(model: TransformerLM, prefix: Any, key: Array, num_new: int, *,
   ``P + num_new`` must not exceed the context ``seq_len``.
 
   Returns:
-    ``[B, P + num_new]`` int32 tokens: the prefix followed by the sampled continuation.
+    ``[B, P + num_new]`` int32 tokens: the prefix followed by the sampled continuation; with
+    ``return_entropy``, also the ``[B, num_new]`` entropy (nats) of the distribution each token
+    was drawn from (after temperature and top-p): the entropy along the model's own samples.
   """
   prefix = jnp.asarray(prefix, jnp.int32)
   if prefix.shape[1] + num_new > model.config.seq_len:
     raise ValueError(f"prefix {prefix.shape[1]} + num_new {num_new} tokens exceed the context "
                      f"of {model.config.seq_len}.")
   graphdef, state = nnx.split(model)
-  return _sample(graphdef, state, prefix, key, jnp.float32(temperature), num_new=num_new,
-                 top_p=float(top_p))
+  tokens, entropy = _sample(graphdef, state, prefix, key, jnp.float32(temperature),
+                            num_new=num_new, top_p=float(top_p))
+  return (tokens, entropy) if return_entropy else tokens
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "prefix_len"))

@@ -6,11 +6,12 @@ Phases (each resumable; results of finished phases are cached under ``--out``):
 
 1. data: corpora, tokenizer, token streams (``data.npz``, ``tokenizer.json``);
 2. the pretrained base(s) on code (``pretrain_b{b}.npz``), shared by every seed and regime;
-3. per regime (A: in-domain adaptation, the papers' regime; B: a domain shift): MixCE's ``η``
-   on validation MAUVE (regime A), then per seed every objective (and, in regime A, the cost
-   ablation) fine-tuned from the base on the same batches (``ft_{regime}_s{s}_{name}.npz``),
-   each keeping its best checkpoint by validation NLL, and evaluated
-   (``eval_{regime}_s{s}_{name}.json``);
+3. per regime (C: adaptation to another package's code, the headline; A: held-out stdlib
+   files; B: a domain shift): in regime C the CE pilot gate (``gate_C.json``), MixCE's ``η`` on
+   validation MAUVE, then per seed every objective (and, in regime C, the cost ablation)
+   fine-tuned from the base on the same batches (``ft_{regime}_s{s}_{name}.npz``), each keeping
+   its best checkpoint by validation NLL, evaluated (``eval_{regime}_s{s}_{name}.json``), and
+   CE sampled at the temperatures matching the EMO arms (``match_*.json``);
 4. paired comparisons to CE with intervals and verdicts per regime; JSON, Markdown and PNG,
    written after each regime (a stopped run leaves the finished regimes reported).
 """
@@ -27,6 +28,7 @@ from collections.abc import Sequence
 
 from benchmarks import outputs
 from benchmarks.lm.config import QUICK, Config, UsageError
+from benchmarks.lm.gate import GateError
 
 REPO_ROOT = outputs.REPO_ROOT
 RESULTS = outputs.RESULTS
@@ -41,6 +43,13 @@ _FIELD_FLAGS = (
      "regime A: characters of held-out stdlib files to fine-tune on"),
     ("--adapt-test-chars", "adapt_test_chars", int,
      "regime A: characters of held-out stdlib files for testing (prompts and human sets)"),
+    ("--package", "package", str,
+     "regime C: import name of an installed package whose non-test source is fine-tuned on"),
+    ("--package-train-chars", "package_train_chars", int,
+     "regime C: characters of the package's files to fine-tune on"),
+    ("--package-steps", "package_steps", int, "regime C: fine-tuning steps per objective"),
+    ("--package-lr", "package_lr", float,
+     "regime C: fine-tuning peak learning rate of the first pilot (the gate may change it)"),
     ("--vocab-size", "vocab_size", int, "BPE vocabulary size (>= 300)"),
     ("--seq-len", "seq_len", int, "context length"),
     ("--d-model", "d_model", int, "transformer width"),
@@ -76,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="lm_finetune.py", allow_abbrev=False,
       description="Pretrain a small transformer LM on Python source, fine-tune copies with CE, "
-      "EMO+CE, TaiLr and MixCE in two regimes (A: light adaptation on held-out stdlib files; "
-      "B: a shift to Python's reference manual), and compare sampled-text quality (MAUVE), "
+      "EMO+CE, TaiLr and MixCE in three regimes (C: adaptation to another package's code, "
+      "gated by a CE pilot; A: held-out stdlib files; B: a shift to Python's reference "
+      "manual), and compare sampled-text quality (MAUVE), "
       "repetition, diversity, calibration and perplexity over paired seeds. Offline.")
   from benchmarks.lm.objectives import OBJECTIVES  # pylint: disable=import-outside-toplevel
 
@@ -99,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="comma-separated seeds of the paired runs, at least two, instead of "
                       "--seeds and --first-seed (default: none)")
   parser.add_argument("--regimes", default=None,
-                      help="comma-separated regimes to run: A, B (default: A,B)")
+                      help="comma-separated regimes to run: C (another package's code, the "
+                      "headline), A (held-out stdlib files), B (the reference manual) (default: "
+                      "C,A,B)")
   parser.add_argument("--loss-path", choices=("plain", "fused"), default="fused",
                       help="plain: logits then losses; fused: emoloss.fused_ce_emo; part of the "
                       "checkpoints' key (default: %(default)s)")
@@ -141,10 +153,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
   overrides["loss_path"] = args.loss_path
   if args.regimes is not None:
     regimes = tuple(r.strip().upper() for r in args.regimes.split(",") if r.strip())
-    if not regimes or set(regimes) - {"A", "B"}:
-      raise UsageError(f"--regimes must be a comma-separated subset of A,B (got "
+    if not regimes or set(regimes) - {"C", "A", "B"}:
+      raise UsageError(f"--regimes must be a comma-separated subset of C,A,B (got "
                        f"{args.regimes!r}).")
-    overrides["regimes"] = tuple(r for r in ("A", "B") if r in regimes)
+    overrides["regimes"] = tuple(r for r in ("C", "A", "B") if r in regimes)
   if args.seed_list is not None:
     try:
       overrides["seed_list"] = tuple(int(v) for v in args.seed_list.split(",") if v.strip())
@@ -155,7 +167,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
       raise UsageError("--seed-list needs at least two different seeds (paired comparisons).")
     overrides["seeds"] = len(overrides["seed_list"])
   config = Config(**overrides)
-  for field in ("pretrain_chars", "adapt_train_chars", "adapt_test_chars", "vocab_size", "seq_len", "d_model",
+  for field in ("package_train_chars", "package_steps", "pretrain_chars", "adapt_train_chars", "adapt_test_chars", "vocab_size", "seq_len", "d_model",
                 "num_layers", "num_heads", "batch_size", "bases", "pretrain_steps",
                 "finetune_steps", "shift_steps", "eval_every", "seeds", "shift_seeds",
                 "prefix_len", "new_tokens", "max_prompts", "mauve_seeds", "chunk_size"):
@@ -341,6 +353,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                           command=" ".join(["python", "benchmarks/lm_finetune.py", *argv]))
   except UsageError as error:
     parser.error(str(error))
+  except GateError as error:
+    sys.exit(f"lm_finetune.py: stopped: {error}")
   raise AssertionError("unreachable")
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The LM experiment at a larger size, for a machine with an accelerator (one GPU). NOT RUN: no
-# GPU was available when it was prepared, so its device time (the aim: <= 8 minutes) is unmeasured.
+# The LM experiment at a larger size, for a machine with an accelerator (one GPU). Not run yet:
+# its device time (the aim: <= 8 minutes) is unmeasured.
 # It needs a JAX build for the accelerator (e.g. `pip install "jax[cuda12]"`); everything else is
 # the same offline pipeline (stdlib source, reference manual, nothing downloaded).
 #

@@ -10,6 +10,8 @@ verdict against a margin declared before the run:
   entirely inside ``[-margin, +margin]``; otherwise **inconclusive at this size**;
 * non-inferiority claim (``"not worse"``): **holds** if the interval lies above ``-margin``;
   **does not hold** if it lies entirely below ``-margin``; otherwise inconclusive;
+* **detectable** (:func:`detectable_difference`): the smallest true difference that the
+  claim would call "holds" with 80% power at the measured spread;
 * **not testable here** (either claim kind): the baseline already sits within ``margin`` of the
   ideal (``room``, its mean distance from the ideal, is below the margin), so no improvement
   beyond the margin is possible whatever the method does -- e.g. a repetition gap to human text
@@ -71,6 +73,26 @@ def t_interval(differences: Sequence[float], level: float = 0.95) -> tuple[float
   return mean, mean - half, mean + half
 
 
+POWER = 0.8
+
+
+def detectable_difference(margin: float, standard_error: float, n: int,
+                          power: float = POWER, level: float = 0.95) -> float:
+  """The smallest true difference that a ``"better"`` claim calls **holds** with probability
+  ``power``: ``margin + (t_{(1+level)/2, n-1} + t_{power, n-1}) · SE`` with ``SE`` the standard
+  error of the paired mean (``nan`` for ``n < 2``). At ``power = 0.5`` it is margin + the
+  interval's half-width.
+
+  >>> round(detectable_difference(0.04, 0.01, 5), 4)  # 0.04 + (2.776 + 0.941) * 0.01
+  0.0772
+  """
+  if n < 2:
+    return float("nan")
+  from scipy import stats  # pylint: disable=import-outside-toplevel
+  quantiles = t_quantile(n, level) + float(stats.t.ppf(power, n - 1))
+  return margin + quantiles * standard_error
+
+
 def verdict(low: float, high: float, margin: float, claim: str = "better",
             room: float | None = None) -> str:
   """The verdict of an interval ``[low, high]`` of improvements (positive = the claimed
@@ -118,7 +140,9 @@ def paired_comparison(method: Sequence[float], baseline: Sequence[float], margin
   Returns:
     A dict with ``n``, ``mean`` / ``low`` / ``high`` (the difference and its interval, in the
     metric's units and sign; ``low`` and ``high`` NaN and the verdict :data:`INCONCLUSIVE` for
-    fewer than two seeds), ``improved`` (seeds whose difference is in the better direction),
+    fewer than two seeds), ``se`` (standard error of the mean difference), ``detectable``
+    (:func:`detectable_difference` at ``detectable_power`` 0.8), ``improved`` (seeds whose
+    difference is in the better direction),
     ``margin``, ``claim``, ``room`` and ``verdict``.
   """
   method = np.asarray(method, np.float64)
@@ -130,9 +154,14 @@ def paired_comparison(method: Sequence[float], baseline: Sequence[float], margin
   mean, low, high = t_interval(differences, level)
   sign = 1.0 if margin.higher_is_better else -1.0
   improvement = sorted((sign * low, sign * high))
+  se = (float(differences.std(ddof=1)) / math.sqrt(differences.size) if differences.size > 1
+        else float("nan"))
   return {
       "metric": margin.metric,
       "n": int(differences.size),
+      "se": se,
+      "detectable": detectable_difference(margin.margin, se, int(differences.size)),
+      "detectable_power": POWER,
       "mean": mean,
       "low": low,
       "high": high,

@@ -27,7 +27,7 @@ def _refused(args, capsys) -> str:
 
 @pytest.mark.parametrize("objectives,regimes,missing", [
     ("emo_cap3", None, "regime B"),       # the quick regime B runs ce, emo only
-    ("ce", None, "regime A"),
+    ("ce", None, "regime C"),
     ("tailr", "B", "regime B"),
 ])
 def test_an_objective_subset_that_leaves_a_regime_with_ce_alone_is_refused_before_training(

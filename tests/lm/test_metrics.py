@@ -58,3 +58,37 @@ def test_mauve_separates_shifted_features_and_tfidf_featurizer_shape():
   assert features.shape == (2, 4)
   np.testing.assert_allclose(np.linalg.norm(features[0]), 1.0, rtol=1e-6)
   assert np.all(features[1] == 0.0)  # no known n-gram: the zero vector
+
+
+def test_code_tokens_split_identifiers_numbers_and_punctuation():
+  assert metrics.code_tokens("self.fit(X, y=2)  # 10x") == [
+      "self", ".", "fit", "(", "X", ",", "y", "=", "2", ")", "#", "10", "x"]
+
+
+def test_code_token_tfidf_sees_punctuation_that_words_glue_together():
+  """The same code spaced differently: one text of code tokens for the code-token featuriser,
+  two different texts of words for the word one."""
+  reference = [f"a.b(c) d = e[{i}] f(g, h)" for i in range(40)] + ["a . b ( c ) x , y"] * 40
+  code = metrics.tfidf_featurizer(reference, 4, tokens="code")
+  words = metrics.tfidf_featurizer(reference, 4, tokens="words")
+  texts = ["a.b(c) f(g, h)", "a . b ( c ) f ( g , h )"]
+  np.testing.assert_allclose(code(texts)[0], code(texts)[1], atol=1e-9)
+  assert not np.allclose(words(texts)[0], words(texts)[1], atol=1e-3)
+  with pytest.raises(ValueError, match="tokens"):
+    metrics.tfidf_featurizer(reference, 4, tokens="bytes")
+
+
+def test_within_group_correlation_removes_each_group_level():
+  rng = np.random.default_rng(0)
+  groups = np.repeat(np.arange(4), 10)
+  x = rng.normal(size=40)
+  y = -0.8 * x + 0.3 * rng.normal(size=40)
+  plain = metrics.within_group_correlation(x, y, groups)
+  shifted = metrics.within_group_correlation(x + 5 * groups, y - 3 * groups ** 2, groups)
+  assert shifted == pytest.approx(plain, rel=1e-12)
+  # the reference: Pearson correlation of the residuals of a one-way fit per group
+  rx = x - np.array([x[groups == g].mean() for g in groups])
+  ry = y - np.array([y[groups == g].mean() for g in groups])
+  assert plain == pytest.approx(np.corrcoef(rx, ry)[0, 1], rel=1e-12)
+  assert plain < -0.8
+  assert np.isnan(metrics.within_group_correlation([1, 1], [2, 3], [0, 0]))

@@ -78,3 +78,23 @@ def test_sequence_log_probs_sum_to_the_log_likelihood(model):
   want = np.take_along_axis(log_probs, tokens[:, 1:, None], -1)[..., 0]
   np.testing.assert_allclose(model_lib.sequence_log_probs(model, tokens), want, rtol=1e-5,
                              atol=1e-5)
+
+
+def test_sampled_entropy_is_that_of_the_tempered_forward_pass(model):
+  """The entropy the sampler returns at each new token is the entropy of softmax(logits / T)
+  of the full forward pass at that position (an independent computation), and a lower
+  temperature lowers it."""
+  prefix = np.random.default_rng(2).integers(0, CONFIG.vocab_size, size=(5, 3))
+  for temperature in (0.7, 1.3):
+    tokens, entropy = model_lib.sample(model, prefix, jax.random.key(1), 9,
+                                       temperature=temperature, return_entropy=True)
+    logits = np.asarray(model(jnp.asarray(tokens)), np.float64)[:, 2:-1] / temperature
+    log_p = logits - np.log(np.sum(np.exp(logits - logits.max(-1, keepdims=True)), -1,
+                                   keepdims=True)) - logits.max(-1, keepdims=True)
+    want = -np.sum(np.exp(log_p) * log_p, axis=-1)
+    np.testing.assert_allclose(np.asarray(entropy), want, rtol=1e-4, atol=1e-5)
+  cold = model_lib.sample(model, prefix, jax.random.key(1), 9, temperature=0.3,
+                          return_entropy=True)[1]
+  hot = model_lib.sample(model, prefix, jax.random.key(1), 9, temperature=3.0,
+                         return_entropy=True)[1]
+  assert float(np.mean(cold)) < float(np.mean(hot))

@@ -62,6 +62,34 @@ def test_a_baseline_already_within_the_margin_of_the_ideal_is_not_testable():
                                  stats.NOT_TESTABLE}
 
 
+def test_detectable_difference_has_the_stated_power():
+  """A true paired difference equal to ``detectable`` is called "holds" in about 80% of
+  simulated designs with the same spread (the formula uses the true standard error; the
+  simulated intervals their own estimate, so the power is near, not exactly, 0.8)."""
+  n, sd, margin = 5, 0.03, 0.04
+  se = sd / np.sqrt(n)
+  detectable = stats.detectable_difference(margin, se, n)
+  want = margin + (scipy_stats.t.ppf(0.975, n - 1) + scipy_stats.t.ppf(0.8, n - 1)) * se
+  assert detectable == pytest.approx(want, rel=1e-12)
+  rng = np.random.default_rng(0)
+  draws = rng.normal(detectable, sd, size=(20_000, n))
+  calls = [stats.verdict(*stats.t_interval(d)[1:], margin) == stats.HOLDS for d in draws]
+  assert 0.72 < np.mean(calls) < 0.86
+  # at 50% power it is margin + the half-width; "holds" about half the time
+  half = stats.detectable_difference(margin, se, n, power=0.5)
+  assert half == pytest.approx(margin + scipy_stats.t.ppf(0.975, n - 1) * se)
+  assert np.isnan(stats.detectable_difference(margin, se, 1))
+
+
+def test_paired_comparison_reports_the_standard_error_and_the_80_percent_detectable():
+  baseline = np.zeros(5)
+  method = np.array([0.01, 0.05, 0.02, 0.06, 0.03])
+  result = stats.paired_comparison(method, baseline, stats.Margin("m", 0.04, True))
+  assert result["se"] == pytest.approx(scipy_stats.sem(method))
+  assert result["detectable_power"] == 0.8
+  assert result["detectable"] > 0.04 + (result["high"] - result["low"]) / 2  # more than 50%
+
+
 @pytest.mark.parametrize("claim,room", [("better", None), ("not worse", None),
                                         ("better", 0.001)])
 def test_one_seed_gives_no_interval_and_an_inconclusive_verdict(claim, room):
