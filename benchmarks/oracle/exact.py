@@ -70,9 +70,10 @@ def divergences(p_logits: jax.Array, q_logits: jax.Array, unit_head: jax.Array) 
 
 
 @functools.partial(jax.jit, static_argnames=("p_graphdef", "q_graphdef"))
-def _positions(p_graphdef, p_state, q_graphdef, q_state, tokens, unit_head):
+def _positions(p_graphdef, p_state, q_graphdef, q_state, tokens, unit_head, temperature):
   p_logits = nnx.merge(p_graphdef, p_state)(tokens[:, :-1])
-  q_logits = nnx.merge(q_graphdef, q_state)(tokens[:, :-1])
+  # Q sampled at temperature T: softmax(logits / T) (x / 1.0 == x exactly: T = 1 is untempered)
+  q_logits = nnx.merge(q_graphdef, q_state)(tokens[:, :-1]) / temperature
   out = divergences(p_logits, q_logits, unit_head)
   targets = tokens[:, 1:, None]
   for name, logits in (("nll_p", p_logits), ("nll_q", q_logits)):
@@ -80,24 +81,26 @@ def _positions(p_graphdef, p_state, q_graphdef, q_state, tokens, unit_head):
   return out
 
 
-def position_divergences(oracle, student, tokens, unit_head) -> dict:
+def position_divergences(oracle, student, tokens, unit_head, temperature: float = 1.0) -> dict:
   """:func:`divergences` at every position of ``tokens [B, T]`` (predicting ``tokens[:, 1:]``
   from the prefix), plus each model's NLL of the next token (``nll_p``, ``nll_q``): ``[B, T-1]``
-  arrays."""
+  arrays. ``temperature``: the student's distribution is ``softmax(logits / temperature)`` (the
+  student sampled at that temperature; ``1.0``: the student itself, bit for bit)."""
   p_graphdef, p_state = nnx.split(oracle)
   q_graphdef, q_state = nnx.split(student)
   return _positions(p_graphdef, p_state, q_graphdef, q_state, jnp.asarray(tokens, jnp.int32),
-                    unit_head)
+                    unit_head, jnp.float32(temperature))
 
 
-def along(oracle, student, tokens: np.ndarray, unit_head, batch_size: int = 256) -> dict:
+def along(oracle, student, tokens: np.ndarray, unit_head, batch_size: int = 256,
+          temperature: float = 1.0) -> dict:
   """Means over every position of ``tokens [N, T]`` of :func:`position_divergences`, with
   ``{name}_se``, the standard error of the mean over sequences (sequences are independent
   samples; positions within one are not)."""
   rows = {}
   for start in range(0, len(tokens), batch_size):
     part = jax.device_get(position_divergences(oracle, student, tokens[start:start + batch_size],
-                                               unit_head))
+                                               unit_head, temperature))
     for name, values in part.items():
       rows.setdefault(name, []).append(np.asarray(values, np.float64).mean(axis=1))
   out = {}

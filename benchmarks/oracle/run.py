@@ -17,10 +17,21 @@ Phases (each cached under ``--out``, so an interrupted run resumes):
    samples (``student_{regime}_s{seed}_{objective}.json``). CE runs first in each seed: its
    selected head is the **realistic** EMO cost embedding of that seed (``emo``, ``emo_cap3``,
    ``emo_only``); ``emo_oracle`` / ``emo_cap3_oracle`` use the oracle's own head (privileged);
-5. phases 1-4 again for each vocabulary size of the sweep (``v{V}/`` sub-folders), with CE and
-   the two EMO+CE mixes in the ``same`` regime;
-6. paired comparisons to CE and the trend against ``log2 V`` (``benchmarks.lm.stats``), JSON,
-   Markdown and PNG (:mod:`benchmarks.oracle.report`).
+   At the main vocabulary size, the continued-training check: per regime and seed, CE
+   trained for twice its selected steps (``..._ce_continued.json``);
+5. the fine-tuning regime (:mod:`benchmarks.oracle.finetune`, ``v{V}/finetune/``): a target
+   oracle shifted from the oracle, students of several sizes pretrained on the oracle's samples
+   and fine-tuned from that checkpoint on a limited set of the target's samples with each
+   objective, CE's temperature curve (:mod:`benchmarks.oracle.temperature`) and its
+   continued-training check;
+6. phases 1-4 again for each vocabulary size of the sweep (``v{V}/`` sub-folders) and for the
+   further, independently trained oracles of every size (``v{V}/oracle{r}/``), with CE and the
+   two EMO+CE mixes in the ``same`` regime;
+7. paired comparisons to CE, the temperature control, the convergence checks and the trend
+   against ``log2 V`` with the oracle as the unit (``benchmarks.lm.stats``), JSON, Markdown and
+   PNG (:mod:`benchmarks.oracle.report`).
+
+``--sweep-only`` runs phase 6 into the same cache from a second process.
 """
 
 from __future__ import annotations
@@ -97,11 +108,28 @@ class Config:
   seeds: int = 5
   few_seeds: int = 2                # the `small` regime, EMO alone and focal
   first_seed: int = 0               # seeds first_seed .. first_seed + seeds - 1
-  regimes: tuple[str, ...] = ("same", "small")
+  regimes: tuple[str, ...] = ("same", "small", "finetune")  # finetune: the sizes below
   objectives: tuple[str, ...] = tuple(o.name for o in ORACLE_OBJECTIVES)
   small_objectives: tuple[str, ...] = ("ce", "emo", "emo_cap3")
-  sweep_vocab_sizes: tuple[int, ...] = (300, 1024)   # besides vocab_size; () = no sweep
+  sweep_vocab_sizes: tuple[int, ...] = (300, 1200)   # besides vocab_size; () = no sweep
   sweep_objectives: tuple[str, ...] = ("ce", "emo", "emo_cap3")
+  vocab_oracles: int = 2            # independently trained oracles per vocabulary size
+  continued_check: bool = True      # CE continued for twice its selected steps (main V)
+  # The fine-tuning regime (benchmarks.oracle.finetune): P = P0 trained further on the manual.
+  finetune_sizes: tuple[tuple[str, int, int, int], ...] = (("ft_d16", 16, 1, 2),
+                                                           ("ft_d32", 32, 1, 2))
+  finetune_seeds: int = 5           # 0 = no fine-tuning regime
+  shift_steps: int = 150            # CE steps from P0 to P on the reference manual
+  shift_lr: float = 1e-3
+  target_train_samples: int = 2048  # the limited set of P samples the students fine-tune on
+  target_val_samples: int = 512     # P samples for the checkpoint choice
+  pretrain_steps: int = 8000        # students' CE pretraining on P0 samples (cosine decay)
+  pretrain_eval_every: int = 400
+  finetune_epochs: int = 16         # passes over the limited P set (best checkpoint kept)
+  finetune_lr: float = 3e-3         # peak; linear decay to 0, no warm-up (DRSY/EMO run_lm.py)
+  finetune_eval_every: int = 64     # one epoch of the limited set
+  finetune_objectives: tuple[str, ...] = ("ce", "emo", "emo_cap3", "tailr_open", "mixce")
+  temperatures: tuple[float, ...] = (0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2)
 
   def vocab_sizes(self) -> tuple[int, ...]:
     """Every vocabulary size of the sweep (the main one included), ascending."""
@@ -122,12 +150,15 @@ class Config:
     return LMConfig(pretrain_chars=self.pretrain_chars, pretrain_val_chars=20_000,
                     vocab_size=vocab_size, seq_len=self.seq_len)
 
-  def plan(self, vocab_size: int) -> dict[str, list[tuple[str, int]]]:
-    """``{regime: [(objective, seeds)]}`` run at ``vocab_size`` (CE first)."""
-    if vocab_size != self.vocab_size:
+  def plan(self, vocab_size: int, replicate: int = 0) -> dict[str, list[tuple[str, int]]]:
+    """``{regime: [(objective, seeds)]}`` run at ``vocab_size`` with the oracle ``replicate``
+    (CE first)."""
+    if vocab_size != self.vocab_size or replicate:
       return {"same": [(n, self.seeds) for n in self.objectives if n in self.sweep_objectives]}
     plan = {}
     for regime in self.regimes:
+      if regime == "finetune":  # benchmarks.oracle.finetune
+        continue
       if regime == "same":
         plan[regime] = [(n, self.few_seeds if n in FEW_SEED_OBJECTIVES else self.seeds)
                         for n in self.objectives]
@@ -143,13 +174,30 @@ QUICK = {
     "small_heads": 2, "train_samples": 128, "val_samples": 128, "held_out_samples": 256,
     "student_samples": 256, "student_steps": 600, "eval_every": 10, "patience": 3,
     "batch_size": 16, "warmup_steps": 10, "seeds": 2, "few_seeds": 1,
-    "objectives": ("ce", "emo", "emo_oracle", "tailr_open"), "regimes": ("same",),
-    "sweep_vocab_sizes": (300,), "sweep_objectives": ("ce", "emo"),
+    "objectives": ("ce", "emo", "emo_oracle", "tailr_open"), "regimes": ("same", "finetune"),
+    "sweep_vocab_sizes": (300,), "sweep_objectives": ("ce", "emo"), "vocab_oracles": 1,
+    # one fine-tuning size, the quick oracle's architecture (a plumbing check that shares the
+    # compiled programs of the `same` students; the default's students are smaller than P)
+    "finetune_sizes": (("ft_d32", 32, 1, 2),), "finetune_seeds": 2,
+    "shift_steps": 30, "target_train_samples": 64, "target_val_samples": 128,
+    "pretrain_steps": 40, "pretrain_eval_every": 20, "finetune_epochs": 2,
+    "finetune_eval_every": 2, "finetune_objectives": ("ce", "emo", "tailr_open"),
+    "temperatures": (0.7, 1.0, 1.4),
 }
+# Settings of the added phases: not part of the from-scratch students' cache key, so a cache made
+# before they existed stays valid (the fine-tuning phase keys its own folder on them).
+FINETUNE_FIELDS = ("finetune_sizes", "finetune_seeds", "shift_steps", "shift_lr",
+                   "target_train_samples", "target_val_samples", "pretrain_steps",
+                   "pretrain_eval_every", "finetune_epochs", "finetune_lr", "finetune_eval_every",
+                   "finetune_objectives", "temperatures")
+UNKEYED_FIELDS = ("seeds", "few_seeds", "first_seed", "regimes", "objectives", "small_objectives",
+                  "sweep_vocab_sizes", "sweep_objectives", "vocab_oracles", "continued_check",
+                  *FINETUNE_FIELDS)
 
 
-def train_oracle(config: Config, data, out_dir: str, progress: bool, log):
-  """The oracle: CE on the stdlib code stream, best checkpoint by validation NLL."""
+def train_oracle(config: Config, data, out_dir: str, progress: bool, log, replicate: int = 0):
+  """The oracle: CE on the stdlib code stream, best checkpoint by validation NLL;
+  ``replicate`` > 0: another, independently trained one (its own initialisation and batches)."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
 
@@ -158,10 +206,10 @@ def train_oracle(config: Config, data, out_dir: str, progress: bool, log):
   from benchmarks.lm.model import build_model  # pylint: disable=import-outside-toplevel
 
   model_config = config.oracle_config(data.vocab_size)
-  init = build_model(model_config, 12345)
+  init = build_model(model_config, 12345 + replicate)
   val = data_lib.covering_windows(data.streams["pretrain_val"], config.seq_len, 64)
   run = train.Run("oracle", 0, data.streams["pretrain_train"], config.oracle_steps,
-                  config.oracle_lr, seed=12345, phase=0)
+                  config.oracle_lr, seed=12345 + replicate, phase=0)
   best, record = train.train_run(
       run, model_config=model_config, init_state=nnx.state(init),
       # index 0 (CE) of the students' objectives: the oracle shares their compiled step
@@ -174,11 +222,13 @@ def train_oracle(config: Config, data, out_dir: str, progress: bool, log):
   return init, record
 
 
-def sample_rows(model, count: int, seq_len: int, separator: int, key) -> np.ndarray:
-  """``[count, seq_len]`` unbiased samples, each the separator then ``seq_len - 1`` tokens."""
+def sample_rows(model, count: int, seq_len: int, separator: int, key,
+                temperature: float = 1.0) -> np.ndarray:
+  """``[count, seq_len]`` samples (unbiased at ``temperature`` 1), each the separator then
+  ``seq_len - 1`` tokens."""
   from benchmarks.lm.model import sample  # pylint: disable=import-outside-toplevel
   prefix = np.full((count, 1), separator, np.int32)
-  return np.asarray(sample(model, prefix, key, seq_len - 1))
+  return np.asarray(sample(model, prefix, key, seq_len - 1, temperature=temperature))
 
 
 def oracle_samples(config: Config, oracle, separator: int, out_dir: str) -> dict:
@@ -230,11 +280,15 @@ def validation_nll(model, rows: np.ndarray, batch_size: int = 512) -> float:
 
 
 def train_student(config: Config, model_config: ModelConfig, objectives, index: int, seed: int,
-                  rows: np.ndarray, val_rows: np.ndarray, cost):
+                  rows: np.ndarray, val_rows: np.ndarray, cost, fixed_steps: int | None = None):
   """A student from initialisation ``seed`` trained with ``objectives[index]`` on batches of
   ``rows`` drawn by ``(seed, step)`` (the same for every objective) until :func:`stopped` on its
   validation NLL over ``val_rows`` (checked every ``eval_every`` steps; at most
-  ``student_steps``); returns ``(model at the best validation NLL, record)``."""
+  ``student_steps``); returns ``(model at the best validation NLL, record)``.
+
+  ``fixed_steps``: instead, exactly that many steps with no stopping rule, returning the model at
+  the last step (the continued-training check: the same batches, so it is the selected run
+  continued)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
@@ -247,12 +301,15 @@ def train_student(config: Config, model_config: ModelConfig, objectives, index: 
   graphdef, state = nnx.split((model, optimizer))
   history: list[float] = []
   best, best_step, step, finite = None, 0, 0, True
-  while step < config.student_steps:
+  cap = config.student_steps if fixed_steps is None else fixed_steps
+  while step < cap:
     picks = np.random.default_rng([seed, 7, step]).integers(0, len(rows), config.batch_size)
     lr = config.student_lr * min(1.0, (step + 1) / config.warmup_steps)
     state, _, _ = train.train_step(graphdef, state, rows[picks], cost, np.int32(index),
                                    np.float32(lr), objectives=objectives, path=train.LossPath())
     step += 1
+    if fixed_steps is not None:
+      continue
     if step % config.eval_every and step != config.student_steps:
       continue
     current, _ = nnx.merge(graphdef, state)
@@ -265,6 +322,11 @@ def train_student(config: Config, model_config: ModelConfig, objectives, index: 
       best, best_step = jax.device_get(nnx.state(current)), step  # host copy: state is donated
     if stopped(history, config.patience, config.min_delta):
       break
+  if fixed_steps is not None:
+    model, _ = nnx.merge(graphdef, state)
+    value = validation_nll(model, val_rows)
+    return model, {"steps": step, "steps_run": step, "stopped_early": False,
+                   "best_val_nll": value, "val_curve": [value], "finite": bool(np.isfinite(value))}
   model = build_model(model_config, seed)
   if best is not None:
     nnx.update(model, jax.tree.map(jnp.asarray, best))
@@ -275,13 +337,14 @@ def train_student(config: Config, model_config: ModelConfig, objectives, index: 
 
 
 def exact_metrics(oracle, student, held_out: np.ndarray, own_samples: np.ndarray,
-                  unit_head) -> dict:
-  """Recall metrics along held-out oracle samples, precision metrics along ``own_samples``."""
+                  unit_head, temperature: float = 1.0) -> dict:
+  """Recall metrics along held-out oracle samples, precision metrics along ``own_samples``
+  (``temperature``: of the student, see :func:`benchmarks.oracle.exact.position_divergences`)."""
   import math  # pylint: disable=import-outside-toplevel
 
   from benchmarks.oracle import exact  # pylint: disable=import-outside-toplevel
-  on_oracle = exact.along(oracle, student, held_out, unit_head)
-  on_student = exact.along(oracle, student, own_samples, unit_head)
+  on_oracle = exact.along(oracle, student, held_out, unit_head, temperature=temperature)
+  on_student = exact.along(oracle, student, own_samples, unit_head, temperature=temperature)
   return {
       "ppl_test": math.exp(on_oracle["nll_q"]), "log_ppl_test": on_oracle["nll_q"],
       "log_ppl_test_se": on_oracle["nll_q_se"],
@@ -300,7 +363,7 @@ def exact_metrics(oracle, student, held_out: np.ndarray, own_samples: np.ndarray
 
 
 def run_students(config: Config, oracle, samples: dict, vocab_size: int, separator: int,
-                 out_dir: str, progress: bool, log) -> dict:
+                 out_dir: str, progress: bool, log, replicate: int = 0) -> dict:
   """``{regime: [{name: metrics} per seed]}`` for :meth:`Config.plan` at ``vocab_size``, with
   ``untrained`` (the seed's initialisation); seeds beyond an objective's seed count lack it."""
   import jax  # pylint: disable=import-outside-toplevel
@@ -313,7 +376,7 @@ def run_students(config: Config, oracle, samples: dict, vocab_size: int, separat
   objectives = tuple(BY_NAME[n] for n in config.objectives)
   oracle_head = jnp.array(oracle.head, copy=True)  # privileged cost: the oracle's frozen head
   unit_head = exact.unit_rows(oracle_head)
-  plan = config.plan(vocab_size)
+  plan = config.plan(vocab_size, replicate)
   total = sum(max(n for _, n in runs) + sum(n for _, n in runs) for runs in plan.values())
   bar = tqdm(total=total, desc=f"students V={vocab_size}", disable=not progress,
              dynamic_ncols=True)
@@ -373,23 +436,32 @@ def run_students(config: Config, oracle, samples: dict, vocab_size: int, separat
 
 
 def run_vocabulary(config: Config, vocab_size: int, out_dir: str, progress: bool, log,
-                   started: float) -> dict:
-  """Data, oracle, samples and students at one vocabulary size (cached in ``out_dir``)."""
+                   started: float, replicate: int = 0) -> dict:
+  """Data, oracle, samples and students at one vocabulary size (cached in ``out_dir``; the
+  oracle ``replicate`` > 0 in ``out_dir/oracle{replicate}``, on the same data)."""
   from benchmarks.lm import data as data_lib  # pylint: disable=import-outside-toplevel
   from benchmarks.oracle import exact  # pylint: disable=import-outside-toplevel
 
   os.makedirs(out_dir, exist_ok=True)
   data = data_lib.prepare_data(config.lm_config(vocab_size), out_dir, log)
+  if replicate:
+    out_dir = os.path.join(out_dir, f"oracle{replicate}")
+    os.makedirs(out_dir, exist_ok=True)
   separator = data.tokenizer.token_to_id(data_lib.SPECIAL_TOKEN)
-  oracle, oracle_record = train_oracle(config, data, out_dir, progress, log)
+  oracle, oracle_record = train_oracle(config, data, out_dir, progress, log, replicate)
   samples = oracle_samples(config, oracle, separator, out_dir)
-  log(f"V={vocab_size}: oracle and samples ready ({time.perf_counter() - started:.0f} s)")
+  log(f"V={vocab_size} oracle {replicate}: oracle and samples ready "
+      f"({time.perf_counter() - started:.0f} s)")
   unit_head = exact.unit_rows(oracle.head)
   reference = cached_json(os.path.join(out_dir, "oracle_self.json"), lambda: exact_metrics(
       oracle, oracle, samples["held_out"], samples["self"], unit_head))
   per_regime = run_students(config, oracle, samples, data.vocab_size, separator, out_dir,
-                            progress, log)
-  log(f"V={vocab_size}: students done ({time.perf_counter() - started:.0f} s)")
+                            progress, log, replicate)
+  continued = {}
+  if config.continued_check and vocab_size == config.vocab_size and not replicate:
+    continued = continued_students(config, oracle, samples, data.vocab_size, separator, out_dir,
+                                   per_regime)
+  log(f"V={vocab_size} oracle {replicate}: students done ({time.perf_counter() - started:.0f} s)")
   return {
       "data": data.description,
       "oracle": {"training": {k: oracle_record[k] for k in ("best_step", "best_nll", "seconds")},
@@ -397,7 +469,72 @@ def run_vocabulary(config: Config, vocab_size: int, out_dir: str, progress: bool
                  "sampled_tokens": {k: int(v.shape[0] * (v.shape[1] - 1))
                                     for k, v in samples.items()}},
       "per_regime": per_regime,
+      "continued": continued,
+      "_objects": {"data": data, "oracle": oracle, "samples": samples, "separator": separator,
+                   "out_dir": out_dir},
   }
+
+
+def continued_students(config: Config, oracle, samples: dict, vocab_size: int, separator: int,
+                       out_dir: str, per_regime: dict) -> dict:
+  """The continued-training check of each regime: per seed, CE trained for twice its selected
+  steps (the same batches and learning rate, no stopping rule; the selected run continued),
+  evaluated at its last step (``student_{regime}_s{seed}_ce_continued.json``)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  from benchmarks.oracle import exact  # pylint: disable=import-outside-toplevel
+
+  objectives = tuple(BY_NAME[n] for n in config.objectives)
+  oracle_head = jnp.array(oracle.head, copy=True)
+  unit_head = exact.unit_rows(oracle_head)
+  out = {}
+  for regime, per_seed in per_regime.items():
+    model_config = config.student_config(regime, vocab_size)
+    out[regime] = []
+    for offset, models in enumerate(per_seed):
+      seed = config.first_seed + offset
+      selected = models.get("ce", {}).get("steps", 0)
+      if not selected or "forward_kl" not in models["ce"]:
+        out[regime].append({})
+        continue
+
+      def continued(seed=seed, selected=selected, model_config=model_config):
+        started = time.perf_counter()
+        # the cost CE's own run was given (unused by CE): the same compiled step, so the first
+        # `selected` steps replay that run exactly
+        model, record = train_student(config, model_config, objectives, 0, seed, samples["train"],
+                                      samples["val"], oracle_head, fixed_steps=2 * selected)
+        own = sample_rows(model, config.student_samples, config.seq_len, separator,
+                          jax.random.key(1000 + seed))
+        return dict(exact_metrics(oracle, model, samples["held_out"], own, unit_head), **record,
+                    seconds=time.perf_counter() - started)
+
+      out[regime].append(cached_json(
+          os.path.join(out_dir, f"student_{regime}_s{seed}_ce_continued.json"), continued))
+  return out
+
+
+def finetune_dir(out_dir: str, config: Config, overwrite: bool) -> str:
+  """The fine-tuning regime's cache folder, keyed on every setting that changes its result."""
+  folder = os.path.join(out_dir, f"v{config.vocab_size}", "finetune")
+  os.makedirs(folder, exist_ok=True)
+  wanted = json.loads(json.dumps(dataclasses.asdict(config)))
+  keyed = {k: v for k, v in wanted.items()
+           if k not in UNKEYED_FIELDS or k in FINETUNE_FIELDS and k not in (
+               "finetune_seeds", "finetune_objectives", "temperatures")}
+  path = os.path.join(folder, "config.json")
+  if os.path.exists(path):
+    stored = {k: v for k, v in outputs.read_json(path).items() if k in keyed}
+    if stored != keyed:
+      if not overwrite:
+        changed = sorted(k for k in keyed if stored.get(k) != keyed[k])
+        raise UsageError(f"{folder} holds fine-tuning runs of other settings "
+                         f"({', '.join(changed)}); use another --out or --overwrite.")
+      shutil.rmtree(folder)
+      os.makedirs(folder)
+  outputs.write_json(path, keyed)
+  return folder
 
 
 def prepare_out_dir(out_dir: str, config: Config, overwrite: bool) -> None:
@@ -409,9 +546,7 @@ def prepare_out_dir(out_dir: str, config: Config, overwrite: bool) -> None:
     raise UsageError(f"--out {out_dir!r}: cannot create the folder ({error}).") from None
   path = os.path.join(out_dir, "config.json")
   wanted = json.loads(json.dumps(dataclasses.asdict(config)))
-  keyed = {k: v for k, v in wanted.items() if k not in (
-      "seeds", "few_seeds", "first_seed", "regimes", "objectives", "small_objectives",
-      "sweep_vocab_sizes", "sweep_objectives")}
+  keyed = {k: v for k, v in wanted.items() if k not in UNKEYED_FIELDS}
   if os.path.exists(path):
     stored = {k: v for k, v in outputs.read_json(path).items() if k in keyed}
     if stored != keyed:
@@ -435,40 +570,64 @@ def run_experiment(config: Config, out_dir: str, json_path: str, *, overwrite: b
   ``out_dir`` cache); returns ``{}`` and writes nothing else."""
   started = time.perf_counter()
   prepare_out_dir(out_dir, config, overwrite)
+  others = [(v, r) for r in range(config.vocab_oracles) for v in config.vocab_sizes()
+            if r or v != config.vocab_size]
   if sweep_only:
-    for vocab_size in config.vocab_sizes():
-      if vocab_size != config.vocab_size:
-        run_vocabulary(config, vocab_size, os.path.join(out_dir, f"v{vocab_size}"), progress,
-                       log, started)
+    for vocab_size, replicate in others:
+      run_vocabulary(config, vocab_size, os.path.join(out_dir, f"v{vocab_size}"), progress,
+                     log, started, replicate)
     return {}
   from benchmarks.machine import machine_description  # pylint: disable=import-outside-toplevel
-  from benchmarks.oracle import report  # pylint: disable=import-outside-toplevel
+  from benchmarks.oracle import finetune, report  # pylint: disable=import-outside-toplevel
 
-  by_vocab = {}
-  for vocab_size in [config.vocab_size, *(v for v in config.vocab_sizes()
-                                          if v != config.vocab_size)]:
-    by_vocab[vocab_size] = run_vocabulary(config, vocab_size,
-                                          os.path.join(out_dir, f"v{vocab_size}"), progress,
-                                          log, started)
+  by_vocab = {config.vocab_size: run_vocabulary(
+      config, config.vocab_size, os.path.join(out_dir, f"v{config.vocab_size}"), progress, log,
+      started)}
   main = by_vocab[config.vocab_size]
+  objects = main.pop("_objects")
+  tuned = {"per_regime": {}, "temperature": {}, "continued": {}, "finetune": {}}
+  if config.finetune_seeds and "finetune" in config.regimes:
+    tuned = finetune.run_finetune(config, objects["data"], objects["oracle"], objects["samples"],
+                                  objects["separator"], finetune_dir(out_dir, config, overwrite),
+                                  progress, log)
+  replicates: dict = {}
+  for vocab_size, replicate in others:
+    result = run_vocabulary(config, vocab_size, os.path.join(out_dir, f"v{vocab_size}"),
+                            progress, log, started, replicate)
+    result.pop("_objects")
+    if replicate:
+      replicates.setdefault(vocab_size, []).append(
+          {k: result[k] for k in ("oracle", "per_regime")})
+    else:
+      by_vocab[vocab_size] = result
   results = {
       "command": command,
       "config": json.loads(json.dumps(dataclasses.asdict(config))),
       "objectives": {o.name: {"label": o.label, "source": o.source}
-                     for o in ORACLE_OBJECTIVES if o.name in config.objectives},
+                     for o in ORACLE_OBJECTIVES
+                     if o.name in config.objectives
+                     or tuned["finetune"] and o.name in config.finetune_objectives},
       "data": main["data"],
       "oracle": main["oracle"],
       "machine": machine_description(("tokenizers",)),
       "machine_note": ("the machine's 2 cores were shared with other jobs during the run"
                        if config.seeds >= 5 else "CI-sized run"),
-      "per_regime": main["per_regime"],
+      "per_regime": {**main["per_regime"], **tuned["per_regime"]},
       "vocab_sweep": {str(v): {"data_vocab_size": r["data"]["vocab_size"],
-                               "oracle": r["oracle"], "per_regime": r["per_regime"]}
+                               "oracle": r["oracle"], "per_regime": r["per_regime"],
+                               "replicates": replicates.get(v, [])}
                       for v, r in sorted(by_vocab.items())},
+      "continued": {**main["continued"], **tuned["continued"]},
   }
-  results["comparisons"] = report.compare(main["per_regime"], list(config.objectives))
+  if tuned["finetune"]:
+    results["finetune"] = dict(tuned["finetune"], target=tuned["target"])
+    results["temperature_curves"] = tuned["temperature"]
+  objective_names = list(dict.fromkeys([*config.objectives, *config.finetune_objectives]))
+  results["comparisons"] = report.compare(results["per_regime"], objective_names)
   results["claims"] = report.claims(results["comparisons"])
   results["convergence"] = report.convergence(results)
+  if tuned["finetune"]:
+    results["temperature_control"] = report.temperature_control(results)
   swept = [n for n in config.objectives if n in config.sweep_objectives]
   results["vocab_comparisons"] = {
       v: report.compare({"same": results["vocab_sweep"][v]["per_regime"]["same"]}, swept)["same"]
@@ -539,7 +698,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="comma-separated subset of " + ",".join(BY_NAME) + "; ce, the "
                       "baseline, is always included " + shown("objectives"))
   parser.add_argument("--regimes", default=None,
-                      help="comma-separated subset of same,small; runs of another process on "
+                      help="comma-separated subset of same,small,finetune (finetune: pretrained "
+                      "students fine-tuned on a shifted oracle); runs of another process on "
                       "the same --out are reused; without same there is no vocabulary sweep "
                       + shown("regimes"))
   parser.add_argument("--sweep-only", action="store_true",
@@ -584,9 +744,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
                        f"(got {args.objectives!r}).")
     overrides["objectives"] = tuple(o for o in BY_NAME if o in chosen or o == "ce")
   if args.regimes is not None:
-    regimes = tuple(r for r in ("same", "small") if r in args.regimes.split(","))
-    if not regimes or set(args.regimes.split(",")) - {"same", "small"}:
-      raise UsageError(f"--regimes must be a comma-separated subset of same,small (got "
+    known = ("same", "small", "finetune")
+    regimes = tuple(r for r in known if r in args.regimes.split(","))
+    if not regimes or set(args.regimes.split(",")) - set(known):
+      raise UsageError(f"--regimes must be a comma-separated subset of {','.join(known)} (got "
                        f"{args.regimes!r}).")
     overrides["regimes"] = regimes
   if "same" not in overrides.get("regimes", Config.regimes):
