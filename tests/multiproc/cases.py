@@ -3,8 +3,8 @@ fused and one-pass losses with their gradients, and one optimiser step, on fixed
 
 ``run_all(mesh)`` runs them on a ``(data, model)`` mesh, whatever the number of processes (each
 process fills only its own devices' shards of the global arrays), or on one device with
-``mesh=None`` (the unsharded functions). The loss calls are in ``fused_loss`` and
-``onepass_loss`` alone.
+``mesh=None`` (one device). The loss calls are in ``token_stats_loss`` and ``onepass_mix_loss``
+alone.
 """
 
 import jax
@@ -50,23 +50,17 @@ def place(arrays: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
           for name, x in arrays.items()}
 
 
-def fused_loss(h, w, labels, cost, where, mesh):
-  """Masked token mean of ``nll + 0.5 emo`` from the fused per-token outputs (soft-capped)."""
-  options = {"where": where, "chunk_size": 5, "softcap": 3.0}
-  if mesh is None:
-    out = emoloss.fused_ce_emo(h, w, labels, cost, **options)
-  else:
-    out = emoloss.sharded_fused_ce_emo(h, w, labels, cost, mesh=mesh, **options)
+def token_stats_loss(h, w, labels, cost, where, mesh):
+  """Masked token mean of ``nll + 0.5 emo`` from the fused per-token statistics (soft-capped)."""
+  out = emoloss.fused_token_stats(h, w, labels, cost, where=where, chunk_size=5, softcap=3.0,
+                                  mesh=mesh)
   return jnp.sum(jnp.where(where, out.nll + 0.5 * out.emo, 0.0)) / jnp.sum(where)
 
 
-def onepass_loss(h, w, labels, cost, where, mesh):
-  """The published EMO + CE mix (mode 1), token mean, label smoothing 0.1."""
-  options = {"per_token": emoloss.emo_ce_per_token(1), "where": where, "token_chunk_size": 4,
-             "label_smoothing": 0.1}
-  if mesh is None:
-    return emoloss.onepass_loss(h, w, labels, cost, **options)
-  return emoloss.sharded_onepass_loss(h, w, labels, cost, mesh=mesh, **options)
+def onepass_mix_loss(h, w, labels, cost, where, mesh):
+  """The published EMO + CE mix (mode 1) in one pass, token mean, label smoothing 0.1."""
+  return emoloss.fused_loss(h, w, labels, cost, per_token=emoloss.emo_ce_per_token(1),
+                            where=where, chunk_size=4, label_smoothing=0.1, mesh=mesh)
 
 
 def optimizer() -> optax.GradientTransformation:
@@ -91,7 +85,7 @@ def run_all(mesh) -> dict[str, np.ndarray]:
   @jax.jit
   def losses(h, w, labels, cost, where):
     results = {}
-    for name, loss in (("fused", fused_loss), ("onepass", onepass_loss)):
+    for name, loss in (("fused", token_stats_loss), ("onepass", onepass_mix_loss)):
       value, (d_hidden, d_head) = jax.value_and_grad(
           lambda h, w, loss=loss: loss(h, w, labels, cost, where, mesh), argnums=(0, 1))(h, w)
       results.update({f"{name}/value": value, f"{name}/d_hidden": d_hidden,
@@ -104,7 +98,7 @@ def run_all(mesh) -> dict[str, np.ndarray]:
   @jax.jit
   def step(params, state, hidden, labels, cost, where):
     def loss(p):
-      return onepass_loss(hidden @ p["proj"], p["head"], labels, cost, where, mesh)
+      return onepass_mix_loss(hidden @ p["proj"], p["head"], labels, cost, where, mesh)
     value, grads = jax.value_and_grad(loss)(params)
     updates, state = tx.update(grads, state, params, value=value)
     return optax.apply_updates(params, updates), state, value
@@ -126,7 +120,7 @@ def compiled_programs(mesh) -> dict[str, str]:
   communication checks)."""
   x = place(problem(), mesh)
   texts = {}
-  for name, loss in (("fused", fused_loss), ("onepass", onepass_loss)):
+  for name, loss in (("fused", token_stats_loss), ("onepass", onepass_mix_loss)):
     fn = jax.jit(jax.value_and_grad(
         lambda h, w, y, c, m, loss=loss: loss(h, w, y, c, m, mesh), argnums=(0, 1)))
     lowered = fn.lower(x["hidden"], x["head"], x["labels"][0], x["cost"], x["where"][0])
