@@ -5,7 +5,7 @@ The pieces a real training stack needs, at a size that runs in seconds on a CPU:
 
 * a Flax NNX decoder (pre-norm attention + MLP blocks) with bfloat16 parameters and an untied LM
   head ``[V, d]``; the loss never materialises the ``[tokens, V]`` logits: the final hidden states
-  and the head go to :func:`emoloss.sharded_onepass_loss` (EMO + CE, published mode 1);
+  and the head go to :func:`emoloss.fused_loss` (EMO + CE, published mode 1) on the mesh;
 * gradient accumulation over micro-batches that reproduces the full-batch token-mean gradient:
   each micro-batch's loss is its token **sum** divided by the **global** count of target tokens of
   the whole batch (counted before splitting), so the micro-batch gradients add up to the gradient
@@ -175,13 +175,10 @@ def token_sum_loss(params, graphdef, cost, tokens, mask, mesh):
   model = nnx.merge(graphdef, params)
   hidden = model(tokens[:, :-1])
   hidden = hidden.reshape(-1, hidden.shape[-1])
-  options = {"per_token": emoloss.emo_ce_per_token(mode=1), "reduction": "sum",
-             "where": mask[:, 1:].reshape(-1)}
-  labels = tokens[:, 1:].reshape(-1)
-  if mesh is None:
-    return emoloss.onepass_loss(hidden, model.head[...], labels, cost, **options)
-  return emoloss.sharded_onepass_loss(hidden, model.head[...], labels, cost, mesh=mesh,
-                                      data_axis="data", model_axis="model", **options)
+  return emoloss.fused_loss(hidden, model.head[...], tokens[:, 1:].reshape(-1), cost,
+                            per_token=emoloss.emo_ce_per_token(mode=1), reduction="sum",
+                            where=mask[:, 1:].reshape(-1), mesh=mesh, data_axis="data",
+                            model_axis="model")
 
 
 def accumulated_gradients(params, graphdef, cost, tokens, mask, micro_batches, mesh=None):
