@@ -40,7 +40,7 @@ def _framework_ce(hidden, head, tokens, mask, softcap=None):
 
 def _emoloss_ce(hidden, head, labels, where, softcap=None):
   h = hidden[:, :-1].reshape(-1, D)
-  return emoloss.onepass_loss(h, head, labels.reshape(-1), where=where, softcap=softcap)
+  return emoloss.fused_loss(h, head, labels.reshape(-1), where=where, softcap=softcap)
 
 
 @pytest.mark.parametrize("softcap", [None, SOFTCAP])
@@ -67,7 +67,7 @@ def test_check_catches_each_glue_mistake():
       "mask lost": _emoloss_ce(hidden, head, labels, None),
       "labels not shifted": _emoloss_ce(hidden, head, tokens[:, :-1], where),
       "a soft-cap the model does not apply": _emoloss_ce(hidden, head, labels, where, SOFTCAP),
-      "a temperature the model does not apply": emoloss.onepass_loss(
+      "a temperature the model does not apply": emoloss.fused_loss(
           hidden[:, :-1].reshape(-1, D), head, labels.reshape(-1), where=where, temperature=2.0),
   }
   for mistake, ours in mistakes.items():

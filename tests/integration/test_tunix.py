@@ -2,7 +2,7 @@
 with google-tunix pinned; `pytest -m tunix tests/integration/test_tunix.py`).
 
 A tiny Gemma3 built from code (random weights, no download) trains for a few dozen steps through
-the trainer's public loss hook, `PeftTrainer.with_loss_fn`, with `emoloss.onepass_loss` on the
+the trainer's public loss hook, `PeftTrainer.with_loss_fn`, with `emoloss.fused_loss` on the
 hidden states after the final norm (`output_hidden_states=True`) and the tied head:
 
 * plain CE: the logged loss equals that of tunix's own default loss at every logged step, to
@@ -126,8 +126,8 @@ def test_step0_check_catches_a_lost_mask_through_tunix(tx):
   def no_mask(model, input_tokens, input_mask, positions, attention_mask):
     model(input_tokens, positions, None, attention_mask, output_hidden_states=True)
     hidden = tx.nnx.pop(model, tx.nnx.Intermediate)["all_hidden_states"].get_value()[-1]
-    return emoloss.onepass_loss(hidden[:, :-1].reshape(-1, hidden.shape[-1]),
-                                model.embedder.input_embedding[...], input_tokens[:, 1:].ravel())
+    return emoloss.fused_loss(hidden[:, :-1].reshape(-1, hidden.shape[-1]),
+                              model.embedder.input_embedding[...], input_tokens[:, 1:].ravel())
 
   with pytest.raises(AssertionError, match="emoloss CE"):
     check_ce_matches(no_mask(model, **inputs), theirs)
