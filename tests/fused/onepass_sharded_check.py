@@ -21,11 +21,11 @@ def z_loss(s):
   return s.nll + 0.1 * s.lse ** 2
 
 
-def fused_loss(hidden, head, labels, cost, *, block, freeze_head=False, mesh=None,
+def fused_loss(hidden, head, labels, cost, *, block, frozen_head=False, mesh=None,
                data_axis=None, model_axis=None, **options):
   """emoloss.fused_loss (frozen: the head under stop_gradient); with a ∂W block other than the
   default, its implementation with that internal setting."""
-  head = jax.lax.stop_gradient(head) if freeze_head else head
+  head = jax.lax.stop_gradient(head) if frozen_head else head
   if block == 4096:
     if mesh is not None:
       options.update(mesh=mesh, data_axis=data_axis, model_axis=model_axis)
@@ -65,14 +65,14 @@ def check(mesh, data_axis, model_axis, n, v, d, k, chunk, per_token, with_emo, m
                         jax.tree.leaves(expected)):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     error, scale = np.max(np.abs(a - b)), np.max(np.abs(b))
-    if name == "d head" and extra.get("freeze_head"):
+    if name == "d head" and extra.get("frozen_head"):
       assert np.all(a == 0.0) and np.all(b == 0.0), name
       continue
     assert error <= 1e-5 * scale, f"{name}: {error} > 1e-5 * {scale} on {mesh}"
   value_only = float(jax.jit(loss)(*args))  # no gradient: the vocabulary-chunked forward pass
   assert abs(value_only - float(expected[0])) <= 1e-5 * abs(float(expected[0])), value_only
   head_sharding = NamedSharding(mesh, P(model_axis, None))  # ∂W stays sharded like W
-  if not extra.get("freeze_head"):  # (a frozen head's zero cotangent is a broadcast constant)
+  if not extra.get("frozen_head"):  # (a frozen head's zero cotangent is a broadcast constant)
     assert got[1][1].sharding.is_equivalent_to(head_sharding, 2), got[1][1].sharding
   # No all-gather/all-to-all; every all-reduce moves at most one device's token rows of hidden
   # or cost size (∂h over the model axis, target cost rows, per-token statistics) or one
@@ -135,7 +135,7 @@ def main():
         block=8, softcap=2.0, temperature=0.7, label_smoothing=0.1)
   check(auto, "data", "model", n=32, v=88, d=8, k=4, chunk=8, per_token=entropy_bonus,
         with_emo=False, masked=True, reduction="sum", softcap=30.0,
-        freeze_head=True)
+        frozen_head=True)
   check_closed_over_weight(explicit)
   print("ALL OK")
 

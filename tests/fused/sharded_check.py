@@ -36,8 +36,8 @@ def check(mesh, data_axis, model_axis, n, v, d, k, chunk_size, with_emo, masked,
   hidden, head, labels, cost, weights = problem(n, v, d, k)
   cost = cost if with_emo else None
   where = (jnp.arange(n) % 5 != 2) if masked else None
-  fused = {key: value for key, value in options.items() if key != "freeze_head"}
-  frozen = (lambda w: jax.lax.stop_gradient(w)) if options.get("freeze_head") else (lambda w: w)
+  fused = {key: value for key, value in options.items() if key != "frozen_head"}
+  frozen = (lambda w: jax.lax.stop_gradient(w)) if options.get("frozen_head") else (lambda w: w)
   single = program(lambda h, w, y, e, m: emoloss.fused_token_stats(
       h, frozen(w), y, e, where=m, chunk_size=chunk_size, **fused), labels, cost, where, weights)
   sharded = jax.jit(program(lambda h, w, y, e, m: emoloss.fused_token_stats(
@@ -54,12 +54,12 @@ def check(mesh, data_axis, model_axis, n, v, d, k, chunk_size, with_emo, masked,
       continue
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     error, scale = np.max(np.abs(a - b)), np.max(np.abs(b))
-    if name == "d head" and options.get("freeze_head"):
+    if name == "d head" and options.get("frozen_head"):
       assert np.all(a == 0.0) and np.all(b == 0.0), name
       continue
     assert error <= 1e-5 * scale, f"{name}: {error} > 1e-5 * {scale} on {mesh}"
   head_sharding = NamedSharding(mesh, P(model_axis, None))  # ∂W stays sharded like W
-  if not options.get("freeze_head"):  # (a frozen head's zero cotangent is a broadcast constant)
+  if not options.get("frozen_head"):  # (a frozen head's zero cotangent is a broadcast constant)
     assert got[1][1].sharding.is_equivalent_to(head_sharding, 2), got[1][1].sharding
   # Neither the head nor the logits is gathered: no all-gather/all-to-all at all, and every
   # all-reduce moves at most one device's token block of hidden- or cost-sized rows (partial
@@ -93,7 +93,7 @@ def main():
   check(explicit, "data", "model", n=32, v=88, d=8, k=4, chunk_size=4, with_emo=True,
         masked=True, softcap=2.0, temperature=0.7, label_smoothing=0.1)
   check(auto, "data", "model", n=32, v=88, d=8, k=4, chunk_size=8, with_emo=False,
-        masked=False, softcap=30.0, freeze_head=True)
+        masked=False, softcap=30.0, frozen_head=True)
   print("ALL OK")
 
 

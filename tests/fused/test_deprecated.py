@@ -90,3 +90,12 @@ def test_default_token_chunk_size_and_fused_output_warn():
   assert FusedOutput is emoloss.TokenStats
   with pytest.raises(AttributeError, match="no_such_name"):
     emoloss.fused.no_such_name  # noqa: B018
+
+
+def test_onepass_loss_entropy_true_with_the_default_per_token(problem):
+  """The 0.2 call ``entropy=True`` with the default ``per_token`` still gives the mean CE."""
+  hidden, head, labels, cost = problem
+  with pytest.warns(DeprecationWarning):
+    got = emoloss.onepass_loss(hidden, head, labels, entropy=True)
+  expected = helpers.naive_token_stats(hidden, head, labels, cost).nll
+  helpers.assert_close(got, jnp.mean(expected), name="CE")

@@ -69,9 +69,6 @@ def test_entropy_reaches_per_token_in_every_mode(problem):
   got = emoloss.fused_loss(hidden, head, labels, cost, per_token=bonus)
   stats = helpers.naive_token_stats(hidden, head, labels, cost)
   helpers.assert_close(got, jnp.mean(bonus(stats)), name="EMO + CE - entropy")
-  with pytest.warns(DeprecationWarning):  # the 0.2 call: entropy=True with the default per_token
-    plain = emoloss.onepass_loss(hidden, head, labels, entropy=True)
-  helpers.assert_close(plain, jnp.mean(stats.nll), name="CE")
 
 
 def count_compilations(fn):
