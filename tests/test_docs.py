@@ -97,7 +97,7 @@ def test_inline_names_of_public_functions_link_to_their_api_entries(monkeypatch)
                              literal("logits.shape"), literal("emo_loss"),
                              literal("margin_cross_entropy(logits, labels, margins)"),
                              literal("argmax(z - tau)"),
-                             nodes.reference("", "", literal("fused_ce_emo")))
+                             nodes.reference("", "", literal("fused_token_stats")))
   doc = nodes.document(None, None)
   doc += section
   linked = links.link_api_names(doc, links.api_targets())
