@@ -52,7 +52,7 @@ import optax
 from tqdm import tqdm
 
 import emoloss
-from emoloss.fused._onepass import default_token_chunk_size  # the default of chunk_size=None
+from emoloss.fused._onepass import default_token_chunk_size  # fused_loss: chunk_size=None
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
   import sys
@@ -95,7 +95,7 @@ def _jax_cce():
   return linear_cross_entropy, None
 
 
-def loss_functions(chunk_size: int, token_chunk_size: int | None = None) -> dict:
+def loss_functions(chunk_size: int, onepass_chunk_size: int | None = None) -> dict:
   """Scalar token-mean losses ``f(hidden, head, labels, cost_embeddings)`` per method."""
   def naive_ce(h, w, y, e):
     logits = jnp.dot(h, w.T, preferred_element_type=jnp.float32)
@@ -108,19 +108,19 @@ def loss_functions(chunk_size: int, token_chunk_size: int | None = None) -> dict
   def fused_ce(h, w, y, e):
     return jnp.mean(emoloss.fused_token_stats(h, w, y, chunk_size=chunk_size).nll)
 
-  def fused_ce_emo(h, w, y, e):
+  def fused_ce_plus_emo(h, w, y, e):
     return jnp.mean(emoloss.fused_emo_ce_loss(h, w, y, e, chunk_size=chunk_size))
 
   def onepass_ce(h, w, y, e):
-    return emoloss.fused_loss(h, w, y, chunk_size=token_chunk_size)
+    return emoloss.fused_loss(h, w, y, chunk_size=onepass_chunk_size)
 
   mix = emoloss.emo_ce_per_token(1)
 
   def onepass_ce_emo(h, w, y, e):
-    return emoloss.fused_loss(h, w, y, e, per_token=mix, chunk_size=token_chunk_size)
+    return emoloss.fused_loss(h, w, y, e, per_token=mix, chunk_size=onepass_chunk_size)
 
   functions = {"naive CE": naive_ce, "naive CE+EMO": naive_ce_emo, "fused CE": fused_ce,
-               "fused CE+EMO": fused_ce_emo, "one-pass CE": onepass_ce,
+               "fused CE+EMO": fused_ce_plus_emo, "one-pass CE": onepass_ce,
                "one-pass CE+EMO": onepass_ce_emo}
   cce, _ = _jax_cce()
   if cce is not None:
@@ -128,12 +128,12 @@ def loss_functions(chunk_size: int, token_chunk_size: int | None = None) -> dict
   return functions
 
 
-def option_functions(chunk_size: int, token_chunk_size: int | None = None) -> dict:
+def option_functions(chunk_size: int, onepass_chunk_size: int | None = None) -> dict:
   """Scalar token-mean losses of :data:`OPTION_METHODS` (see :func:`loss_functions`)."""
   def onepass(frozen=False, **options):
     def loss(h, w, y, e):
       w = jax.lax.stop_gradient(w) if frozen else w  # a frozen head: no ∂W work
-      return emoloss.fused_loss(h, w, y, chunk_size=token_chunk_size, **options)
+      return emoloss.fused_loss(h, w, y, chunk_size=onepass_chunk_size, **options)
     return loss
 
   def fused(h, w, y, e, entropy_weight=None):
@@ -252,9 +252,9 @@ def _summarise(row: dict, times: dict, sizes, peak_tflops: float | None = None) 
 def run(args) -> dict:
   dtype = jnp.dtype(args.dtype)
   if args.options:
-    functions, methods = option_functions(args.chunk_size, args.token_chunk_size), OPTION_METHODS
+    functions, methods = option_functions(args.chunk_size, args.onepass_chunk_size), OPTION_METHODS
   else:
-    functions = loss_functions(args.chunk_size, args.token_chunk_size)
+    functions = loss_functions(args.chunk_size, args.onepass_chunk_size)
     methods = SCALING_METHODS if args.scaling else METHODS
   names = [name for name in methods if name in functions]
   _, cce_error = _jax_cce()
@@ -263,7 +263,7 @@ def run(args) -> dict:
   grid = [(size, True) for size in args.sizes] + [(size, False) for size in args.memory_sizes]
   for (n, v, d, k), timed in tqdm(grid, desc="sizes"):
     row = {"N": n, "V": v, "d": d, "k": k, "timed": timed, "methods": {},
-           "token_chunk_size": args.token_chunk_size or default_token_chunk_size(v)}
+           "onepass_chunk_size": args.onepass_chunk_size or default_token_chunk_size(v)}
     inputs = abstract_inputs(n, v, d, k, dtype)
     compiled = {}
     for name in tqdm(names, desc=f"compile N={n} V={v} d={d}", leave=False):
@@ -288,7 +288,7 @@ def run(args) -> dict:
       "jax": jax.__version__,
       "dtype": str(dtype),
       "chunk_size": args.chunk_size,
-      "token_chunk_size": args.token_chunk_size or "default (fused_loss's chunk_size=None)",
+      "onepass_chunk_size": args.onepass_chunk_size or "default (fused_loss's chunk_size=None)",
       "repeats": args.repeats,
       "jax_cce": cce_error or "installed",
       "load_average": {"before": [round(x, 2) for x in load_before],
@@ -309,7 +309,7 @@ def options_markdown(result: dict) -> str:
   load = result["load_average"]
   lines = [
       (f"Machine: {result['machine']}; jax {result['jax']}; {result['dtype']}; fused vocabulary "
-       f"chunk {result['chunk_size']}; one-pass token chunk {result['token_chunk_size']}; "
+       f"chunk {result['chunk_size']}; one-pass token chunk {result['onepass_chunk_size']}; "
        "value-and-grad w.r.t. hidden states and head of the token-mean loss. Time: median (and "
        f"minimum) of {result['repeats']} interleaved calls in one process, as a ratio to the same "
        "path without the option (one-pass CE, or fused CE+EMO without the entropy statistic). "
@@ -340,7 +340,7 @@ def markdown(result: dict) -> str:
   load = result["load_average"]
   lines = [
       (f"Machine: {result['machine']}; jax {result['jax']}; {result['dtype']}; fused vocabulary "
-       f"chunk {result['chunk_size']}; one-pass token chunk {result['token_chunk_size']}; "
+       f"chunk {result['chunk_size']}; one-pass token chunk {result['onepass_chunk_size']}; "
        "value-and-grad w.r.t. hidden states and head of the token-mean loss. Time: median (and "
        f"minimum) of {result['repeats']} interleaved calls as a ratio to naive CE (optax) in the "
        "same process (— : compiled only). GFLOP/s: the method's matmul FLOPs (its schedule, "
@@ -431,8 +431,9 @@ def main(argv=None):
                       "8192x131072x1024x1024)")
   parser.add_argument("--chunk-size", type=int, default=1024,
                       help="vocabulary chunk of the fused (recompute) paths and jax-cce")
-  parser.add_argument("--token-chunk-size", type=int, default=None,
-                      help="token chunk of the one-pass path (default: the library's, from V)")
+  parser.add_argument("--onepass-chunk-size", type=int, default=None,
+                      help="token chunk (fused_loss's chunk_size) of the one-pass path "
+                      "(default: the library's, from V)")
   parser.add_argument("--repeats", type=int, default=5,
                       help="interleaved timing rounds per size (default: 5; --quick: 2)")
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
@@ -468,7 +469,7 @@ def main(argv=None):
   if args.quick:
     args.sizes, args.memory_sizes, args.repeats = [(256, 2000, 64, 64)], [(1024, 16384, 256, 256)], 2
     args.chunk_size = min(args.chunk_size, 512)
-    args.token_chunk_size = args.token_chunk_size or 128
+    args.onepass_chunk_size = args.onepass_chunk_size or 128
     if args.scaling:
       args.sizes, args.memory_sizes = [(128, 1000, 32, 32), (256, 2000, 32, 32)], []
   if args.options:
