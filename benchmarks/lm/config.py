@@ -87,7 +87,7 @@ class Config:
   greedy_prompts: int = 250            # greedy continuations (repetition) per model
   regimes: tuple[str, ...] = ("C", "A", "B")
   primary_featuriser: str = "tfidf"    # MAUVE's primary features (code-token n-gram TF-IDF)
-  loss_path: str = "fused"             # fused (emoloss.fused_ce_emo) | plain
+  loss_path: str = "fused"             # fused (emoloss.fused_token_stats) | plain
   chunk_size: int = 1024               # vocabulary chunk of the fused path
 
   def seed_values(self) -> tuple[int, ...]:

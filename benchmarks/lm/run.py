@@ -113,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "headline), A (held-out stdlib files), B (the reference manual) (default: "
                       "C,A,B)")
   parser.add_argument("--loss-path", choices=("plain", "fused"), default="fused",
-                      help="plain: logits then losses; fused: emoloss.fused_ce_emo; part of the "
-                      "checkpoints' key (default: %(default)s)")
+                      help="plain: logits then losses; fused: emoloss.fused_token_stats; part of "
+                      "the checkpoints' key (default: %(default)s)")
   parser.add_argument("--overwrite", action="store_true",
                       help="discard checkpoints in --out made with other settings (default: "
                       "refuse to run on them)")

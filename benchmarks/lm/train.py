@@ -44,8 +44,8 @@ class LossPath(NamedTuple):
 
 def _nll_and_emo(hidden, head, targets, cost, with_emo: bool, path: LossPath):
   if path.fused:
-    out = emoloss.fused_ce_emo(hidden, head, targets, cost if with_emo else None,
-                               chunk_size=path.chunk_size)
+    out = emoloss.fused_token_stats(hidden, head, targets, cost if with_emo else None,
+                                    chunk_size=path.chunk_size)
     return out.nll, out.emo
   logits = jnp.einsum("btd,vd->btv", hidden, head)
   nll = optax.losses.softmax_cross_entropy_with_integer_labels(logits, targets)
