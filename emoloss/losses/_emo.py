@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import warnings
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,26 +41,44 @@ def normalize_embeddings(embeddings: ArrayLike, eps: float = 1e-12) -> jax.Array
   return jax.lax.stop_gradient(embeddings / jnp.maximum(norms, eps))
 
 
-def _check_embeddings(embeddings: ArrayLike, num_classes: int) -> None:
-  shape = np.shape(embeddings)
+def _check_embeddings(cost_embeddings: ArrayLike, num_classes: int) -> None:
+  shape = np.shape(cost_embeddings)
   if len(shape) != 2 or shape[0] != num_classes:
     raise ValueError(
-        f"`embeddings` must have shape [num_classes, k] = [{num_classes}, k] to match the "
+        f"`cost_embeddings` must have shape [num_classes, k] = [{num_classes}, k] to match the "
         f"logits' last axis (got {shape})."
     )
-  _validation.check_logits(embeddings, name="embeddings", min_rank=2)
+  _validation.check_logits(cost_embeddings, name="cost_embeddings", min_rank=2)
 
 
+def _renamed_embeddings(loss: Callable) -> Callable:
+  """Accepts 0.2's keyword ``embeddings=`` for ``cost_embeddings=``, with a DeprecationWarning."""
+
+  @functools.wraps(loss)
+  def wrapper(*args, **kwargs):
+    if "embeddings" in kwargs:
+      if "cost_embeddings" in kwargs:
+        raise TypeError(f"{loss.__name__}() got both `cost_embeddings` and its old name "
+                        "`embeddings`.")
+      warnings.warn(f"emoloss.{loss.__name__}'s keyword `embeddings` is deprecated and will be "
+                    "removed; use `cost_embeddings`.", DeprecationWarning, stacklevel=2)
+      kwargs["cost_embeddings"] = kwargs.pop("embeddings")
+    return loss(*args, **kwargs)
+
+  return wrapper
+
+
+@_renamed_embeddings
 def emo_loss(
     logits: ArrayLike,
     labels: ArrayLike,
-    embeddings: ArrayLike,
+    cost_embeddings: ArrayLike,
     *,
     where: ArrayLike | None = None,
 ) -> jax.Array:
   r"""EMO: earth mover distance from ``softmax(z)`` to the target, cost ``1 - cos(e_i, e_j)``.
 
-  With ``Ê`` the L2-normalised rows of the frozen ``embeddings`` and a one-hot target, the only
+  With ``Ê`` the L2-normalised rows of the frozen ``cost_embeddings`` and a one-hot target, the only
   transport plan moves all predicted mass to ``y``, so
 
   .. math::
@@ -65,7 +87,7 @@ def emo_loss(
   computed as an ``[N, V] @ [V, k]`` product and a row-wise dot product: ``O(N V k)`` time and
   ``O(N k)`` memory beyond ``p``. No ``[V, V]`` cost matrix (nor ``[N, N]``) is ever built. For a
   soft target ``q`` the loss is the product-plan upper bound ``1 - (p \hat E) \cdot (q \hat E)``.
-  ``embeddings`` is held constant (stop-gradient), e.g. a frozen copy of a pretrained LM head.
+  ``cost_embeddings`` is held constant (stop-gradient), e.g. a frozen copy of a pretrained LM head.
   Values lie in ``[0, 2]`` (in ``[0, 1]`` when all cosines are non-negative).
 
   Labels are not shifted: for a causal LM pass ``logits[:, :-1]`` and ``tokens[:, 1:]``.
@@ -73,7 +95,7 @@ def emo_loss(
   Args:
     logits: ``[..., V]`` unnormalised scores (any float dtype; computed in float32).
     labels: integer class indices ``[...]`` or soft labels ``[..., V]``.
-    embeddings: ``[V, k]`` cost embeddings (normalised here, no gradient).
+    cost_embeddings: ``[V, k]`` cost embeddings (normalised here, no gradient).
     where: optional boolean mask ``[...]``; masked examples give exactly 0.
 
   Returns:
@@ -95,8 +117,8 @@ def emo_loss(
     2023-10-13 (also on PaperWeekly).
   """
   logits, labels, integer, where = _validation.prepare_classification(logits, labels, where)
-  _check_embeddings(embeddings, logits.shape[-1])
-  unit = normalize_embeddings(embeddings)
+  _check_embeddings(cost_embeddings, logits.shape[-1])
+  unit = normalize_embeddings(cost_embeddings)
   expected_embedding = jax.nn.softmax(logits, axis=-1) @ unit  # [..., k]
   target_embedding = jnp.take(unit, labels, axis=0) if integer else labels @ unit
   # 1 - cos can round below 0 (-1.2e-7 with duplicate cost rows); the maths says it is >= 0.
@@ -193,10 +215,11 @@ def emo_ce_combination(
   return weighted_ce + emo
 
 
+@_renamed_embeddings
 def emo_ce_loss(
     logits: ArrayLike,
     labels: ArrayLike,
-    embeddings: ArrayLike,
+    cost_embeddings: ArrayLike,
     *,
     mode: int = 1,
     max_ratio: float | None = MODE1_MAX_RATIO,
@@ -220,7 +243,7 @@ def emo_ce_loss(
   Args:
     logits: ``[..., V]`` unnormalised scores (any float dtype; computed in float32).
     labels: integer class indices ``[...]`` or soft labels ``[..., V]``.
-    embeddings: ``[V, k]`` frozen cost embeddings, e.g. a copy of the pretrained LM head.
+    cost_embeddings: ``[V, k]`` frozen cost embeddings, e.g. a copy of the pretrained LM head.
     mode: 1 ("more weight on MLE", default) or 2 ("more weight on EMO").
     max_ratio: cap of the mode-1 ratio (default 3.0), ``None`` for uncapped.
     where: optional boolean mask ``[...]`` (padding); masked tokens give exactly 0.
@@ -245,5 +268,5 @@ def emo_ce_loss(
   _check_max_ratio(max_ratio)
   logits, labels, integer, where = _validation.prepare_classification(logits, labels, where)
   ce = _kernels.softmax_cross_entropy(logits, labels, integer)
-  emo = emo_loss(logits, labels, embeddings)
+  emo = emo_loss(logits, labels, cost_embeddings)
   return _masking.mask_loss(emo_ce_combination(ce, emo, mode=mode, max_ratio=max_ratio), where)

@@ -153,9 +153,9 @@ def test_mode2_at_infinite_ce_has_the_limit_gradient():
 
 def test_bad_embeddings_and_mode():
   logits, labels, emb = _data()
-  with pytest.raises(ValueError, match="embeddings"):
+  with pytest.raises(ValueError, match="`cost_embeddings` must have shape"):
     emoloss.emo_loss(logits, labels, emb[:-1])
-  with pytest.raises(ValueError, match="embeddings"):
+  with pytest.raises(ValueError, match="cost_embeddings"):
     emoloss.emo_loss(logits, labels, emb[0])
   with pytest.raises(ValueError, match="mode"):
     emoloss.emo_ce_loss(logits, labels, emb, mode=3)
@@ -188,3 +188,14 @@ def test_scale_invariance_of_embeddings(emb):
   logits, labels, _ = _data(n=3, v=4, k=3)
   np.testing.assert_allclose(emoloss.emo_loss(logits, labels, emb),
                              emoloss.emo_loss(logits, labels, 7.0 * emb), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("loss", [emoloss.emo_loss, emoloss.emo_ce_loss])
+def test_old_keyword_embeddings_warns_and_equals_cost_embeddings(loss):
+  logits, labels, emb = _data()
+  want = loss(logits, labels, cost_embeddings=emb)
+  with pytest.warns(DeprecationWarning, match="`embeddings` is deprecated.*`cost_embeddings`"):
+    got = loss(logits, labels, embeddings=emb)
+  np.testing.assert_array_equal(got, want)
+  with pytest.raises(TypeError, match="both `cost_embeddings` and its old name"):
+    loss(logits, labels, embeddings=emb, cost_embeddings=emb)

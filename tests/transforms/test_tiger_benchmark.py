@@ -28,15 +28,17 @@ def test_files_and_tables(quick):
 
 
 def test_state_bytes_from_the_actual_states(quick):
-  """Tiger accumulates in its momentum: its state is the parameters' size (plus int32
-  counters) with or without k; MultiSteps adds one parameter-sized buffer."""
+  """Tiger accumulates in its momentum: its state is the parameters' size plus two int32
+  counters (the cycle's position and length; a constant learning rate keeps no count) with or
+  without k; MultiSteps adds one parameter-sized buffer."""
   results, _ = quick
+  counters = 2 * 4
   k = results["config"]["accumulation_steps"]
   for model, entry in results["memory"].items():
     params, arms = entry["param_bytes"], entry["arms"]
-    assert arms[f"Tiger (k={k})"]["state_bytes"] == params + 4, model
-    assert arms["Tiger (no accumulation)"]["state_bytes"] == params + 4, model
-    assert arms[f"grouped Tiger (k={k})"]["state_bytes"] == params + 4 * 4, model  # 4 groups
+    assert arms[f"Tiger (k={k})"]["state_bytes"] == params + counters, model
+    assert arms["Tiger (no accumulation)"]["state_bytes"] == params + counters, model
+    assert arms[f"grouped Tiger (k={k})"]["state_bytes"] == params + 4 * counters, model  # 4 groups
     lion, adamw = arms["Lion + MultiSteps"]["state_bytes"], arms["AdamW + MultiSteps"]["state_bytes"]
     assert 2 * params < lion < 2 * params + 64, model
     assert 3 * params < adamw < 3 * params + 64, model
