@@ -363,12 +363,12 @@ def fused_token_stats(
     >>> print(jnp.allclose(capped.entropy, entropy, atol=1e-5))
     True
 
-    A Flax ``nnx.Linear`` output layer stores its kernel as ``[d, V]``: pass its transpose.
+    A Flax ``nnx.Linear(d, V)`` output layer stores its kernel as ``[d, V]`` (it computes
+    ``x @ kernel``): pass its transpose, ``layer.kernel[...].T``. With a kernel laid out so:
 
-    >>> from flax import nnx
-    >>> layer = nnx.Linear(8, 32, use_bias=False, rngs=nnx.Rngs(0))
-    >>> out = emoloss.fused_token_stats(hidden, layer.kernel[...].T, labels)
-    >>> ce = optax.losses.softmax_cross_entropy_with_integer_labels(layer(hidden), labels)
+    >>> kernel = head.T  # [d, V], the layout of nnx.Linear(8, 32, use_bias=False).kernel
+    >>> out = emoloss.fused_token_stats(hidden, kernel.T, labels)
+    >>> ce = optax.losses.softmax_cross_entropy_with_integer_labels(hidden @ kernel, labels)
     >>> print(jnp.allclose(out.nll, ce, atol=1e-5))
     True
 

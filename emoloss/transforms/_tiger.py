@@ -136,7 +136,7 @@ def _scale_by_param_rms(min_rms: Any, per_row: bool) -> optax.GradientTransforma
     updates = jax.tree.map(lambda u, p: u * _rms(p, min_rms, per_row), updates, params)
     return updates, state
 
-  return optax.GradientTransformation(optax.init_empty_state, update_fn)
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
 def tiger(

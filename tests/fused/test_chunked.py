@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import jax.test_util
 import numpy as np
+import optax
 import pytest
 
 import emoloss
@@ -358,3 +359,16 @@ def test_argument_errors():
 def test_sharded_matches_single_device_on_8_cpu_devices():
   """tests/fused/sharded_check.py in a subprocess with 8 simulated CPU devices."""
   helpers.run_on_8_cpu_devices("sharded_check.py")
+
+
+def test_an_nnx_linear_kernel_transposed_is_the_head():
+  """nnx.Linear(d, V) computes x @ kernel with kernel [d, V]: its transpose is the [V, d] head."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+
+  layer = nnx.Linear(8, 32, use_bias=False, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  hidden = rng.normal(size=(6, 8)).astype(np.float32)
+  labels = rng.integers(0, 32, size=6)
+  out = emoloss.fused_token_stats(hidden, layer.kernel[...].T, labels, chunk_size=8)
+  ce = optax.losses.softmax_cross_entropy_with_integer_labels(layer(hidden), labels)
+  np.testing.assert_allclose(out.nll, ce, rtol=1e-5, atol=1e-5)
