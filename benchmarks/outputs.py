@@ -95,15 +95,8 @@ def _temporary_beside(path: str) -> tuple[int, str]:
 def atomic_file(path: str, mode: str = "w") -> Iterator[IO[Any]]:
   """A file opened on a temporary name beside ``path`` and renamed onto ``path`` when the block
   ends without an error (removed otherwise): readers see the old file or the whole new one."""
-  handle, tmp = _temporary_beside(path)
-  try:
-    with os.fdopen(handle, mode) as f:
-      yield f
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(OSError):
-      os.remove(tmp)
-    raise
+  with atomic_path(path) as tmp, open(tmp, mode) as f:
+    yield f
 
 
 @contextlib.contextmanager
