@@ -84,7 +84,8 @@ def _markdown_rows(rows: list[dict]) -> str:
 
 
 # Experiments whose report (all tables, from the JSON) is written by their own code.
-REPORTS = {"lm_finetune": "benchmarks.lm.report", "oracle": "benchmarks.oracle.report"}
+REPORTS = {"lm_finetune": "benchmarks.lm.report", "lm_finetune_previous": "benchmarks.lm.report",
+           "oracle": "benchmarks.oracle.report"}
 PLOT_FROM_PAGE = "../../../benchmarks/results/"  # a generated page's path to the committed plots
 
 

@@ -191,7 +191,9 @@ def selected_step_correlation(regime: dict, flat: list[dict]) -> dict:
       groups.append(seed["seed"])
       for k in FEATURISERS:
         values[k].append(metrics_of[name][f"{k}/unbiased"])
-  return {k: within_group_correlation(steps, v, groups) for k, v in values.items()}
+  correlations = {k: within_group_correlation(steps, v, groups) for k, v in values.items()}
+  # Undefined (None, not NaN in the JSON) where every run selected the same step.
+  return {k: c if math.isfinite(c) else None for k, c in correlations.items()}
 
 
 def ablation_summary(regime: dict) -> dict:
@@ -411,11 +413,14 @@ def _regime_markdown(key: str, regime: dict, summary: dict, config: dict) -> lis
   corr = regime.get("step_correlation") or {}
   if corr:
     primary = regime["featurisers"][PRIMARY].replace(" (primary)", "")
+    defined = all(corr.get(k) is not None and math.isfinite(corr[k])
+                  for k in ("mauve_tfidf", "mauve_hidden"))
     lines += [(f"**Featurisers.** The primary MAUVE featuriser is {primary}, "
                "independent of every model; the secondary one is the base's own hidden "
                "states, so it measures *closeness to the base*. Within-seed correlation of "
                "the selected checkpoint step with MAUVE over the fine-tuned models: "
-               f"TF-IDF {corr['mauve_tfidf']:+.2f}, hidden states {corr['mauve_hidden']:+.2f}."),
+               + (f"TF-IDF {corr['mauve_tfidf']:+.2f}, hidden states {corr['mauve_hidden']:+.2f}."
+                  if defined else "undefined (every run selected the same step).")),
               ""]
   if regime.get("mixce_selection"):
     sel = regime["mixce_selection"]

@@ -110,8 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "--seeds and --first-seed (default: none)")
   parser.add_argument("--regimes", default=None,
                       help="comma-separated regimes to run: C (another package's code, the "
-                      "headline), A (held-out stdlib files), B (the reference manual) (default: "
-                      "C,A,B)")
+                      "headline), A (held-out stdlib files), B (the reference manual), the "
+                      "last two secondary (default: C; --quick: C,B)")
   parser.add_argument("--loss-path", choices=("plain", "fused"), default="fused",
                       help="plain: logits then losses; fused: emoloss.fused_token_stats; part of "
                       "the checkpoints' key (default: %(default)s)")

@@ -92,3 +92,18 @@ def test_within_group_correlation_removes_each_group_level():
   assert plain == pytest.approx(np.corrcoef(rx, ry)[0, 1], rel=1e-12)
   assert plain < -0.8
   assert np.isnan(metrics.within_group_correlation([1, 1], [2, 3], [0, 0]))
+
+
+def test_the_step_correlation_is_none_in_the_results_when_every_run_selected_one_step():
+  """Every run of a regime selected its last checkpoint: the correlation has no spread to
+  measure, so the results hold ``None`` (valid JSON, not NaN) and the report says why."""
+  from benchmarks.lm import report  # pylint: disable=import-outside-toplevel
+  regime = {"objectives": ["ce", "emo"],
+            "seeds": [{"seed": s, "records": {"ce": {"best_step": 160}, "emo": {"best_step": 160}}}
+                      for s in (0, 1)]}
+  flat = [{name: {f"{k}/unbiased": 0.1 * s + 0.01 * i for k in report.FEATURISERS}
+           for i, name in enumerate(("ce", "emo"))} for s in (0, 1)]
+  assert report.selected_step_correlation(regime, flat) == {k: None for k in report.FEATURISERS}
+  regime["seeds"][1]["records"]["emo"]["best_step"] = 80
+  correlations = report.selected_step_correlation(regime, flat)
+  assert all(c is not None and -1 <= c <= 1 for c in correlations.values())
