@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 
 import numpy as np
 
 from benchmarks import outputs
 from benchmarks.lm.data import cached_json
+from benchmarks.oracle.training import cosine_decay, decayed_training, linear_decay
 
 PRETRAIN_PHASE, FINETUNE_PHASE = 10, 11    # batch-order streams (the from-scratch students use 7)
 
@@ -47,62 +47,6 @@ def state_digest(state) -> str:
     digest.update(f"{array.dtype}{array.shape}".encode())
     digest.update(np.ascontiguousarray(array).tobytes())
   return digest.hexdigest()
-
-
-def linear_decay(peak_lr: float, steps: int):
-  """The learning rate of step ``i``: ``peak_lr · (1 - i / steps)`` (no warm-up)."""
-  return lambda i: peak_lr * (1.0 - i / steps)
-
-
-def cosine_decay(peak_lr: float, steps: int, warmup_steps: int):
-  """Linear warm-up, then cosine decay to 10 % of ``peak_lr`` at ``steps``."""
-  def rate(i: int) -> float:
-    if i < warmup_steps:
-      return peak_lr * (i + 1) / warmup_steps
-    progress = (i - warmup_steps) / max(steps - warmup_steps, 1)
-    return peak_lr * (0.1 + 0.9 * 0.5 * (1.0 + np.cos(np.pi * progress)))
-  return rate
-
-
-def decayed_training(model, objectives, index: int, seed: int, phase: int, rows: np.ndarray,
-                     val_rows: np.ndarray, cost, *, steps: int, schedule, batch_size: int,
-                     eval_every: int, weight_decay: float, keep: str = "best"):
-  """``model`` trained in place of a copy with ``objectives[index]`` for ``steps`` steps on
-  batches of ``rows`` drawn by ``(seed, phase, step)`` (the same for every objective), the
-  learning rate ``schedule(step)``; the validation NLL on ``val_rows`` at step 0, every
-  ``eval_every`` steps and at the end. Returns ``(state, record)`` with the state at the lowest
-  validation NLL (``keep="best"``) or at the last step (``keep="last"``)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-
-  from benchmarks.lm import train  # pylint: disable=import-outside-toplevel
-  from benchmarks.oracle.run import validation_nll  # pylint: disable=import-outside-toplevel
-
-  started = time.perf_counter()
-  optimizer = nnx.Optimizer(model, train.adamw(weight_decay), wrt=nnx.Param)
-  graphdef, state = nnx.split((model, optimizer))
-  curve = {"step": [0], "nll": [validation_nll(model, val_rows)]}
-  best, best_step = jax.device_get(nnx.state(model)), 0
-  finite = bool(np.isfinite(curve["nll"][0]))
-  for step in range(steps):
-    picks = np.random.default_rng([seed, phase, step]).integers(0, len(rows), batch_size)
-    state, _, _ = train.train_step(graphdef, state, rows[picks], cost, np.int32(index),
-                                   np.float32(schedule(step)), objectives=objectives,
-                                   path=train.LossPath())
-    if (step + 1) % eval_every and step + 1 != steps:
-      continue
-    current, _ = nnx.merge(graphdef, state)
-    value = validation_nll(current, val_rows)
-    if not np.isfinite(value):
-      finite = False
-      break
-    curve["step"].append(step + 1)
-    curve["nll"].append(value)
-    if value < min(curve["nll"][:-1]) or keep == "last":
-      best, best_step = jax.device_get(nnx.state(current)), step + 1
-  return best, {"steps": best_step, "steps_run": steps, "best_val_nll": min(curve["nll"]),
-                "val_curve": curve["nll"], "val_steps": curve["step"], "finite": finite,
-                "seconds": time.perf_counter() - started}
 
 
 class Models:
@@ -186,15 +130,16 @@ def target_samples(config, target, separator: int, out_dir: str) -> dict:
 
 def size_config(config, size, vocab_size: int):
   """The :class:`~benchmarks.lm.model.ModelConfig` of one student size ``(name, d, layers,
-  heads)``."""
+  heads, epochs)``."""
   from benchmarks.lm.model import ModelConfig  # pylint: disable=import-outside-toplevel
-  _, d_model, layers, heads = size
+  _, d_model, layers, heads, _ = size
   return ModelConfig(vocab_size, config.seq_len, d_model, layers, heads)
 
 
-def finetune_steps(config) -> int:
-  """Steps of one fine-tuning run: ``finetune_epochs`` passes over the limited ``P`` set."""
-  return config.finetune_epochs * max(config.target_train_samples // config.batch_size, 1)
+def finetune_steps(config, size) -> int:
+  """Steps of one fine-tuning run of the student ``size``: its ``epochs`` passes over the
+  limited ``P`` set."""
+  return size[4] * max(config.target_train_samples // config.batch_size, 1)
 
 
 def run_finetune(config, data, oracle0, samples0: dict, separator: int, out_dir: str,
@@ -238,7 +183,6 @@ def run_finetune(config, data, oracle0, samples0: dict, separator: int, out_dir:
   # from-scratch runs share (d=16, 1 layer: `small`) reuses their compiled step.
   all_names = (*config.objectives, *(n for n in names if n not in config.objectives))
   objectives = tuple(BY_NAME[n] for n in all_names)
-  steps = finetune_steps(config)
   total = len(config.finetune_sizes) * config.finetune_seeds * (len(names) + 4)
   bar = tqdm(total=total, desc="fine-tuning", disable=not progress, dynamic_ncols=True)
   out: dict = {"per_regime": {}, "temperature": {}, "continued": {}, "finetune": {},
@@ -246,7 +190,7 @@ def run_finetune(config, data, oracle0, samples0: dict, separator: int, out_dir:
                                                                      "seconds")},
                           "self": self_metrics, **shift_metrics}}
   for size in config.finetune_sizes:
-    regime = size[0]
+    regime, steps = size[0], finetune_steps(config, size)
     model_config = size_config(config, size, vocab_size)
     factory = Models(model_config)
     per_seed, curves, continued = [], [], []
@@ -284,7 +228,7 @@ def run_finetune(config, data, oracle0, samples0: dict, separator: int, out_dir:
         bar.set_postfix_str(f"{regime} s{seed} {name}", refresh=True)
 
         def tuned(index=index, name=name, sample_key=sample_key, pretrained=pretrained,
-                  stem=stem, seed=seed, factory=factory):
+                  stem=stem, seed=seed, factory=factory, steps=steps):
           model, _ = pretrained()
           start_digest = state_digest(nnx.state(model))
           cost = jnp.array(model.head, copy=True)   # frozen copy of the pretrained head
@@ -365,6 +309,7 @@ def run_finetune(config, data, oracle0, samples0: dict, separator: int, out_dir:
     out["continued"][regime] = continued
     out["finetune"][regime] = {
         "student": {"d_model": size[1], "layers": size[2], "heads": size[3]},
+        "epochs": size[4],
         "kl_p_p0": shift_metrics["kl_p_p0"], "seeds": len(per_seed),
         "steps": steps, "pretrain_steps": config.pretrain_steps,
         "objectives": list(names), "regimes": [regime]}

@@ -6,13 +6,13 @@ Phases (each cached under ``--out``, so an interrupted run resumes):
 2. oracle ``P``: a small :class:`~benchmarks.lm.model.TransformerLM` trained with CE on that code
    by :func:`benchmarks.lm.train.train_run` (``oracle.npz``, best by validation NLL);
 3. oracle samples (unbiased, KV-cached :func:`benchmarks.lm.model.sample`, each from the
-   document separator): a training set, a validation set (early stopping) and a held-out test
-   set, from independent keys (``samples.npz``);
+   document separator): a training set, a validation set (checkpoint choice) and a held-out
+   test set, from independent keys (``samples.npz``);
 4. per regime (``same``: the oracle's architecture; ``small``: a narrower, shallower student),
    seed and objective: a student from the seed's initialisation trained on the seed's batches
-   (:func:`benchmarks.lm.train.train_step`; identical for every objective) **until its
-   validation NLL stops improving** (:func:`stopped`: ``patience`` evaluations without a gain of
-   ``min_delta``; the best checkpoint is kept), then its exact metrics
+   (:func:`benchmarks.oracle.training.decayed_training`; identical for every objective) for a
+   fixed number of steps with a cosine learning-rate decay, **the checkpoint with the lowest
+   validation NLL kept** (:func:`train_student`), then its exact metrics
    (:mod:`benchmarks.oracle.exact`) along held-out oracle samples and along its own unbiased
    samples (``student_{regime}_s{seed}_{objective}.json``). CE runs first in each seed: its
    selected head is the **realistic** EMO cost embedding of that seed (``emo``, ``emo_cap3``,
@@ -31,7 +31,8 @@ Phases (each cached under ``--out``, so an interrupted run resumes):
    against ``log2 V`` with the oracle as the unit (``benchmarks.lm.stats``), JSON, Markdown and
    PNG (:mod:`benchmarks.oracle.report`).
 
-``--sweep-only`` runs phase 6 into the same cache from a second process.
+``--worker`` runs phase 5, then phase 6 in reverse order, into the same cache from a second
+process beside the main one (which takes phase 6 in order: the two meet in the middle).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from benchmarks.lm.data import MIN_VOCAB_SIZE, cached_json
 from benchmarks.lm.model import ModelConfig
 from benchmarks.lm.objectives import OBJECTIVES, Objective
 from benchmarks.lm.report import write_results
+from benchmarks.oracle.training import cosine_decay, decayed_training
 
 REPO_ROOT = outputs.REPO_ROOT
 RESULTS = outputs.RESULTS
@@ -77,6 +79,7 @@ ORACLE_OBJECTIVES = (
 )
 BY_NAME = {o.name: o for o in ORACLE_OBJECTIVES}
 FEW_SEED_OBJECTIVES = ("emo_only", "focal")   # run at ``few_seeds`` seeds (the issue allows it)
+STUDENT_PHASE = 7   # the from-scratch students' batch-order stream
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,21 +97,24 @@ class Config:
   small_layers: int = 1
   small_heads: int = 2
   train_samples: int = 16384        # oracle samples the students learn from
-  val_samples: int = 512            # oracle samples for early stopping (not the test set)
+  val_samples: int = 512            # oracle samples for checkpoint choice (not the test set)
   held_out_samples: int = 1024      # oracle samples for PPL_test / forward KL
   student_samples: int = 512        # student samples for PPL_oracle / reverse KL
-  student_steps: int = 3000         # cap; early stopping normally ends a run before it
-  eval_every: int = 50              # validation NLL every k steps ...
-  patience: int = 4                 # ... stop after this many evaluations without a gain ...
-  min_delta: float = 1e-3           # ... of at least this many nats (best checkpoint kept)
-  student_lr: float = 3e-3          # constant after warm-up (early stopping sets the length)
+  student_steps: int = 5000         # `same`: warm-up, cosine decay to 10 % over these steps
+  small_student_steps: int = 8000   # `small` (the narrower student learns more slowly)
+  eval_every: int = 100             # validation NLL every k steps (best checkpoint kept)
+  student_lr: float = 3e-3          # peak
   batch_size: int = 32
   weight_decay: float = 0.01
   warmup_steps: int = 30
   seeds: int = 5
   few_seeds: int = 2                # the `small` regime, EMO alone and focal
+  sweep_seeds: int = 3              # per oracle of the sweep beyond the main one (5 there)
   first_seed: int = 0               # seeds first_seed .. first_seed + seeds - 1
-  regimes: tuple[str, ...] = ("same", "small", "finetune")  # finetune: the sizes below
+  # `small` (a narrower student from scratch) is not in the default: it does not converge within
+  # a budget that fits (twice 8000 steps still gains 0.013 nats); the fine-tuning sizes are the
+  # misspecified students
+  regimes: tuple[str, ...] = ("same", "finetune")  # finetune: the sizes below
   objectives: tuple[str, ...] = tuple(o.name for o in ORACLE_OBJECTIVES)
   small_objectives: tuple[str, ...] = ("ce", "emo", "emo_cap3")
   sweep_vocab_sizes: tuple[int, ...] = (300, 1200)   # besides vocab_size; () = no sweep
@@ -116,8 +122,9 @@ class Config:
   vocab_oracles: int = 2            # independently trained oracles per vocabulary size
   continued_check: bool = True      # CE continued for twice its selected steps (main V)
   # The fine-tuning regime (benchmarks.oracle.finetune): P = P0 trained further on the manual.
-  finetune_sizes: tuple[tuple[str, int, int, int], ...] = (("ft_d16", 16, 1, 2),
-                                                           ("ft_d32", 32, 1, 2))
+  # (name, d_model, layers, heads, epochs): passes over the limited P set, best checkpoint kept
+  finetune_sizes: tuple[tuple[str, int, int, int, int], ...] = (("ft_d16", 16, 1, 2, 16),
+                                                                ("ft_d32", 32, 1, 2, 4))
   finetune_seeds: int = 5           # 0 = no fine-tuning regime
   shift_steps: int = 150            # CE steps from P0 to P on the reference manual
   shift_lr: float = 1e-3
@@ -125,7 +132,6 @@ class Config:
   target_val_samples: int = 512     # P samples for the checkpoint choice
   pretrain_steps: int = 8000        # students' CE pretraining on P0 samples (cosine decay)
   pretrain_eval_every: int = 400
-  finetune_epochs: int = 16         # passes over the limited P set (best checkpoint kept)
   finetune_lr: float = 3e-3         # peak; linear decay to 0, no warm-up (DRSY/EMO run_lm.py)
   finetune_eval_every: int = 64     # one epoch of the limited set
   finetune_objectives: tuple[str, ...] = ("ce", "emo", "emo_cap3", "tailr_open", "mixce")
@@ -145,6 +151,10 @@ class Config:
     return ModelConfig(vocab_size, self.seq_len, self.small_d_model, self.small_layers,
                        self.small_heads)
 
+  def student_steps_of(self, regime: str) -> int:
+    """Training steps of a from-scratch student of ``regime``."""
+    return self.student_steps if regime == "same" else self.small_student_steps
+
   def lm_config(self, vocab_size: int) -> LMConfig:
     """The main experiment's settings that its data module reads (tokenizer, corpora)."""
     return LMConfig(pretrain_chars=self.pretrain_chars, pretrain_val_chars=20_000,
@@ -154,7 +164,8 @@ class Config:
     """``{regime: [(objective, seeds)]}`` run at ``vocab_size`` with the oracle ``replicate``
     (CE first)."""
     if vocab_size != self.vocab_size or replicate:
-      return {"same": [(n, self.seeds) for n in self.objectives if n in self.sweep_objectives]}
+      seeds = min(self.sweep_seeds, self.seeds)
+      return {"same": [(n, seeds) for n in self.objectives if n in self.sweep_objectives]}
     plan = {}
     for regime in self.regimes:
       if regime == "finetune":  # benchmarks.oracle.finetune
@@ -172,15 +183,15 @@ QUICK = {
     "pretrain_chars": 120_000, "vocab_size": 320, "seq_len": 16, "oracle_d_model": 32,
     "oracle_layers": 1, "oracle_heads": 2, "oracle_steps": 120, "small_d_model": 16,
     "small_heads": 2, "train_samples": 128, "val_samples": 128, "held_out_samples": 256,
-    "student_samples": 256, "student_steps": 600, "eval_every": 10, "patience": 3,
-    "batch_size": 16, "warmup_steps": 10, "seeds": 2, "few_seeds": 1,
+    "student_samples": 256, "student_steps": 80, "small_student_steps": 80, "eval_every": 10,
+    "batch_size": 16, "warmup_steps": 10, "seeds": 2, "few_seeds": 1, "sweep_seeds": 2,
     "objectives": ("ce", "emo", "emo_oracle", "tailr_open"), "regimes": ("same", "finetune"),
     "sweep_vocab_sizes": (300,), "sweep_objectives": ("ce", "emo"), "vocab_oracles": 1,
     # one fine-tuning size, the quick oracle's architecture (a plumbing check that shares the
     # compiled programs of the `same` students; the default's students are smaller than P)
-    "finetune_sizes": (("ft_d32", 32, 1, 2),), "finetune_seeds": 2,
+    "finetune_sizes": (("ft_d32", 32, 1, 2, 2),), "finetune_seeds": 2,
     "shift_steps": 30, "target_train_samples": 64, "target_val_samples": 128,
-    "pretrain_steps": 40, "pretrain_eval_every": 20, "finetune_epochs": 2,
+    "pretrain_steps": 40, "pretrain_eval_every": 20,
     "finetune_eval_every": 2, "finetune_objectives": ("ce", "emo", "tailr_open"),
     "temperatures": (0.7, 1.0, 1.4),
 }
@@ -188,9 +199,9 @@ QUICK = {
 # before they existed stays valid (the fine-tuning phase keys its own folder on them).
 FINETUNE_FIELDS = ("finetune_sizes", "finetune_seeds", "shift_steps", "shift_lr",
                    "target_train_samples", "target_val_samples", "pretrain_steps",
-                   "pretrain_eval_every", "finetune_epochs", "finetune_lr", "finetune_eval_every",
+                   "pretrain_eval_every", "finetune_lr", "finetune_eval_every",
                    "finetune_objectives", "temperatures")
-UNKEYED_FIELDS = ("seeds", "few_seeds", "first_seed", "regimes", "objectives", "small_objectives",
+UNKEYED_FIELDS = ("seeds", "few_seeds", "sweep_seeds", "first_seed", "regimes", "objectives", "small_objectives",
                   "sweep_vocab_sizes", "sweep_objectives", "vocab_oracles", "continued_check",
                   *FINETUNE_FIELDS)
 
@@ -254,86 +265,29 @@ def _load_arrays(path: str) -> dict:
     return {k: stored[k] for k in stored.files}
 
 
-def stopped(history: Sequence[float], patience: int, min_delta: float) -> bool:
-  """The early-stopping rule: ``True`` once the last ``patience`` validation NLLs of
-  ``history`` all fail to improve on the best before them by more than ``min_delta``.
-
-  >>> stopped([3.0, 2.5, 2.49, 2.6, 2.7], patience=3, min_delta=0.02)
-  True
-  >>> stopped([3.0, 2.5, 2.4, 2.6], patience=3, min_delta=0.02)
-  False
-  """
-  if len(history) <= patience:
-    return False
-  best_before = min(history[:-patience])
-  return min(history[-patience:]) > best_before - min_delta
-
-
-def validation_nll(model, rows: np.ndarray, batch_size: int = 512) -> float:
-  """Mean NLL per token of ``model`` on oracle samples ``rows [N, T]`` (targets ``rows[:, 1:]``)."""
-  from benchmarks.lm.model import sequence_log_probs  # pylint: disable=import-outside-toplevel
-  total = 0.0
-  for start in range(0, len(rows), batch_size):
-    total -= float(np.asarray(sequence_log_probs(model, rows[start:start + batch_size]),
-                              np.float64).sum())
-  return total / (rows.shape[0] * (rows.shape[1] - 1))
-
-
 def train_student(config: Config, model_config: ModelConfig, objectives, index: int, seed: int,
-                  rows: np.ndarray, val_rows: np.ndarray, cost, fixed_steps: int | None = None):
-  """A student from initialisation ``seed`` trained with ``objectives[index]`` on batches of
-  ``rows`` drawn by ``(seed, step)`` (the same for every objective) until :func:`stopped` on its
-  validation NLL over ``val_rows`` (checked every ``eval_every`` steps; at most
-  ``student_steps``); returns ``(model at the best validation NLL, record)``.
-
-  ``fixed_steps``: instead, exactly that many steps with no stopping rule, returning the model at
-  the last step (the continued-training check: the same batches, so it is the selected run
-  continued)."""
+                  rows: np.ndarray, val_rows: np.ndarray, cost, *, steps: int,
+                  keep: str = "best"):
+  """A student from initialisation ``seed`` trained with ``objectives[index]`` for ``steps``
+  steps on batches of ``rows`` drawn by ``(seed, step)`` (the same for every objective): AdamW,
+  ``warmup_steps`` of linear warm-up, then cosine decay to 10 % of ``student_lr`` at ``steps``
+  (:func:`benchmarks.oracle.training.decayed_training`), the validation NLL over ``val_rows``
+  every ``eval_every`` steps. Returns ``(model, record)``: the model at the lowest validation NLL
+  (``keep="best"``) or at the last step (``keep="last"``: the continued-training check)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
 
-  from benchmarks.lm import train  # pylint: disable=import-outside-toplevel
   from benchmarks.lm.model import build_model  # pylint: disable=import-outside-toplevel
 
-  model = build_model(model_config, seed)
-  optimizer = nnx.Optimizer(model, train.adamw(config.weight_decay), wrt=nnx.Param)
-  graphdef, state = nnx.split((model, optimizer))
-  history: list[float] = []
-  best, best_step, step, finite = None, 0, 0, True
-  cap = config.student_steps if fixed_steps is None else fixed_steps
-  while step < cap:
-    picks = np.random.default_rng([seed, 7, step]).integers(0, len(rows), config.batch_size)
-    lr = config.student_lr * min(1.0, (step + 1) / config.warmup_steps)
-    state, _, _ = train.train_step(graphdef, state, rows[picks], cost, np.int32(index),
-                                   np.float32(lr), objectives=objectives, path=train.LossPath())
-    step += 1
-    if fixed_steps is not None:
-      continue
-    if step % config.eval_every and step != config.student_steps:
-      continue
-    current, _ = nnx.merge(graphdef, state)
-    value = validation_nll(current, val_rows)
-    if not np.isfinite(value):
-      finite = False
-      break
-    history.append(value)
-    if value <= min(history):
-      best, best_step = jax.device_get(nnx.state(current)), step  # host copy: state is donated
-    if stopped(history, config.patience, config.min_delta):
-      break
-  if fixed_steps is not None:
-    model, _ = nnx.merge(graphdef, state)
-    value = validation_nll(model, val_rows)
-    return model, {"steps": step, "steps_run": step, "stopped_early": False,
-                   "best_val_nll": value, "val_curve": [value], "finite": bool(np.isfinite(value))}
-  model = build_model(model_config, seed)
-  if best is not None:
-    nnx.update(model, jax.tree.map(jnp.asarray, best))
-  return model, {"steps": best_step, "steps_run": step,
-                 "stopped_early": finite and step < config.student_steps,
-                 "best_val_nll": min(history) if history else float("nan"),
-                 "val_curve": history, "finite": finite and best is not None}
+  state, record = decayed_training(
+      build_model(model_config, seed), objectives, index, seed, STUDENT_PHASE, rows, val_rows,
+      cost, steps=steps, schedule=cosine_decay(config.student_lr, steps, config.warmup_steps),
+      batch_size=config.batch_size, eval_every=config.eval_every,
+      weight_decay=config.weight_decay, keep=keep)
+  model = build_model(model_config, seed)  # the trained one's buffers were donated
+  nnx.update(model, jax.tree.map(jnp.asarray, state))
+  return model, record
 
 
 def exact_metrics(oracle, student, held_out: np.ndarray, own_samples: np.ndarray,
@@ -363,9 +317,11 @@ def exact_metrics(oracle, student, held_out: np.ndarray, own_samples: np.ndarray
 
 
 def run_students(config: Config, oracle, samples: dict, vocab_size: int, separator: int,
-                 out_dir: str, progress: bool, log, replicate: int = 0) -> dict:
+                 out_dir: str, progress: bool, log, replicate: int = 0,
+                 reverse: bool = False) -> dict:
   """``{regime: [{name: metrics} per seed]}`` for :meth:`Config.plan` at ``vocab_size``, with
-  ``untrained`` (the seed's initialisation); seeds beyond an objective's seed count lack it."""
+  ``untrained`` (the seed's initialisation); seeds beyond an objective's seed count lack it.
+  ``reverse``: the seeds are trained last first (the list is in seed order either way)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
@@ -383,8 +339,10 @@ def run_students(config: Config, oracle, samples: dict, vocab_size: int, separat
   results = {}
   for regime, runs in plan.items():
     model_config = config.student_config(regime, vocab_size)
+    steps = config.student_steps_of(regime)
     results[regime] = []
-    for offset in range(max(seeds for _, seeds in runs)):
+    offsets = range(max(seeds for _, seeds in runs))
+    for offset in reversed(offsets) if reverse else offsets:
       seed = config.first_seed + offset
       per_seed = {}
       sample_key = jax.random.key(1000 + seed)  # the same key for every student of a seed
@@ -406,7 +364,7 @@ def run_students(config: Config, oracle, samples: dict, vocab_size: int, separat
         head_path = f"{stem}_ce_head.npy"
 
         def trained(seed=seed, index=index, sample_key=sample_key, model_config=model_config,
-                    head_path=head_path, name=name):
+                    head_path=head_path, name=name, steps=steps):
           started = time.perf_counter()
           if objectives[index].family == "emo" and objectives[index].cost == "given":
             # realistic: the seed's CE student's head
@@ -414,16 +372,17 @@ def run_students(config: Config, oracle, samples: dict, vocab_size: int, separat
           else:
             cost = oracle_head
           model, record = train_student(config, model_config, objectives, index, seed,
-                                        samples["train"], samples["val"], cost)
+                                        samples["train"], samples["val"], cost,
+                                        steps=steps)
           if name == "ce":
             with outputs.atomic_path(head_path) as tmp:
               np.save(tmp, np.asarray(model.head))
-          if not record["finite"]:
-            return dict(record, seconds=time.perf_counter() - started)
-          own = sample_rows(model, config.student_samples, config.seq_len, separator,
-                            sample_key)
-          return dict(exact_metrics(oracle, model, samples["held_out"], own, unit_head),
-                      **record, seconds=time.perf_counter() - started)
+          if record["finite"]:
+            own = sample_rows(model, config.student_samples, config.seq_len, separator,
+                              sample_key)
+            record = dict(exact_metrics(oracle, model, samples["held_out"], own, unit_head),
+                          **record)
+          return dict(record, seconds=time.perf_counter() - started)
 
         per_seed[name] = cached_json(f"{stem}_{name}.json", trained)
         if not per_seed[name]["finite"]:
@@ -431,14 +390,17 @@ def run_students(config: Config, oracle, samples: dict, vocab_size: int, separat
               "unstable)")
         bar.update()
       results[regime].append(per_seed)
+    if reverse:
+      results[regime].reverse()
   bar.close()
   return results
 
 
-def run_vocabulary(config: Config, vocab_size: int, out_dir: str, progress: bool, log,
-                   started: float, replicate: int = 0) -> dict:
-  """Data, oracle, samples and students at one vocabulary size (cached in ``out_dir``; the
-  oracle ``replicate`` > 0 in ``out_dir/oracle{replicate}``, on the same data)."""
+def oracle_world(config: Config, vocab_size: int, out_dir: str, progress: bool, log,
+                 started: float, replicate: int = 0) -> dict:
+  """Data, oracle, its samples and its metrics against itself at one vocabulary size (cached in
+  ``out_dir``; the oracle ``replicate`` > 0 in ``out_dir/oracle{replicate}``, on the same
+  data)."""
   from benchmarks.lm import data as data_lib  # pylint: disable=import-outside-toplevel
   from benchmarks.oracle import exact  # pylint: disable=import-outside-toplevel
 
@@ -448,38 +410,48 @@ def run_vocabulary(config: Config, vocab_size: int, out_dir: str, progress: bool
     out_dir = os.path.join(out_dir, f"oracle{replicate}")
     os.makedirs(out_dir, exist_ok=True)
   separator = data.tokenizer.token_to_id(data_lib.SPECIAL_TOKEN)
-  oracle, oracle_record = train_oracle(config, data, out_dir, progress, log, replicate)
+  oracle, record = train_oracle(config, data, out_dir, progress, log, replicate)
   samples = oracle_samples(config, oracle, separator, out_dir)
   log(f"V={vocab_size} oracle {replicate}: oracle and samples ready "
       f"({time.perf_counter() - started:.0f} s)")
   unit_head = exact.unit_rows(oracle.head)
   reference = cached_json(os.path.join(out_dir, "oracle_self.json"), lambda: exact_metrics(
       oracle, oracle, samples["held_out"], samples["self"], unit_head))
-  per_regime = run_students(config, oracle, samples, data.vocab_size, separator, out_dir,
-                            progress, log, replicate)
+  return {"data": data, "oracle": oracle, "record": record, "samples": samples,
+          "separator": separator, "reference": reference, "out_dir": out_dir}
+
+
+def run_vocabulary(config: Config, vocab_size: int, out_dir: str, progress: bool, log,
+                   started: float, replicate: int = 0, reverse: bool = False) -> dict:
+  """:func:`oracle_world` and its students at one vocabulary size (``reverse``: seeds in
+  reverse order, for a second process filling the same cache)."""
+  world = oracle_world(config, vocab_size, out_dir, progress, log, started, replicate)
+  data, oracle, samples = world["data"], world["oracle"], world["samples"]
+  per_regime = run_students(config, oracle, samples, data.vocab_size, world["separator"],
+                            world["out_dir"], progress, log, replicate, reverse)
   continued = {}
   if config.continued_check and vocab_size == config.vocab_size and not replicate:
-    continued = continued_students(config, oracle, samples, data.vocab_size, separator, out_dir,
-                                   per_regime)
+    continued = continued_students(config, oracle, samples, data.vocab_size, world["separator"],
+                                   world["out_dir"], per_regime)
   log(f"V={vocab_size} oracle {replicate}: students done ({time.perf_counter() - started:.0f} s)")
   return {
       "data": data.description,
-      "oracle": {"training": {k: oracle_record[k] for k in ("best_step", "best_nll", "seconds")},
-                 "self": reference,
+      "oracle": {"training": {k: world["record"][k] for k in ("best_step", "best_nll",
+                                                               "seconds")},
+                 "self": world["reference"],
                  "sampled_tokens": {k: int(v.shape[0] * (v.shape[1] - 1))
                                     for k, v in samples.items()}},
       "per_regime": per_regime,
       "continued": continued,
-      "_objects": {"data": data, "oracle": oracle, "samples": samples, "separator": separator,
-                   "out_dir": out_dir},
+      "_objects": world,
   }
 
 
 def continued_students(config: Config, oracle, samples: dict, vocab_size: int, separator: int,
                        out_dir: str, per_regime: dict) -> dict:
   """The continued-training check of each regime: per seed, CE trained for twice its selected
-  steps (the same batches and learning rate, no stopping rule; the selected run continued),
-  evaluated at its last step (``student_{regime}_s{seed}_ce_continued.json``)."""
+  steps (the same recipe and batches, the schedule decaying over the longer run), evaluated at its
+  last step (``student_{regime}_s{seed}_ce_continued.json``)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
@@ -501,14 +473,14 @@ def continued_students(config: Config, oracle, samples: dict, vocab_size: int, s
 
       def continued(seed=seed, selected=selected, model_config=model_config):
         started = time.perf_counter()
-        # the cost CE's own run was given (unused by CE): the same compiled step, so the first
-        # `selected` steps replay that run exactly
+        # the cost CE's own run was given (unused by CE): the same compiled step
         model, record = train_student(config, model_config, objectives, 0, seed, samples["train"],
-                                      samples["val"], oracle_head, fixed_steps=2 * selected)
+                                      samples["val"], oracle_head, steps=2 * selected,
+                                      keep="last")
         own = sample_rows(model, config.student_samples, config.seq_len, separator,
                           jax.random.key(1000 + seed))
-        return dict(exact_metrics(oracle, model, samples["held_out"], own, unit_head), **record,
-                    seconds=time.perf_counter() - started)
+        return dict(exact_metrics(oracle, model, samples["held_out"], own, unit_head),
+                    **dict(record, seconds=time.perf_counter() - started))
 
       out[regime].append(cached_json(
           os.path.join(out_dir, f"student_{regime}_s{seed}_ce_continued.json"), continued))
@@ -564,21 +536,30 @@ def prepare_out_dir(out_dir: str, config: Config, overwrite: bool) -> None:
 
 def run_experiment(config: Config, out_dir: str, json_path: str, *, overwrite: bool = False,
                    progress: bool = True, log=print, command: str = "",
-                   sweep_only: bool = False) -> dict:
+                   worker: bool = False) -> dict:
   """The whole experiment; returns the results and writes them (JSON, ``.md``, ``.png``).
-  ``sweep_only``: only the sweep's other vocabulary sizes (a second process filling the same
-  ``out_dir`` cache); returns ``{}`` and writes nothing else."""
-  started = time.perf_counter()
+  ``worker``: a second process filling the same ``out_dir`` cache beside the main one (the
+  fine-tuning regime, then the sweep's other vocabulary sizes and oracles in reverse order, so
+  that the two processes meet in the middle); returns ``{}`` and writes nothing else."""
+  from benchmarks.oracle import finetune  # pylint: disable=import-outside-toplevel
+
+  started, load_at_start = time.perf_counter(), os.getloadavg()[0]
   prepare_out_dir(out_dir, config, overwrite)
   others = [(v, r) for r in range(config.vocab_oracles) for v in config.vocab_sizes()
             if r or v != config.vocab_size]
-  if sweep_only:
-    for vocab_size, replicate in others:
+  if worker:
+    if config.finetune_seeds and "finetune" in config.regimes:
+      world = oracle_world(config, config.vocab_size,
+                           os.path.join(out_dir, f"v{config.vocab_size}"), progress, log, started)
+      finetune.run_finetune(config, world["data"], world["oracle"], world["samples"],
+                            world["separator"], finetune_dir(out_dir, config, overwrite),
+                            progress, log)
+    for vocab_size, replicate in reversed(others):
       run_vocabulary(config, vocab_size, os.path.join(out_dir, f"v{vocab_size}"), progress,
-                     log, started, replicate)
+                     log, started, replicate, reverse=True)
     return {}
   from benchmarks.machine import machine_description  # pylint: disable=import-outside-toplevel
-  from benchmarks.oracle import finetune, report  # pylint: disable=import-outside-toplevel
+  from benchmarks.oracle import report  # pylint: disable=import-outside-toplevel
 
   by_vocab = {config.vocab_size: run_vocabulary(
       config, config.vocab_size, os.path.join(out_dir, f"v{config.vocab_size}"), progress, log,
@@ -610,8 +591,8 @@ def run_experiment(config: Config, out_dir: str, json_path: str, *, overwrite: b
       "data": main["data"],
       "oracle": main["oracle"],
       "machine": machine_description(("tokenizers",)),
-      "machine_note": ("the machine's 2 cores were shared with other jobs during the run"
-                       if config.seeds >= 5 else "CI-sized run"),
+      "machine_note": (f"1-minute load average {load_at_start:.1f} at the start, "
+                       f"{os.getloadavg()[0]:.1f} at the end"),
       "per_regime": {**main["per_regime"], **tuned["per_regime"]},
       "vocab_sweep": {str(v): {"data_vocab_size": r["data"]["vocab_size"],
                                "oracle": r["oracle"], "per_regime": r["per_regime"],
@@ -686,8 +667,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--first-seed", type=int, default=None,
                       help="first seed " + shown("first_seed"))
   parser.add_argument("--student-steps", type=int, default=None,
-                      help="cap on training steps (early stopping usually ends runs sooner) "
-                      + shown("student_steps"))
+                      help="training steps of a `same` student (cosine decay over them; the "
+                      "best checkpoint by validation NLL is kept) " + shown("student_steps"))
   parser.add_argument("--few-seeds", type=int, default=None,
                       help="seeds of the small regime, EMO alone and focal (at most --seeds) "
                       + shown("few_seeds"))
@@ -702,10 +683,11 @@ def build_parser() -> argparse.ArgumentParser:
                       "students fine-tuned on a shifted oracle); runs of another process on "
                       "the same --out are reused; without same there is no vocabulary sweep "
                       + shown("regimes"))
-  parser.add_argument("--sweep-only", action="store_true",
-                      help="run only the sweep's other vocabulary sizes into --out's cache (a "
-                      "second process beside the main one); writes no results file "
-                      "(default: off)")
+  parser.add_argument("--worker", action="store_true",
+                      help="a second process beside the main one on the same --out: fills its "
+                      "cache with the fine-tuning regime, then the sweep's other vocabulary "
+                      "sizes and oracles in reverse order (the main process takes them in "
+                      "order); writes no results file (default: off)")
   parser.add_argument("--overwrite", action="store_true",
                       help="discard caches in --out made with other settings (default: refuse "
                       "to run on them)")
@@ -786,7 +768,7 @@ def output_paths(args: argparse.Namespace) -> tuple[str, str]:
                   else os.path.join(RESULTS, "oracle.json"))
   json_path = args.json or default_json
   outputs.check_output_dir(out_dir, "--out")
-  if not args.sweep_only:
+  if not args.worker:
     outputs.check_output_file(json_path, "--json", (".md", ".png"))
   if args.quick:
     outputs.check_quick_destination(json_path, "--json")
@@ -803,7 +785,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     config = config_from_args(args)
     out_dir, json_path = output_paths(args)
     return run_experiment(config, out_dir, json_path, overwrite=args.overwrite,
-                          progress=not args.no_progress, sweep_only=args.sweep_only,
+                          progress=not args.no_progress, worker=args.worker,
                           command=" ".join(["python -m benchmarks.oracle", *argv]))
   except UsageError as error:
     parser.error(str(error))

@@ -1,17 +1,16 @@
-"""The early-stopping rule and the vocabulary trend of the known-oracle experiment, on made-up
+"""The convergence summaries and the vocabulary trend of the known-oracle experiment, on made-up
 numbers whose answer is known."""
 
 import numpy as np
 
-from benchmarks.oracle import report, run
+from benchmarks.oracle import report
 
 
-def test_stopping_rule_waits_for_patience_evaluations_without_a_gain():
-  curve = [3.0, 2.0, 1.5, 1.4, 1.41, 1.45, 1.50]
-  stops = [i for i in range(1, len(curve) + 1) if run.stopped(curve[:i], 3, 1e-3)]
-  assert stops[0] == 7  # best 1.4 at the 4th evaluation, then 3 without a gain
-  assert run.stopped([3.0, 2.0, 1.9995, 1.9992, 1.9991], 3, 1e-2)  # gains below min_delta
-  assert not run.stopped([3.0, 2.0, 1.0, 0.5], 3, 1e-3)  # still improving
+def test_late_fraction_counts_runs_selected_in_the_last_quarter():
+  per_seed = [{"ce": {"steps": 100, "steps_run": 100}, "emo": {"steps": 74, "steps_run": 100}},
+              {"ce": {"steps": 75, "steps_run": 100}}]  # emo ran in one seed only
+  assert report._late_fraction(per_seed, ["ce", "emo"]) == 2 / 3
+  assert np.isnan(report._late_fraction(per_seed, []))
 
 
 def _sweep(slopes: dict[str, list[float]], sizes=(300, 600, 2400)) -> dict:

@@ -2,8 +2,8 @@
 
 One quick run (module fixture) is checked for its files and for properties that must hold
 whatever the numbers: exact KLs are >= 0, training with CE lowers the forward KL of the
-initialisation, the early-stopping rule ends every run before its step cap (the quick students
-overfit 128 training samples), and the oracle's PPL_oracle on its own samples equals its PPL_test
+initialisation, every student runs its budget and keeps its best validation checkpoint, a
+worker process fills the cache the main run reads, and the oracle's PPL_oracle on its own samples equals its PPL_test
 within sampling error (both estimate the oracle's entropy rate).
 """
 
@@ -64,22 +64,30 @@ def test_training_with_ce_lowers_the_forward_kl(quick):
       assert models["ce"]["ppl_test"] < start["ppl_test"]
 
 
-def test_the_convergence_rule_stops_and_is_summarised(quick):
+def test_every_student_runs_its_budget_and_keeps_its_best_checkpoint(quick):
   _, results = quick
-  cap = results["config"]["student_steps"]
+  config = results["config"]
   for vocab, sweep in results["vocab_sweep"].items():
-    for per_seed in sweep["per_regime"].values():
+    for regime, per_seed in sweep["per_regime"].items():
+      budget = config["student_steps"] if regime == "same" else config["small_student_steps"]
       for models in per_seed:
         for name, metrics in models.items():
           if name == "untrained":
             continue
-          assert metrics["stopped_early"] and metrics["steps_run"] < cap, (vocab, name)
-          assert metrics["steps"] <= metrics["steps_run"]
+          assert metrics["steps_run"] == budget, (vocab, name)
+          assert len(metrics["val_curve"]) == budget // config["eval_every"] + 1
+          assert metrics["steps"] in metrics["val_steps"]
           assert min(metrics["val_curve"]) == metrics["best_val_nll"]
+          # the selected step is the one with the lowest validation NLL
+          assert metrics["val_curve"][metrics["val_steps"].index(metrics["steps"])] == min(
+              metrics["val_curve"])
   convergence = results["convergence"]["same"]
   assert set(convergence) == {str(v) for v in (320, 300)}
   for row in convergence.values():
     assert row["ce_ppl_test"] > 0 and row["oracle_ppl_test"] > 0 and row["steps"] > 0
+    assert 0.0 <= row["selected_in_last_quarter"] <= 1.0 and not row["stopped_early"]
+  main = convergence[str(config["vocab_size"])]
+  assert main["continued_steps"] == [2 * s for s in main["selected_steps"]]
 
 
 def test_vocab_trend_and_sharpening_diagnostic(quick):
@@ -238,3 +246,30 @@ def test_quick_run_of_the_small_regime_alone(tmp_path, capsys):
     path = json_path.with_suffix(suffix)
     assert path.stat().st_size > 0 and str(path) in printed
   assert "inconclusive at this size" in (tmp_path / "small.md").read_text()
+
+
+def _metrics(results: dict) -> dict:
+  """Every per-seed exact metric of a run (timings left out)."""
+  keys = ("forward_kl", "reverse_kl", "ppl_test", "steps")
+  regimes = {**results["per_regime"],
+             **{f"v{v}": s["per_regime"]["same"] for v, s in results["vocab_sweep"].items()}}
+  return {(regime, i, name): tuple(m.get(k) for k in keys)
+          for regime, per_seed in regimes.items() for i, models in enumerate(per_seed)
+          for name, m in models.items()}
+
+
+def test_a_worker_fills_the_cache_that_the_main_run_then_reads(quick, tmp_path):
+  """``--worker`` trains the fine-tuning regime and the sweep (seeds last first); the main run
+  on that cache retrains none of them and gives the numbers of a run without a worker."""
+  _, alone = quick
+  cache = tmp_path / "cache"
+  assert run.main(["--quick", "--worker", "--out", str(cache), "--no-progress"]) == {}
+  made = {p: p.stat().st_mtime_ns for p in cache.rglob("*.json")
+          if p.name.startswith(("student_", "ft_"))}
+  assert any(p.parent.name == "finetune" for p in made)
+  assert any(p.parent.name == "v300" for p in made)
+  assert not any(p.parent.name == "v320" for p in made)  # the main vocabulary: the main run's
+  results = run.main(["--quick", "--out", str(cache), "--json", str(tmp_path / "r.json"),
+                      "--no-progress"])
+  assert {p: p.stat().st_mtime_ns for p in made} == made  # reused, not retrained
+  assert _metrics(results) == _metrics(alone)
