@@ -426,18 +426,26 @@ def markdown(results: dict, png_name: str) -> str:
       f"{oracle['training']['best_step']}). Samples of {config['seq_len'] - 1} tokens after the "
       f"separator: {config['train_samples']} for training, {config['held_out_samples']} "
       f"held out, {config['student_samples']} per student. Students: `same` = the oracle's "
-      f"architecture, `small` = d={config['small_d_model']}, {config['small_layers']} layer(s); "
-      f"batches of {config['batch_size']} sequences, the same initialisation and batches for "
-      f"every objective of a seed."), "",
+      f"architecture"
+      + (f", `small` = d={config['small_d_model']}, {config['small_layers']} layer(s)"
+         if "small" in config["regimes"] else "")
+      + f"; batches of {config['batch_size']} sequences, the same initialisation and batches "
+      f"for every objective of a seed."), "",
       (f"Training: AdamW, {config['warmup_steps']} warm-up steps to a peak of "
        f"{config['student_lr']:g}, then cosine decay to 10 % of it over "
-       f"{config['student_steps']} steps (`same`) or {config['small_student_steps']} (`small`); "
-       f"validation NLL on {config['val_samples']} fresh oracle samples (not the test samples) "
-       f"every {config['eval_every']} steps; a run is evaluated at its best validation "
-       f"checkpoint (the continued-training check below says whether the budget suffices). `emo`, `emo_cap3` and EMO alone use the realistic cost (the head of the "
-       f"seed's CE student at its selected checkpoint); `*_oracle` the oracle's own head "
-       f"(privileged). Seeds: {config['seeds']} for the main objectives of `same`, "
-       f"{config['few_seeds']} for EMO alone, focal and the `small` regime."), "",
+       f"{config['student_steps']} steps"
+       + (f" (`same`) or {config['small_student_steps']} (`small`)"
+          if "small" in config["regimes"] else "")
+       + f"; validation NLL on {config['val_samples']} fresh oracle samples (not the test "
+       f"samples) every {config['eval_every']} steps; a run is evaluated at its best validation "
+       f"checkpoint (the continued-training check below says whether the budget suffices). "
+       f"`emo`, `emo_cap3` and EMO alone use the realistic cost (the head of the seed's CE "
+       f"student at its selected checkpoint); `*_oracle` the oracle's own head (privileged). "
+       f"Seeds: {config['seeds']} for the main objectives of `same`, {config['few_seeds']} for "
+       f"EMO alone" + (", focal and the `small` regime" if "small" in config["regimes"]
+                       else " and focal")
+       + f"; {min(config['sweep_seeds'], config['seeds'])} per further oracle of the "
+       f"vocabulary sweep."), "",
       (f"Oracle against itself: PPL_test {self_['ppl_test']:.3f}, PPL_oracle "
       f"{self_['ppl_oracle']:.3f} (log-PPL standard errors {self_['log_ppl_test_se']:.4f}, "
       f"{self_['log_ppl_oracle_se']:.4f}); every divergence 0."), "",
