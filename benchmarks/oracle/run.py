@@ -78,7 +78,7 @@ ORACLE_OBJECTIVES = (
     Objective("focal", "focal γ=2", "focal", "Lin et al. 2017, γ = 2 (control)", gamma=2.0),
 )
 BY_NAME = {o.name: o for o in ORACLE_OBJECTIVES}
-FEW_SEED_OBJECTIVES = ("emo_only", "focal")   # run at ``few_seeds`` seeds (the issue allows it)
+FEW_SEED_OBJECTIVES = ("emo_only", "focal")   # run at ``few_seeds`` seeds (controls; wide intervals)
 STUDENT_PHASE = 7   # the from-scratch students' batch-order stream
 
 
