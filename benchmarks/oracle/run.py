@@ -151,6 +151,10 @@ class Config:
     return ModelConfig(vocab_size, self.seq_len, self.small_d_model, self.small_layers,
                        self.small_heads)
 
+  def fine_tunes(self) -> bool:
+    """Whether the fine-tuning regime runs."""
+    return bool(self.finetune_seeds) and "finetune" in self.regimes
+
   def student_steps_of(self, regime: str) -> int:
     """Training steps of a from-scratch student of ``regime``."""
     return self.student_steps if regime == "same" else self.small_student_steps
@@ -201,8 +205,8 @@ FINETUNE_FIELDS = ("finetune_sizes", "finetune_seeds", "shift_steps", "shift_lr"
                    "target_train_samples", "target_val_samples", "pretrain_steps",
                    "pretrain_eval_every", "finetune_lr", "finetune_eval_every",
                    "finetune_objectives", "temperatures")
-UNKEYED_FIELDS = ("seeds", "few_seeds", "sweep_seeds", "first_seed", "regimes", "objectives", "small_objectives",
-                  "sweep_vocab_sizes", "sweep_objectives", "vocab_oracles", "continued_check",
+UNKEYED_FIELDS = ("seeds", "few_seeds", "sweep_seeds", "first_seed", "regimes", "objectives",
+                  "small_objectives", "sweep_vocab_sizes", "sweep_objectives", "vocab_oracles", "continued_check",
                   *FINETUNE_FIELDS)
 
 
@@ -280,14 +284,15 @@ def train_student(config: Config, model_config: ModelConfig, objectives, index: 
 
   from benchmarks.lm.model import build_model  # pylint: disable=import-outside-toplevel
 
+  model = build_model(model_config, seed)
+  graphdef, _ = nnx.split(model)
   state, record = decayed_training(
-      build_model(model_config, seed), objectives, index, seed, STUDENT_PHASE, rows, val_rows,
-      cost, steps=steps, schedule=cosine_decay(config.student_lr, steps, config.warmup_steps),
+      model, objectives, index, seed, STUDENT_PHASE, rows, val_rows, cost, steps=steps,
+      schedule=cosine_decay(config.student_lr, steps, config.warmup_steps),
       batch_size=config.batch_size, eval_every=config.eval_every,
       weight_decay=config.weight_decay, keep=keep)
-  model = build_model(model_config, seed)  # the trained one's buffers were donated
-  nnx.update(model, jax.tree.map(jnp.asarray, state))
-  return model, record
+  # the trained model's buffers were donated: a new one from the kept (host) state
+  return nnx.merge(graphdef, jax.tree.map(jnp.asarray, state)), record
 
 
 def exact_metrics(oracle, student, held_out: np.ndarray, own_samples: np.ndarray,
@@ -380,9 +385,9 @@ def run_students(config: Config, oracle, samples: dict, vocab_size: int, separat
           if record["finite"]:
             own = sample_rows(model, config.student_samples, config.seq_len, separator,
                               sample_key)
-            record = dict(exact_metrics(oracle, model, samples["held_out"], own, unit_head),
-                          **record)
-          return dict(record, seconds=time.perf_counter() - started)
+            record = {**exact_metrics(oracle, model, samples["held_out"], own, unit_head),
+                      **record}
+          return {**record, "seconds": time.perf_counter() - started}
 
         per_seed[name] = cached_json(f"{stem}_{name}.json", trained)
         if not per_seed[name]["finite"]:
@@ -479,8 +484,8 @@ def continued_students(config: Config, oracle, samples: dict, vocab_size: int, s
                                       keep="last")
         own = sample_rows(model, config.student_samples, config.seq_len, separator,
                           jax.random.key(1000 + seed))
-        return dict(exact_metrics(oracle, model, samples["held_out"], own, unit_head),
-                    **dict(record, seconds=time.perf_counter() - started))
+        return {**exact_metrics(oracle, model, samples["held_out"], own, unit_head), **record,
+                "seconds": time.perf_counter() - started}
 
       out[regime].append(cached_json(
           os.path.join(out_dir, f"student_{regime}_s{seed}_ce_continued.json"), continued))
@@ -534,6 +539,16 @@ def prepare_out_dir(out_dir: str, config: Config, overwrite: bool) -> None:
   outputs.write_json(path, wanted)
 
 
+def finetune_phase(config: Config, world: dict, out_dir: str, overwrite: bool, progress: bool,
+                   log) -> dict:
+  """The fine-tuning regime (:func:`benchmarks.oracle.finetune.run_finetune`) on the main
+  vocabulary's :func:`oracle_world`, cached in :func:`finetune_dir`."""
+  from benchmarks.oracle import finetune  # pylint: disable=import-outside-toplevel
+  return finetune.run_finetune(config, world["data"], world["oracle"], world["samples"],
+                               world["separator"], finetune_dir(out_dir, config, overwrite),
+                               progress, log)
+
+
 def run_experiment(config: Config, out_dir: str, json_path: str, *, overwrite: bool = False,
                    progress: bool = True, log=print, command: str = "",
                    worker: bool = False) -> dict:
@@ -541,19 +556,16 @@ def run_experiment(config: Config, out_dir: str, json_path: str, *, overwrite: b
   ``worker``: a second process filling the same ``out_dir`` cache beside the main one (the
   fine-tuning regime, then the sweep's other vocabulary sizes and oracles in reverse order, so
   that the two processes meet in the middle); returns ``{}`` and writes nothing else."""
-  from benchmarks.oracle import finetune  # pylint: disable=import-outside-toplevel
-
   started, load_at_start = time.perf_counter(), os.getloadavg()[0]
   prepare_out_dir(out_dir, config, overwrite)
   others = [(v, r) for r in range(config.vocab_oracles) for v in config.vocab_sizes()
             if r or v != config.vocab_size]
   if worker:
-    if config.finetune_seeds and "finetune" in config.regimes:
-      world = oracle_world(config, config.vocab_size,
-                           os.path.join(out_dir, f"v{config.vocab_size}"), progress, log, started)
-      finetune.run_finetune(config, world["data"], world["oracle"], world["samples"],
-                            world["separator"], finetune_dir(out_dir, config, overwrite),
-                            progress, log)
+    if config.fine_tunes():
+      finetune_phase(config, oracle_world(config, config.vocab_size,
+                                          os.path.join(out_dir, f"v{config.vocab_size}"),
+                                          progress, log, started),
+                     out_dir, overwrite, progress, log)
     for vocab_size, replicate in reversed(others):
       run_vocabulary(config, vocab_size, os.path.join(out_dir, f"v{vocab_size}"), progress,
                      log, started, replicate, reverse=True)
@@ -567,10 +579,8 @@ def run_experiment(config: Config, out_dir: str, json_path: str, *, overwrite: b
   main = by_vocab[config.vocab_size]
   objects = main.pop("_objects")
   tuned = {"per_regime": {}, "temperature": {}, "continued": {}, "finetune": {}}
-  if config.finetune_seeds and "finetune" in config.regimes:
-    tuned = finetune.run_finetune(config, objects["data"], objects["oracle"], objects["samples"],
-                                  objects["separator"], finetune_dir(out_dir, config, overwrite),
-                                  progress, log)
+  if config.fine_tunes():
+    tuned = finetune_phase(config, objects, out_dir, overwrite, progress, log)
   replicates: dict = {}
   for vocab_size, replicate in others:
     result = run_vocabulary(config, vocab_size, os.path.join(out_dir, f"v{vocab_size}"),
